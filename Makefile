@@ -1,0 +1,10 @@
+# The two commands of the README. Both set everything up first (idempotent).
+.PHONY: setup demo test
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/lk_ablate demo
+
+test: setup
+	.venv/bin/python -m pytest tests

@@ -1,0 +1,10 @@
+import os
+
+# One thread per process keeps the 2-core CI machine from thrashing when tests start subprocesses.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
