@@ -105,6 +105,27 @@ class ConvNeXt(nn.Module):
         """The residual blocks in order (one ConvNeXt block each), for lesion studies."""
         return [b for s in self.stages for b in s.blocks]
 
+    @staticmethod
+    def convert_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename official facebookresearch/ConvNeXt keys to ours (timm's); other layouts pass through."""
+        if "downsample_layers.0.0.weight" not in sd:
+            return sd
+        out = {}
+        for k, v in sd.items():
+            parts = k.split(".")
+            if parts[0] == "downsample_layers":
+                i = int(parts[1])
+                k = ("stem." if i == 0 else f"stages.{i}.downsample.") + ".".join(parts[2:])
+            elif parts[0] == "stages":
+                name = {"dwconv": "conv_dw", "pwconv1": "mlp.fc1", "pwconv2": "mlp.fc2"}.get(parts[3], parts[3])
+                k = ".".join([f"stages.{parts[1]}.blocks.{parts[2]}", name, *parts[4:]])
+            elif parts[0] == "norm":
+                k = "head.norm." + ".".join(parts[1:])
+            elif parts[0] == "head":
+                k = "head.fc." + ".".join(parts[1:])
+            out[k] = v
+        return out
+
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head.reset(num_classes)

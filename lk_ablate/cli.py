@@ -1,0 +1,64 @@
+"""The ``lk_ablate`` console script: LightningCLI for fit/validate/test/predict, plus extra subcommands."""
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .errors import LkAblateError
+
+# Extra subcommands: name -> "module:function"; each function takes argv (list[str]) and returns an exit code.
+# Imported lazily so `lk_ablate fit` never pays for (or depends on) another feature's imports.
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("lk_ablate.demo:cli_main", "train and score the embedded Fashion-MNIST default"),
+    "reparam": ("lk_ablate.models.reparam:cli_main", "merge RepLKNet kernels (structural re-parameterization)"),
+    "robustness": ("lk_ablate.robustness.score:cli_main", "score a checkpoint on ImageNet-A/R/C/O"),
+    "analyze": ("lk_ablate.analysis.cli:cli_main", "run one of the paper's robustness analyses"),
+    "data": ("lk_ablate.data.commands:cli_main", "prepare-imagenet-val, write-ffcv"),
+    "report": ("lk_ablate.report:cli_main", "tables and plots across runs"),
+}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _usage() -> str:
+    lines = ["usage: lk_ablate <command> [options]", "", "Lightning commands (stacked --config YAML files):"]
+    lines += [f"  {c}" for c in LIGHTNING_COMMANDS]
+    lines += ["", "Other commands:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in EXTRA_COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    try:
+        if args[0] in EXTRA_COMMANDS:
+            module, func = EXTRA_COMMANDS[args[0]][0].split(":")
+            return int(getattr(importlib.import_module(module), func)(args[1:]) or 0)
+        from .lightning_cli import run_lightning_cli
+
+        run_lightning_cli(args)
+        return 0
+    except Exception as e:
+        # jsonargparse wraps errors raised while instantiating classes; report ours as one message.
+        ours = _our_error(e)
+        if ours is None:
+            raise
+        print(f"lk_ablate: error: {ours}", file=sys.stderr)
+        return 2
+
+
+def _our_error(e: BaseException | None) -> LkAblateError | None:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, LkAblateError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

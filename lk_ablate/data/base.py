@@ -1,0 +1,132 @@
+"""The DataModule base every dataset shares: seeded per-sample transforms, sharding, resumable order."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError
+from ..models.registry import ModelConfig, get_model_config
+from .sampler import ResumableDataLoader, ShardedBatchSampler
+from .seeding import STREAM_SAMPLE, derive_seed, global_seed, seeded_rng
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset of (image, label); item (index, epoch) is transformed under seed (seed, epoch, index)."""
+
+    def __init__(self, base: Any, transform: Callable | None, seed: int) -> None:
+        self.base, self.transform, self.seed = base, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[Any, int]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        image, label = self.base[index]
+        if self.transform is not None:
+            with seeded_rng(derive_seed(self.seed, STREAM_SAMPLE, epoch, index)):
+                image = self.transform(image)
+        return image, label
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Common options and loaders; subclasses provide the datasets in ``build_datasets``.
+
+    Image size, crop ratio, mean/std and interpolation default to the model's config (None = the model's).
+    """
+
+    def __init__(self, batch_size: int = 128, num_workers: int = 4, seed: int | None = None,
+                 input_size: int | None = None, crop_pct: float | None = None,
+                 mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
+                 interpolation: str | None = None, model_name: str | None = None, pin_memory: bool = True,
+                 persistent_workers: bool = True) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self._seed = seed
+        self._overrides = dict(input_size=input_size, crop_pct=crop_pct, mean=mean, std=std,
+                               interpolation=interpolation)
+        self.model_name = model_name
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def seed(self) -> int:
+        return self._seed if self._seed is not None else global_seed()
+
+    def model_config(self) -> ModelConfig:
+        """The model's config with this DataModule's overrides applied."""
+        if self.trainer is not None and hasattr(self.trainer.lightning_module, "model_config"):
+            cfg = self.trainer.lightning_module.model_config
+        elif self.model_name is not None:
+            cfg = get_model_config(self.model_name)
+        else:
+            cfg = ModelConfig()
+        o = dict(self._overrides)
+        if o["input_size"] is not None:
+            o["input_size"] = (cfg.input_size[0], o["input_size"], o["input_size"])
+        for k in ("mean", "std"):
+            if o[k] is not None:
+                o[k] = tuple(o[k])
+        return cfg.replace(**o)
+
+    # subclasses -------------------------------------------------------------------------------------
+    def build_datasets(self, stage: str, cfg: ModelConfig) -> dict[str, Dataset]:
+        """Return {'train': ..., 'val': ..., 'test': ...} (those the stage needs)."""
+        raise NotImplementedError
+
+    # Lightning hooks --------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        cfg = self.model_config()
+        self.datasets.update(self.build_datasets(stage, cfg))
+        if self.trainer is not None and self.trainer.logger is not None:
+            self.trainer.logger.log_hyperparams({"data_config": cfg.to_dict()})
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _progress(self) -> tuple[int, int]:
+        loop = self.trainer.fit_loop
+        return self.trainer.current_epoch, loop.epoch_loop.batch_progress.current.processed
+
+    def _loader(self, split: str, train: bool) -> ResumableDataLoader:
+        if split not in self.datasets:
+            raise ConfigError(f"{type(self).__name__} has no {split!r} split")
+        ds = self.datasets[split]
+        rank, world = self._rank_world()
+        sampler = ShardedBatchSampler(len(ds), self.batch_size, shuffle=train, drop_last=train, seed=self.seed,
+                                      rank=rank, world_size=world)
+        if train and len(sampler) == 0:
+            raise ConfigError(f"the {split} set ({len(ds)} samples) is smaller than one batch per rank "
+                              f"(batch_size {self.batch_size} x {world} ranks); lower data.batch_size")
+        return ResumableDataLoader(
+            ds, batch_sampler=sampler, num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            progress=self._progress if train and self.trainer is not None else None)
+
+    def train_batches_per_epoch(self) -> int:
+        """Training batches per epoch on each rank (equal on all ranks: the tail is dropped)."""
+        rank, world = self._rank_world()
+        return len(ShardedBatchSampler(len(self.datasets["train"]), self.batch_size, True, True, self.seed, rank,
+                                       world))
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> ResumableDataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> ResumableDataLoader:
+        return self._loader("test" if "test" in self.datasets else "val", train=False)
+
+    def predict_dataloader(self) -> ResumableDataLoader:
+        return self.test_dataloader()

@@ -1,0 +1,76 @@
+"""Loading lk_ablate, Lightning, official and timm checkpoints into registered models, strictly."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import DataError
+
+
+def unwrap_state_dict(obj: Mapping[str, Any], prefer_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The model's weights from any of the checkpoint layouts we meet.
+
+    - Lightning (lk_ablate's own): {"state_dict": {"model.*", "ema.module.*", ...}}
+    - official ConvNeXt / RepLKNet: {"model": sd} (or {"model_ema": sd}), or a bare state dict
+    - DDP-saved: keys prefixed "module."
+    """
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        sd = obj["state_dict"]
+        prefix = "ema.module." if prefer_ema else "model."
+        if not any(k.startswith(prefix) for k in sd):
+            raise DataError(f"checkpoint has no {'EMA ' if prefer_ema else ''}weights (no '{prefix}*' keys)")
+        return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if prefer_ema and isinstance(obj.get("model_ema"), Mapping):
+        sd = obj["model_ema"]
+    elif isinstance(obj.get("model"), Mapping):
+        sd = obj["model"]
+    elif isinstance(obj.get("state_dict_ema" if prefer_ema else "state_dict"), Mapping):
+        sd = obj["state_dict_ema" if prefer_ema else "state_dict"]
+    else:
+        sd = obj
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """torch.load on CPU with a clear error for missing or unreadable files."""
+    if not os.path.isfile(path):
+        raise DataError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or not a torch file
+        raise DataError(f"cannot read checkpoint {path}: {e}; is it a complete torch checkpoint file?") from e
+
+
+def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], strict: bool = True,
+                    prefer_ema: bool = False, drop_head: bool = False) -> nn.Module:
+    """Load weights into ``model``; foreign key names are converted by ``model.convert_state_dict`` when defined.
+
+    ``drop_head``: skip classifier weights whose shape differs (fine-tuning to a new number of classes).
+    """
+    obj = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    sd = unwrap_state_dict(obj, prefer_ema=prefer_ema)
+    convert = getattr(model, "convert_state_dict", None)
+    if convert is not None:
+        sd = convert(sd)
+    own = model.state_dict()
+    if drop_head:
+        for k in [k for k, v in sd.items() if k in own and own[k].shape != v.shape]:
+            del sd[k]
+        strict = False
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise DataError("checkpoint shapes do not fit the model (wrong kernel size or variant?):\n  "
+                        + "\n  ".join(mismatched[:10]))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if strict and (missing or unexpected):
+        raise DataError(f"checkpoint keys do not match the model: missing {missing[:10]}"
+                        f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+                        f"{' ...' if len(unexpected) > 10 else ''}")
+    return model

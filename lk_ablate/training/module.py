@@ -1,0 +1,203 @@
+"""ImageClassifier: the ConvNeXt training recipe as a LightningModule, for every registered model."""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.optim import param_groups_weight_decay
+from timm.utils import ModelEmaV3
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..data.seeding import STREAM_STEP, derive_seed, global_seed, seeded_rng
+from ..errors import ConfigError
+from ..models.checkpoints import load_checkpoint
+from ..models.registry import ModelConfig, create_model
+from .schedule import scaled_lr, warmup_cosine_factor
+
+
+class ImageClassifier(L.LightningModule):
+    """Trains ``create_model(model_name, kernel_size, ...)`` with the ConvNeXt recipe (defaults below).
+
+    AdamW at ``base_lr`` for a global batch of ``base_batch_size``, scaled linearly to the real global batch
+    (per-device batch x devices x nodes x gradient accumulation); no weight decay on 1-D parameters and
+    biases; per-step linear warmup then cosine to ``min_lr``; label smoothing; batch-level mixup/cutmix
+    (training only); drop path; EMA of the weights, validated and reported separately (val/ema_*).
+    Warmup: the 300-epoch recipe warms up for 20 epochs; the 120-epoch ablation scales that to 8.
+    Randomness (mixup/cutmix, drop path) is drawn under a seed derived from (seed, epoch, batch, rank).
+    """
+
+    def __init__(self, model_name: str = "convnext_tiny", kernel_size: int | list[int] | None = None,
+                 num_classes: int = 1000, drop_path_rate: float = 0.1, model_kwargs: dict[str, Any] | None = None,
+                 pretrained_path: str | None = None, base_lr: float = 4e-3, base_batch_size: int = 4096,
+                 weight_decay: float = 0.05, warmup_epochs: float = 8.0, min_lr: float = 1e-6,
+                 betas: tuple[float, float] = (0.9, 0.999), label_smoothing: float = 0.1,
+                 mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, mixup_prob: float = 1.0,
+                 mixup_switch_prob: float = 0.5, ema_decay: float | None = 0.9999, channels_last: bool = False,
+                 seed: int | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for name, value, lo, hi in (("drop_path_rate", drop_path_rate, 0.0, 1.0),
+                                    ("label_smoothing", label_smoothing, 0.0, 1.0),
+                                    ("mixup_prob", mixup_prob, 0.0, 1.0)):
+            if not lo <= value <= hi:
+                raise ConfigError(f"model.{name} must be in [{lo}, {hi}], got {value}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        if base_lr <= 0 or base_batch_size < 1 or min_lr < 0 or warmup_epochs < 0 or weight_decay < 0:
+            raise ConfigError("model.base_lr, base_batch_size must be > 0 and min_lr, warmup_epochs, weight_decay "
+                              f">= 0; got {base_lr}, {base_batch_size}, {min_lr}, {warmup_epochs}, {weight_decay}")
+        self.model = create_model(model_name, kernel_size=kernel_size, num_classes=num_classes,
+                                  drop_path_rate=drop_path_rate, **(model_kwargs or {}))
+        if pretrained_path:
+            load_checkpoint(self.model, pretrained_path, drop_head=True)
+        self.ema = ModelEmaV3(self.model, decay=ema_decay) if ema_decay is not None else None
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mixup_prob,
+                               switch_prob=mixup_switch_prob, mode="batch", label_smoothing=label_smoothing,
+                               num_classes=num_classes)
+        top5 = min(5, num_classes)
+        self.val_metrics = torch.nn.ModuleDict({
+            "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "acc5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+            "ema_acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "ema_acc5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+        })
+        self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+
+    # --- facts other components read --------------------------------------------------------------
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.model.model_config
+
+    @property
+    def run_seed(self) -> int:
+        return self.hparams.seed if self.hparams.seed is not None else global_seed()
+
+    def global_batch_size(self) -> int:
+        """Per-device batch x devices x nodes x gradient accumulation."""
+        dm = self.trainer.datamodule
+        if dm is None or not hasattr(dm, "batch_size"):
+            raise ConfigError("cannot scale the learning rate: the DataModule has no batch_size")
+        return dm.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    # --- training ----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.hparams.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+        if self.mixup is not None and getattr(dm, "batch_size", 0) % 2:
+            raise ConfigError(f"mixup/cutmix mix each batch with its reverse and need an even per-device batch "
+                              f"size; data.batch_size is {dm.batch_size}")
+        if getattr(dm, "num_classes", self.hparams.num_classes) != self.hparams.num_classes:
+            raise ConfigError(f"the dataset has {dm.num_classes} classes but model.num_classes is "
+                              f"{self.hparams.num_classes}")
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        seed = derive_seed(self.run_seed, STREAM_STEP, self.current_epoch, batch_idx, self.global_rank)
+        with seeded_rng(seed, cuda=x.is_cuda):
+            if self.mixup is not None:
+                x, target = self.mixup(x, y)
+            logits = self.model(self._prepare(x))
+        if self.mixup is not None:
+            loss = torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        else:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
+        self.train_acc(logits.detach(), y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc1", self.train_acc, on_step=False, on_epoch=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # called once per real optimizer step (after gradient accumulation)
+            self.ema.update(self.model, step=self.global_step)
+
+    def schedule_length(self) -> tuple[int, int]:
+        """(optimizer steps per epoch, total optimizer steps) of this fit.
+
+        Computed from the DataModule's batch count, not Lightning's ``estimated_stepping_batches``: that one
+        builds and iterates the train loader before a checkpoint is restored, so a resumed run would start
+        its epoch from the wrong position.
+        """
+        trainer, dm = self.trainer, self.trainer.datamodule
+        if dm is None or not hasattr(dm, "train_batches_per_epoch"):
+            total = int(trainer.estimated_stepping_batches)
+            return (total // trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else total), total
+        batches = dm.train_batches_per_epoch()
+        limit = trainer.limit_train_batches
+        batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
+        per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+        epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        if trainer.max_steps > 0:
+            total = min(trainer.max_steps, per_epoch * epochs) if epochs else trainer.max_steps
+        elif epochs:
+            total = per_epoch * epochs
+        else:
+            raise ConfigError("set trainer.max_epochs or trainer.max_steps: the lr schedule needs a length")
+        return per_epoch, total
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        global_batch = self.global_batch_size()
+        lr = scaled_lr(hp.base_lr, hp.base_batch_size, global_batch)
+        groups = param_groups_weight_decay(self.model, hp.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas))
+        steps_per_epoch, total = self.schedule_length()
+        warmup = int(round(hp.warmup_epochs * steps_per_epoch))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(warmup_cosine_factor, total_steps=total, warmup_steps=warmup, peak_lr=lr,
+                               min_lr=hp.min_lr))
+        self.schedule_facts = {"global_batch_size": global_batch, "peak_lr": lr, "total_steps": total,
+                               "warmup_steps": warmup}
+        if self.logger is not None:
+            self.logger.log_hyperparams({"schedule": self.schedule_facts})
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        facts = self.schedule_facts
+        self.log_dict({"train/global_batch_size": float(facts["global_batch_size"]),
+                       "train/peak_lr": facts["peak_lr"]}, rank_zero_only=True)
+
+    # --- evaluation --------------------------------------------------------------------------------
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> None:
+        x, y = batch
+        x = self._prepare(x)
+        logits = self.model(x)
+        self.log(f"{prefix}/loss", F.cross_entropy(logits.float(), y), sync_dist=True)
+        for name in ("acc1", "acc5"):
+            self.val_metrics[name](logits, y)
+            self.log(f"{prefix}/{name}", self.val_metrics[name], prog_bar=name == "acc1")
+        if self.ema is not None:
+            ema_logits = self.ema.module(x)
+            for name in ("ema_acc1", "ema_acc5"):
+                self.val_metrics[name](ema_logits, y)
+                self.log(f"{prefix}/{name}", self.val_metrics[name])
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.model(self._prepare(x)).softmax(-1)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lk_ablate"] = {"model_name": self.hparams.model_name,
+                                   "kernel_sizes": list(self.model.kernel_sizes),
+                                   "model_config": self.model_config.to_dict(),
+                                   "has_ema": self.ema is not None}
