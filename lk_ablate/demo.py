@@ -42,7 +42,8 @@ def train(kernel: int, epochs: int, out: Path, extra: list[str]):
 
     args = ["fit", "--config", str(DEMO_CONFIG), "--model.kernel_size", str(kernel),
             "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(out / f"k{kernel}"),
-            "--checkpoint.dirpath", str(out / f"k{kernel}"), *extra]
+            "--checkpoint.dirpath", str(out / f"k{kernel}"), "--trainer.logger.init_args.save_dir",
+            str(out / f"k{kernel}"), *extra]
     cli = build_cli(args)
     ckpt = cli.trainer.checkpoint_callback.last_model_path or cli.trainer.checkpoint_callback.best_model_path
     acc = float(cli.trainer.callback_metrics["val/acc1"]) * 100

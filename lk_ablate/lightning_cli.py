@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -9,6 +10,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .data.base import ClassificationDataModule
 from .training.module import ImageClassifier
+
+# Noise that says nothing about the run: the srun hint fires whenever SLURM is installed, even for local runs.
+for _message in (r".*The `srun` command is available on your system but is not used.*",
+                 r".*LightningCLI's args parameter is intended to run from within Python.*",
+                 r".*isinstance\(treespec, LeafSpec\).*"):
+    warnings.filterwarnings("ignore", message=_message)
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "checkpoints",
