@@ -1,0 +1,218 @@
+"""What every analysis shares: config sections, model loading, (un)normalisation, batched evaluation, output.
+
+Every analysis takes a model, a data source and a config dataclass. Data sources for the validation-set
+analyses are iterables of ``(images, labels)`` batches whose images are *normalised* with the model's mean/std
+(what the model's eval transform yields); analyses that perturb pixels go through :func:`to_pixels` and
+:func:`from_pixels`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError, DataError
+from ..models.registry import ModelConfig
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+C = TypeVar("C", bound="SectionConfig")
+
+
+# --- config sections ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class SectionConfig:
+    """Base of every analysis config: built from one YAML/dict section with unknown keys refused.
+
+    Subclasses may define ``PRESETS`` (name -> field values) selected by a ``preset`` key; explicit keys
+    override the preset's values. ``validate`` raises ConfigError for values out of range.
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    SECTION: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls: type[C], section: Mapping[str, Any] | None) -> C:
+        section = dict(section or {})
+        values: dict[str, Any] = {}
+        preset = section.pop("preset", None)
+        if preset is not None:
+            if preset not in cls.PRESETS:
+                choices = ", ".join(sorted(cls.PRESETS)) or "none defined"
+                raise ConfigError(f"{cls.SECTION}.preset {preset!r} is unknown; choose one of: {choices}")
+            values.update(cls.PRESETS[preset])
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - names)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} in config section {cls.SECTION!r}; valid keys: "
+                              f"{sorted(names | ({'preset'} if cls.PRESETS else set()))}")
+        values.update(section)
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        for k, v in list(values.items()):
+            # YAML gives lists; sequences are stored as tuples so configs stay hashable and printable.
+            if isinstance(v, list) and "tuple" in str(types[k]):
+                values[k] = tuple(v)
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:  # pragma: no cover - overridden where there is something to check
+        pass
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(dataclasses.asdict(self))
+
+
+def check_levels(name: str, values: Sequence[float], lo: float, hi: float, *, strict_lo: bool = False) -> None:
+    """ConfigError unless every value lies in [lo, hi] (or (lo, hi] with ``strict_lo``) and there is one at least."""
+    if not values:
+        raise ConfigError(f"{name} must list at least one value")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo < v <= hi if strict_lo else lo <= v <= hi):
+            rng = f"({lo}, {hi}]" if strict_lo else f"[{lo}, {hi}]"
+            raise ConfigError(f"{name} values must be numbers in {rng}, got {v!r} in {list(values)}")
+
+
+# --- normalisation --------------------------------------------------------------------------------------
+def mean_std(cfg: ModelConfig, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's mean and std as (1, C, 1, 1) tensors on ``like``'s device and dtype."""
+    mean = torch.tensor(cfg.mean, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.std, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+    return mean, std
+
+
+def to_pixels(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Normalised model input -> [0, 1] pixel values."""
+    mean, std = mean_std(cfg, x)
+    return x * std + mean
+
+
+def from_pixels(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """[0, 1] pixel values -> normalised model input."""
+    mean, std = mean_std(cfg, x)
+    return (x - mean) / std
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+# --- data -----------------------------------------------------------------------------------------------
+def iterate_batches(data: Iterable[Any] | Batch, limit: int | None = None) -> Iterator[Batch]:
+    """(images, labels) batches from a DataLoader, a list of batches or one (images, labels) pair.
+
+    ``limit`` stops after that many images (the last batch is cut).
+    """
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        data = [data]
+    seen = 0
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise DataError(f"a data batch must be (images, labels), got {type(batch).__name__}")
+        x, y = batch[0], batch[1]
+        if limit is not None:
+            if seen >= limit:
+                return
+            x, y = x[: limit - seen], y[: limit - seen]
+        seen += x.shape[0]
+        yield x, y
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits for a batch; inputs moved to the model's device, outputs returned there."""
+    return model(x.to(model_device(model)))
+
+
+def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    return int((logits.argmax(dim=1).cpu() == labels.cpu()).sum())
+
+
+def percent(correct: int, total: int) -> float:
+    if total == 0:
+        raise DataError("the data source yielded no images; check the dataset path and --limit")
+    return 100.0 * correct / total
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: Iterable[Any] | Batch, limit: int | None = None) -> float:
+    """Top-1 accuracy (%) of ``model`` on normalised batches."""
+    correct = total = 0
+    for x, y in iterate_batches(data, limit):
+        correct += count_correct(logits_of(model, x), y)
+        total += y.shape[0]
+    return percent(correct, total)
+
+
+def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+# --- output ---------------------------------------------------------------------------------------------
+def to_jsonable(obj: Any) -> Any:
+    """Tensors, numpy values, tuples and dataclasses -> plain JSON types; non-finite floats -> None."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_analysis_result(results_path: str | os.PathLike, name: str, result: Mapping[str, Any],
+                          init: Mapping[str, Any] | None = None) -> None:
+    """Store ``result`` as "analyses" -> ``name`` of the run's results JSON (lk_ablate.robustness.results schema).
+
+    The analysis's previous entry is replaced, not merged (a re-run with fewer modes leaves no stale curves).
+    A missing file is created from ``init`` (keyword arguments of ``make_results``; ``weights`` defaults to an
+    empty set, i.e. no benchmark scored yet); without ``init`` a missing file is a DataError.
+    """
+    from ..robustness.results import make_results, update_results, write_results
+
+    path = Path(results_path)
+    if not path.is_file():
+        if init is None:
+            raise DataError(f"results file not found: {path}; score the checkpoint first (`lk_ablate robustness`) "
+                            "or let `lk_ablate analyze` create it")
+        kwargs = {"weights": {"raw": {}}, "settings": {}, "errors": [], **dict(init)}
+        write_results(path, make_results(**kwargs))
+    # update_results merges dicts recursively: clear the entry first so the new result replaces it
+    update_results(path, f"analyses.{name}", None)
+    update_results(path, f"analyses.{name}", to_jsonable(result))
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.6)):
+    """A matplotlib Figure that needs no pyplot or GUI backend, and its axes."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=120)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path

@@ -1,0 +1,111 @@
+"""The registry of analyses and ``run_analyses``, the one entry point of the CLI and the robustness callback."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..models.registry import ModelConfig
+from . import attacks, features, frequency, imagenet9, imagenet_p, kernels, lesion, occlusion
+from .common import SectionConfig, to_jsonable, write_analysis_result
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """One analysis: its config section class, ``run(model, cfg, data, model_config) -> dict``, a plot and the
+    scalar summary the ablation report tabulates. ``needs_val``: it reads labelled validation batches."""
+
+    name: str
+    config: type[SectionConfig]
+    run: Callable[..., dict[str, Any]]
+    plot: Callable[[dict[str, Any], Any], Any]
+    summary: Callable[[dict[str, Any]], dict[str, float]]
+    needs_val: bool
+    help: str
+
+
+ANALYSES: dict[str, Analysis] = {a.name: a for a in (
+    Analysis("imagenet_p", imagenet_p.ImageNetPConfig, imagenet_p.run, imagenet_p.plot, imagenet_p.summary, False,
+             "ImageNet-P flip probability / top-5 distance (mFR, mT5D with AlexNet baselines)"),
+    Analysis("imagenet9", imagenet9.ImageNet9Config, imagenet9.run, imagenet9.plot, imagenet9.summary, False,
+             "ImageNet-9 backgrounds: Original / Mixed-Same / Mixed-Rand / BG-Gap"),
+    Analysis("occlusion", occlusion.OcclusionConfig, occlusion.run, occlusion.plot, occlusion.summary, True,
+             "random / salient / non-salient 16x16 patch drop (DINO saliency)"),
+    Analysis("fgsm", attacks.FGSMConfig, attacks.run_fgsm, attacks.plot_fgsm, attacks.summary_fgsm, True,
+             "FGSM accuracy vs eps"),
+    Analysis("pgd", attacks.PGDConfig, attacks.run_pgd, attacks.plot_pgd, attacks.summary_pgd, True,
+             "PGD accuracy vs eps and steps"),
+    Analysis("taig", attacks.TAIGConfig, attacks.run_taig, attacks.plot_taig, attacks.summary_taig, True,
+             "TAIG transfer attack success rate from a surrogate"),
+    Analysis("lesion", lesion.LesionConfig, lesion.run, lesion.plot, lesion.summary, True,
+             "accuracy with n residual blocks removed"),
+    Analysis("frequency", frequency.FrequencyNoiseConfig, frequency.run, frequency.plot, frequency.summary, True,
+             "accuracy drop under band-limited noise"),
+    Analysis("kernel_distance", kernels.KernelDistanceConfig, kernels.run, kernels.plot, kernels.summary, False,
+             "per-channel attention distance of every depthwise kernel"),
+    Analysis("feature_variance", features.FeatureVarianceConfig, features.run, features.plot, features.summary,
+             True, "feature-map variance per layer vs normalised depth"),
+)}
+
+
+def analysis_sections(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The analysis sections of a config: under its ``analyses`` key if it has one, else its top level."""
+    config = dict(config or {})
+    if "analyses" in config:
+        config = dict(config["analyses"] or {})
+    return {k: v for k, v in config.items() if k in ANALYSES}
+
+
+def get_analysis(name: str) -> Analysis:
+    if name not in ANALYSES:
+        raise ConfigError(f"unknown analysis {name!r}; choose from: {', '.join(ANALYSES)}")
+    return ANALYSES[name]
+
+
+def run_analyses(model: nn.Module, config_sections: Mapping[str, Any], val_data: Any = None,
+                 model_config: ModelConfig | None = None, results_path: str | Path | None = None,
+                 out_dir: str | Path | None = None, names: Iterable[str] | None = None, label: str | None = None,
+                 plot_prefix: str = "", results_init: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Run the analyses named in ``config_sections`` (section name -> options; ``names`` restricts them).
+
+    ``val_data``: normalised (images, labels) batches of the validation set (re-iterable: a DataLoader or a list)
+    for the analyses that need it. Each result is stored in the results JSON ``results_path`` (schema of
+    ``lk_ablate.robustness.results``, under "analyses" -> name; a missing file is created from ``results_init``,
+    the keyword arguments of ``make_results``) and plotted to ``out_dir/<plot_prefix><name>.png`` when those are
+    given. The model is put in eval mode and restored to its previous mode afterwards. Returns {name: result}.
+    """
+    sections = dict(config_sections or {})
+    selected = list(names) if names is not None else [n for n in sections if n in ANALYSES]
+    for n in list(sections) + selected:
+        get_analysis(n)
+    cfg_model = model_config or getattr(model, "model_config", None)
+    if cfg_model is None:
+        raise ConfigError("run_analyses needs the model's ModelConfig (mean/std/input size): pass model_config")
+    parsed = {n: ANALYSES[n].config.from_dict(sections.get(n)) for n in selected}  # all errors before any work
+    missing_val = [n for n in selected if ANALYSES[n].needs_val and val_data is None]
+    if missing_val:
+        raise ConfigError(f"analyses {missing_val} need validation images: give --data (the val folder) or a "
+                          "data.val_dir config entry")
+    was_training = model.training
+    model.eval()
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for n in selected:
+            spec = ANALYSES[n]
+            result = spec.run(model, parsed[n], val_data, cfg_model)
+            if label is not None:
+                result["model"] = label
+            result["summary_scalars"] = spec.summary(result)
+            if out_dir is not None:
+                result["plot"] = str(spec.plot(result, Path(out_dir) / f"{plot_prefix}{n}.png"))
+            result = to_jsonable(result)
+            if results_path is not None:
+                write_analysis_result(results_path, n, result, results_init)
+            results[n] = result
+    finally:
+        model.train(was_training)
+    return results

@@ -1,0 +1,165 @@
+"""``lk_ablate analyze`` end to end on a saved lk_ablate checkpoint and a generated val folder; the cross-run report."""
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import lk_ablate
+from lk_ablate.analysis.common import write_analysis_result
+from lk_ablate.analysis.loading import load_model
+from lk_ablate.analysis.report import load_analyses, plot_across_runs, summary_rows
+from lk_ablate.cli import main
+from lk_ablate.errors import DataError
+from lk_ablate.robustness.results import make_results, read_results, write_results
+
+
+def _checkpoint(path, kernel_size, seed):
+    torch.manual_seed(seed)
+    raw = lk_ablate.create_model("convnext_demo", kernel_size=kernel_size)
+    ema = lk_ablate.create_model("convnext_demo", kernel_size=kernel_size)
+    sd = {**{f"model.{k}": v for k, v in raw.state_dict().items()},
+          **{f"ema.module.{k}": v for k, v in ema.state_dict().items()}}
+    torch.save({"state_dict": sd, "hyper_parameters": {"model_name": "convnext_demo", "kernel_size": kernel_size,
+                                                       "num_classes": 10, "model_kwargs": {}}}, path)
+    return raw, ema
+
+
+def _val_folder(root):
+    g = torch.Generator().manual_seed(0)
+    for c in range(10):
+        d = root / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(2):
+            arr = (torch.rand(32, 32, 3, generator=g) * 255).byte().numpy()
+            Image.fromarray(arr).save(d / f"{i}.png")
+
+
+def test_load_model_prefers_ema_and_reads_hyper_parameters(tmp_path):
+    raw, ema = _checkpoint(tmp_path / "run.ckpt", 5, 0)
+    lm = load_model(tmp_path / "run.ckpt")
+    assert lm.label == "convnext_demo k5" and lm.meta["ema"] is True and lm.model.kernel_sizes == (5, 5, 5, 5)
+    for k, v in ema.state_dict().items():
+        assert torch.equal(lm.model.state_dict()[k], v)
+    no_ema = load_model(tmp_path / "run.ckpt", ema=False)
+    for k, v in raw.state_dict().items():
+        assert torch.equal(no_ema.model.state_dict()[k], v)
+    with pytest.raises(DataError, match="not found"):
+        load_model(tmp_path / "missing.ckpt")
+
+
+def test_analyze_cli_all_sections_then_report(tmp_path):
+    _val_folder(tmp_path / "val")
+    cfg = {"data": {"val_dir": str(tmp_path / "val"), "batch_size": 8, "num_workers": 0},
+           "analyses": {"kernel_distance": {}, "fgsm": {"eps": [0.01, 0.1]}, "lesion": {"ns": [0, 2], "samples": 2},
+                        "feature_variance": {"max_images": 8}}}
+    (tmp_path / "an.yaml").write_text(yaml.safe_dump(cfg))
+    # k3 was scored by `lk_ablate robustness` before: its results must survive
+    scored = make_results(model_name="convnext_demo", kernel_sizes=[3] * 4, num_params=1, model_config={},
+                          weights={"ema": {"imagenet_a": {"top1": 12.5, "correct": 1, "n": 8}}}, settings={},
+                          errors=[])
+    write_results(tmp_path / "k3.robustness.json", scored)
+    runs = []
+    for k in (3, 7):
+        ckpt = tmp_path / f"k{k}.ckpt"
+        _checkpoint(ckpt, k, k)
+        rc = main(["analyze", "all", "--ckpt", str(ckpt), "--config", str(tmp_path / "an.yaml"),
+                   "--limit", "12", "--set", "fgsm.eps=[0.02]"])
+        assert rc == 0
+        results = tmp_path / f"k{k}.robustness.json"
+        analyses = load_analyses(results)
+        assert set(analyses) == {"kernel_distance", "fgsm", "lesion", "feature_variance"}
+        assert analyses["fgsm"]["images"] == 12 and [p["eps"] for p in analyses["fgsm"]["points"]] == [0.02]
+        assert analyses["fgsm"]["model"] == f"convnext_demo k{k}"
+        for name in analyses:
+            assert (tmp_path / f"k{k}.robustness.{name}.png").is_file()
+        runs.append((f"k{k}", analyses))
+    # a second call merges into the same file instead of replacing it
+    assert main(["analyze", "pgd", "--ckpt", str(tmp_path / "k3.ckpt"), "--data", str(tmp_path / "val"),
+                 "--limit", "4", "--set", "pgd.eps=[0.01]", "--set", "data.num_workers=0"]) == 0
+    assert set(load_analyses(tmp_path / "k3.robustness.json")) >= {"pgd", "fgsm"}
+    rows = summary_rows(runs)
+    assert [r["run"] for r in rows] == ["k3", "k7"] and "fgsm.eps0.02" in rows[0]
+    written = plot_across_runs(runs, tmp_path / "report")
+    assert sorted(p.name for p in written) == sorted(f"analysis_{n}.png" for n in runs[0][1])
+    data = read_results(tmp_path / "k7.robustness.json")  # created by analyze, valid schema
+    assert data["analyses"]["kernel_distance"]["layers"][0]["kernel_size"] == [7, 7]
+    assert data["model"]["kernel_sizes"] == [7] * 4 and data["checkpoint"]["format"] == "lightning"
+    assert read_results(tmp_path / "k3.robustness.json")["weights"]["ema"]["imagenet_a"]["top1"] == 12.5
+
+
+def test_results_entry_is_replaced_not_merged(tmp_path):
+    init = {"model_name": "m", "kernel_sizes": None, "num_params": 1, "model_config": {}}
+    write_analysis_result(tmp_path / "r.json", "occlusion", {"curves": {"random": [1], "salient": [2]}}, init)
+    write_analysis_result(tmp_path / "r.json", "occlusion", {"curves": {"random": [3]}})
+    assert read_results(tmp_path / "r.json")["analyses"] == {"occlusion": {"curves": {"random": [3]}}}
+    with pytest.raises(DataError, match="not found"):
+        write_analysis_result(tmp_path / "other.json", "fgsm", {})
+
+
+def test_analyze_timm_model_and_paper_config(tmp_path):
+    import timm
+
+    _val_folder(tmp_path / "val")
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_convnext", num_classes=10).state_dict(), tmp_path / "tc.pth")
+    assert main(["analyze", "fgsm", "--timm-model", "test_convnext", "--ckpt", str(tmp_path / "tc.pth"),
+                 "--num-classes", "10", "--data", str(tmp_path / "val"), "--limit", "4", "--workers", "0",
+                 "--set", "fgsm.eps=[0.05]"]) == 0
+    res = read_results(tmp_path / "tc.robustness.json")
+    assert res["model"]["source"] == "timm" and res["model"]["config"]["input_size"] == [3, 160, 160]
+    assert res["analyses"]["fgsm"]["images"] == 4
+    # the shipped paper settings: kernel distance needs no data
+    out = tmp_path / "demo.json"
+    assert main(["analyze", "kernel_distance", "--model", "convnext_demo", "--config", "paper",
+                 "--results", str(out)]) == 0
+    assert read_results(out)["analyses"]["kernel_distance"]["config"]["normalize_weights"] is True
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["analyze", "nope", "--model", "convnext_demo"], "unknown analysis"),
+    (["analyze", "fgsm", "--model", "convnext_demo"], "need validation images"),
+    (["analyze", "kernel_distance"], "say which model"),
+    (["analyze", "kernel_distance", "--model", "convnext_demo", "--set", "kernel_distance.modules=all"], "modules"),
+    (["analyze", "occlusion", "--model", "convnext_demo", "--config", "paper", "--data", "x"], "dino_weights"),
+])
+def test_analyze_cli_errors_are_one_message(argv, msg, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err
+
+
+def test_analyze_list(capsys):
+    assert main(["analyze", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("imagenet_p", "imagenet9", "occlusion", "fgsm", "pgd", "taig", "lesion", "frequency",
+                 "kernel_distance", "feature_variance"):
+        assert name in out
+
+
+def _synthetic(k):
+    pts = [{"eps": e, "steps": s, "alpha": e / 4, "accuracy": 50 - 100 * e * s / k} for e in (0.002, 0.006)
+           for s in (1, 5)]
+    layers = [{"name": f"l{i}", "index": i, "depth": i / 2, "mean": 0.1 * i * k, "variance": 1.0 + i} for i in range(3)]
+    return {
+        "imagenet_p": {"perturbations": {"tilt": {"flip_probability": 0.1, "top5_distance": 1.0}}},
+        "imagenet9": {"accuracy": {"original": 90.0, "mixed_same": 80.0, "mixed_rand": 70.0 + k}, "bg_gap": 10.0 - k},
+        "occlusion": {"curves": {"random": [{"level": 0.5, "accuracy": 40.0 + k}],
+                                 "salient": [{"level": 0.5, "accuracy": 30.0}]}},
+        "fgsm": {"points": [{"eps": 0.1, "accuracy": 10.0 + k}]},
+        "pgd": {"points": pts},
+        "taig": {"points": [{"eps": 0.03, "success_rate": 60.0 - k, "surrogate_success_rate": 99.0}]},
+        "lesion": {"points": [{"n": 0, "fraction": 0.0, "mean": 80.0}, {"n": 1, "fraction": 0.125, "mean": 70.0 + k}]},
+        "frequency": {"bands": [{"low": 0.0, "high": 0.5, "center": 0.25, "drop": 1.0 + k}]},
+        "kernel_distance": {"summary": {"mean_distance": 0.3}, "layers": layers},
+        "feature_variance": {"summary": {"mean_variance": 2.0}, "layers": layers},
+    }
+
+
+def test_report_tables_and_plots_every_analysis(tmp_path):
+    runs = [("k3", _synthetic(3)), ("k31", _synthetic(31))]
+    rows = summary_rows(runs)
+    assert rows[1]["imagenet9.bg_gap"] == -21.0 and rows[0]["imagenet_p.mean_FP"] == 0.1
+    assert rows[0]["pgd.eps0.006.steps5"] == pytest.approx(50 - 100 * 0.006 * 5 / 3)
+    assert rows[1]["lesion.n1.mean"] == 101.0 and rows[0]["occlusion.salient.mean"] == 30.0
+    written = plot_across_runs(runs, tmp_path)
+    assert len(written) == 10 and all(p.stat().st_size > 0 for p in written)
