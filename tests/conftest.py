@@ -8,3 +8,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+# Lightning binds its log handler to the stderr that exists when it is first imported; importing it here,
+# at collection time, keeps capsys-captured tests from leaving it a closed stream.
+import lightning.pytorch  # noqa: E402,F401

@@ -82,3 +82,34 @@ def test_seeded_rng_is_reproducible_and_restores_state():
     with seeded_rng(derive_seed(1, 2, 3)):
         assert torch.equal(torch.rand(5), a)
     assert derive_seed(1, 2, 3) != derive_seed(1, 2, 4) != derive_seed(1, 3, 3)
+
+
+def test_fine_tuning_drops_only_a_mismatched_head():
+    from lk_ablate import create_model
+    from lk_ablate.errors import DataError
+    from lk_ablate.models.checkpoints import load_checkpoint
+
+    src = create_model("convnext_demo", kernel_size=3, num_classes=10)
+    dst = create_model("convnext_demo", kernel_size=3, num_classes=5)
+    fc_before = dst.head.fc.weight.clone()
+    load_checkpoint(dst, src.state_dict(), drop_head=True)
+    assert torch.equal(dst.stages[3].blocks[1].conv_dw.weight, src.stages[3].blocks[1].conv_dw.weight)
+    assert torch.equal(dst.head.fc.weight, fc_before)  # new head keeps its initialisation
+    with pytest.raises(DataError, match="wrong kernel size"):  # a body mismatch is never silently skipped
+        load_checkpoint(create_model("convnext_demo", kernel_size=5, num_classes=5), src.state_dict(),
+                        drop_head=True)
+
+
+def test_layer_decay_scales_lr_per_layer():
+    from lk_ablate.training import ImageClassifier
+
+    module = ImageClassifier("replknet_3b", num_classes=10, layer_decay=0.7, ema_decay=None)
+    groups = module.param_groups(lr=1e-3)
+    model = module.model
+    n = model.num_layer_decay_ids
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        g = by_param[id(p)]
+        assert g["lr"] == pytest.approx(1e-3 * 0.7 ** (n - 1 - model.layer_decay_id(name)), rel=1e-12)
+        assert g["weight_decay"] == (0.0 if p.ndim <= 1 or name.endswith(".bias") else 0.05)
+    assert by_param[id(model.head.weight)]["lr"] == pytest.approx(1e-3, rel=1e-12)

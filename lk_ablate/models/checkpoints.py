@@ -51,7 +51,8 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
                     prefer_ema: bool = False, drop_head: bool = False) -> nn.Module:
     """Load weights into ``model``; foreign key names are converted by ``model.convert_state_dict`` when defined.
 
-    ``drop_head``: skip classifier weights whose shape differs (fine-tuning to a new number of classes).
+    ``drop_head``: fine-tuning to a new number of classes: classifier weights (``model.get_classifier()``)
+    whose shape differs are left at their initialisation; every other key must still match exactly.
     """
     obj = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
     sd = unwrap_state_dict(obj, prefer_ema=prefer_ema)
@@ -59,16 +60,21 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
     if convert is not None:
         sd = convert(sd)
     own = model.state_dict()
+    kept_head: list[str] = []
     if drop_head:
-        for k in [k for k, v in sd.items() if k in own and own[k].shape != v.shape]:
-            del sd[k]
-        strict = False
+        head = model.get_classifier()
+        prefix = next(n for n, m in model.named_modules() if m is head)
+        head_keys = {k for k in own if k.startswith(prefix + ".")}
+        if any(k in sd and sd[k].shape != own[k].shape for k in head_keys):
+            kept_head = sorted(head_keys)
+            sd = {k: v for k, v in sd.items() if k not in head_keys}
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in sd.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         raise DataError("checkpoint shapes do not fit the model (wrong kernel size or variant?):\n  "
                         + "\n  ".join(mismatched[:10]))
     missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k not in kept_head]
     if strict and (missing or unexpected):
         raise DataError(f"checkpoint keys do not match the model: missing {missing[:10]}"
                         f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"

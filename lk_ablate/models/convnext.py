@@ -126,6 +126,9 @@ class ConvNeXt(nn.Module):
             out[k] = v
         return out
 
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head.reset(num_classes)

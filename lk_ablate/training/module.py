@@ -38,7 +38,7 @@ class ImageClassifier(L.LightningModule):
                  betas: tuple[float, float] = (0.9, 0.999), label_smoothing: float = 0.1,
                  mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, mixup_prob: float = 1.0,
                  mixup_switch_prob: float = 0.5, ema_decay: float | None = 0.9999, channels_last: bool = False,
-                 seed: int | None = None) -> None:
+                 layer_decay: float | None = None, seed: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         for name, value, lo, hi in (("drop_path_rate", drop_path_rate, 0.0, 1.0),
@@ -46,6 +46,8 @@ class ImageClassifier(L.LightningModule):
                                     ("mixup_prob", mixup_prob, 0.0, 1.0)):
             if not lo <= value <= hi:
                 raise ConfigError(f"model.{name} must be in [{lo}, {hi}], got {value}")
+        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+            raise ConfigError(f"model.layer_decay must be in (0, 1] or null, got {layer_decay}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
         if base_lr <= 0 or base_batch_size < 1 or min_lr < 0 or warmup_epochs < 0 or weight_decay < 0:
@@ -56,6 +58,8 @@ class ImageClassifier(L.LightningModule):
         if pretrained_path:
             load_checkpoint(self.model, pretrained_path, drop_head=True)
         self.ema = ModelEmaV3(self.model, decay=ema_decay) if ema_decay is not None else None
+        if self.ema is not None:  # updated by copying, never by gradients; DDP rejects parameters that get no gradient
+            self.ema.requires_grad_(False)
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mixup_prob,
@@ -125,6 +129,32 @@ class ImageClassifier(L.LightningModule):
         if self.ema is not None:  # called once per real optimizer step (after gradient accumulation)
             self.ema.update(self.model, step=self.global_step)
 
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Weight decay except on 1-D params and biases; with ``layer_decay``, per-layer lr scales.
+
+        Layer decay (fine-tuning) follows the official RepLKNet/BEiT rule: layer i of L gets
+        lr * layer_decay ** (L - 1 - i); the model says which layer a parameter is in (``layer_decay_id``).
+        """
+        hp = self.hparams
+        if hp.layer_decay is None:
+            return param_groups_weight_decay(self.model, hp.weight_decay)
+        if not hasattr(self.model, "layer_decay_id"):
+            raise ConfigError(f"model.layer_decay needs a model with layer ids; {hp.model_name} has none")
+        n_ids = self.model.num_layer_decay_ids
+        groups: dict[tuple[int, bool], dict[str, Any]] = {}
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            no_wd = p.ndim <= 1 or name.endswith(".bias")
+            lid = self.model.layer_decay_id(name)
+            g = groups.setdefault((lid, no_wd), {"params": [], "weight_decay": 0.0 if no_wd else hp.weight_decay,
+                                                 "lr_scale": hp.layer_decay ** (n_ids - 1 - lid)})
+            g["params"].append(p)
+        out = list(groups.values())
+        for g in out:
+            g["lr"] = lr * g["lr_scale"]
+        return out
+
     def schedule_length(self) -> tuple[int, int]:
         """(optimizer steps per epoch, total optimizer steps) of this fit.
 
@@ -153,7 +183,7 @@ class ImageClassifier(L.LightningModule):
         hp = self.hparams
         global_batch = self.global_batch_size()
         lr = scaled_lr(hp.base_lr, hp.base_batch_size, global_batch)
-        groups = param_groups_weight_decay(self.model, hp.weight_decay)
+        groups = self.param_groups(lr)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas))
         steps_per_epoch, total = self.schedule_length()
         warmup = int(round(hp.warmup_epochs * steps_per_epoch))
