@@ -1,0 +1,251 @@
+"""Weights & Biases for lk_ablate runs: run names from the config, the run id kept in checkpoints, robustness tables.
+
+The CLI (``LkAblateCLI``) calls :func:`configure_wandb_loggers` before it builds the trainer. Every WandbLogger in
+``trainer.logger`` then gets, unless the config sets them: a run name and tags carrying architecture, kernel size
+and seed (``convnext_tiny-k31-s0``; tags ``convnext_tiny``, ``k31``, ``seed0``), a group per ablation family
+(``convnext_tiny-kernel``), ``job_type`` ``train`` for ``fit`` and ``eval`` otherwise, and, when ``fit`` resumes
+from a checkpoint that a W&B run wrote, that run's id, so the resumed job goes on logging into the same run.
+:class:`WandbRun` (added by the CLI whenever a W&B logger is configured) logs the full resolved config and writes
+the run id into every checkpoint. :func:`log_robustness` puts a results file's metrics into the run summary and
+its per-benchmark top-1 into a ``wandb.Table``.
+
+``wandb`` itself is imported only by the logger, never here at import time.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from ..report import ablation_family, kernel_label
+
+__all__ = ["CHECKPOINT_KEY", "WandbRun", "configure_wandb_loggers", "finish_wandb_run", "log_robustness",
+           "read_run_id", "resolved_config", "resume_checkpoint", "robustness_table_rows", "run_identity",
+           "wandb_loggers"]
+
+CHECKPOINT_KEY = "wandb"  # checkpoint["wandb"] = {"run_id", "project", "entity", "name", "group"}
+TABLE_COLUMNS = ["model", "kernel_size", "seed", "weights", "benchmark", "corruption", "severity", "top1"]
+_OUR_JOB_TYPES = (None, "train", "eval")
+
+
+def run_identity(model_name: str, kernel_size: Any, seed: int | None) -> dict[str, Any]:
+    """Run name, tags and group of one ablation run; ``kernel_size`` an int or a per-stage list."""
+    k = kernel_label(kernel_size)
+    seed_part = "" if seed is None else f"-s{seed}"
+    tags = [model_name, f"k{k}"] + ([] if seed is None else [f"seed{seed}"])
+    return {"name": f"{model_name}-k{k}{seed_part}", "tags": tags, "group": f"{ablation_family(model_name)}-kernel"}
+
+
+def configure_wandb_loggers(config: Any, subcommand: str | None) -> int:
+    """Fill name/tags/group/job_type (and, for a resumed ``fit``, the run id) of every WandbLogger in ``config``.
+
+    ``config`` is the subcommand's parsed namespace (``trainer``, ``model``, ``seed_everything``, ``ckpt_path``).
+    Values the config sets are kept; tags are extended. Returns the number of W&B loggers found.
+    """
+    specs = [s for s in _logger_specs(config) if _is_wandb(s)]
+    if not specs:
+        return 0
+    model = config.get("model")
+    model_name = _get(model, "model_name", "model")
+    kernel = _get(model, "kernel_size")
+    if kernel is None:
+        kernel = _default_kernel_sizes(model_name)
+    seed = _get(model, "seed")
+    if seed is None and not isinstance(config.get("seed_everything"), bool):
+        seed = config.get("seed_everything")
+    ident = run_identity(model_name, kernel, seed)
+    run_id = read_run_id(resume_checkpoint(config)) if subcommand == "fit" else None
+    for spec in specs:
+        args = spec.init_args
+        if not args.get("name"):
+            args.name = ident["name"]
+        args.tags = list(dict.fromkeys([*(args.get("tags") or []), *ident["tags"]]))
+        if not args.get("group"):
+            args.group = ident["group"]
+        if args.get("job_type") in _OUR_JOB_TYPES:
+            args.job_type = "train" if subcommand in ("fit", None) else "eval"
+        if run_id is not None and not (args.get("id") or args.get("version")):
+            args.id = run_id
+        if args.get("resume") is None:  # an explicit None would override WandbLogger's own "allow"
+            args.resume = "allow"
+        if args.get("save_dir") in (None, ".") and not args.get("dir"):
+            # beside the checkpoints: W&B files and the CLI's config.yaml (saved to the logger's save_dir)
+            args.save_dir = str(_get(config.get("checkpoint"), "dirpath")
+                                or _get(config.get("trainer"), "default_root_dir") or ".")
+    return len(specs)
+
+
+def resume_checkpoint(config: Any) -> str | None:
+    """The checkpoint file ``fit`` will resume from (None: a fresh start), found as the trainer will find it.
+
+    A file path; ``auto`` (newest complete ``hpc_ckpt_N.ckpt`` / ``last*.ckpt``, see ``preemption.py``); ``last``
+    (``last*.ckpt`` in ``checkpoint.dirpath``); ``hpc``, or nothing under SLURM (Lightning then resumes from the
+    newest ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir``).
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from .preemption import find_resume_checkpoint
+
+    ckpt = config.get("ckpt_path")
+    if ckpt not in (None, "auto", "last", "hpc", "best", "registry"):
+        return str(ckpt)
+    root = _get(config.get("trainer"), "default_root_dir") or os.getcwd()
+    dirpath = _get(config.get("checkpoint"), "dirpath")
+    last_dirs = [dirpath] if dirpath else []
+    if ckpt == "auto":
+        return find_resume_checkpoint([root], last_dirs)
+    if ckpt == "last":
+        return find_resume_checkpoint([], last_dirs)
+    if ckpt == "hpc" or (ckpt is None and SLURMEnvironment.detect()):
+        return find_resume_checkpoint([root], [])
+    return None
+
+
+def read_run_id(checkpoint_path: str | os.PathLike | None) -> str | None:
+    """The W&B run id stored in a Lightning checkpoint by :class:`WandbRun` (None when there is none)."""
+    if checkpoint_path is None or not Path(checkpoint_path).is_file():
+        return None
+    try:  # memory-mapped: reads the pickle, not the tensors
+        ckpt = torch.load(checkpoint_path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception:  # not a zip checkpoint: Lightning itself reports unreadable files
+        return None
+    info = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    return info.get("run_id") if isinstance(info, dict) else None
+
+
+def resolved_config(parser: Any, config: Any) -> dict[str, Any]:
+    """The parsed config as the plain dict LightningCLI saves to config.yaml (links and nulls included)."""
+    import yaml
+
+    return yaml.safe_load(parser.dump(config, skip_none=False, skip_link_targets=False))
+
+
+def wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
+    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
+class WandbRun(L.Callback):
+    """Logs the resolved config to every W&B logger at setup and stores the run id in every checkpoint.
+
+    Args:
+        config: the full resolved config (plain dict, as the CLI saves it); None logs nothing at setup.
+    """
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        self.config = dict(config) if config is not None else None
+        self._logged = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.config is None or self._logged or not trainer.is_global_zero:
+            return
+        for logger in wandb_loggers(trainer):
+            # Nested sections ("model", "data", "trainer", ...) show in the W&B UI as model.kernel_size etc.
+            logger.experiment.config.update(self.config, allow_val_change=True)
+        self._logged = True
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        loggers = wandb_loggers(trainer)
+        if not loggers or not trainer.is_global_zero:  # only rank 0 writes the file
+            return
+        run = loggers[0].experiment
+        checkpoint[CHECKPOINT_KEY] = {"run_id": loggers[0].version, "project": loggers[0].name,
+                                      "entity": getattr(run, "entity", None), "name": getattr(run, "name", None),
+                                      "group": getattr(run, "group", None)}
+
+
+def robustness_table_rows(results: Mapping[str, Any], seed: int | None = None) -> list[list[Any]]:
+    """Rows (model, kernel size, seed, weights, benchmark, corruption, severity, top-1 %) of a results dict.
+
+    Every benchmark with a scalar ``top1`` gives one row (corruption and severity empty); one with a nested
+    ``top1[corruption][severity]`` (ImageNet-C, Fashion-MNIST-C) one row per cell. AUPR and mCE are not top-1
+    and stay in the summary only.
+    """
+    model = results["model"]["name"]
+    kernel = kernel_label(results["model"].get("kernel_sizes"))
+    rows = []
+    for weights, benches in results["weights"].items():
+        for bench, m in benches.items():
+            top1 = (m or {}).get("top1")
+            if isinstance(top1, (int, float)) and not isinstance(top1, bool):
+                rows.append([model, kernel, seed, weights, bench, None, None, float(top1)])
+            elif isinstance(top1, Mapping):
+                for corruption, by_sev in top1.items():
+                    for severity, v in by_sev.items():
+                        rows.append([model, kernel, seed, weights, bench, corruption, int(severity), float(v)])
+    return rows
+
+
+def log_robustness(trainer: L.Trainer, results: Mapping[str, Any], seed: int | None = None,
+                   key: str = "robustness/top1_table") -> None:
+    """Put a results dict's scalar metrics into the summary of every W&B run of ``trainer`` and log its table.
+
+    Call on every rank (it does nothing off rank 0). ``seed``: default the module's ``run_seed``, else the
+    results' ``settings.seed``.
+    """
+    loggers = wandb_loggers(trainer)
+    if not loggers or not trainer.is_global_zero:
+        return
+    import wandb
+
+    from ..robustness.results import flatten_metrics
+
+    if seed is None:
+        seed = getattr(trainer.lightning_module, "run_seed", None) if trainer.lightning_module is not None else None
+    if seed is None:
+        seed = (results.get("settings") or {}).get("seed")
+    summary = flatten_metrics(results)
+    step = (results.get("checkpoint") or {}).get("global_step")
+    for logger in loggers:
+        run = logger.experiment
+        run.summary.update(summary)
+        table = wandb.Table(columns=TABLE_COLUMNS, data=robustness_table_rows(results, seed))
+        logger.log_metrics({key: table}, step=trainer.global_step if step is None else step)
+
+
+def finish_wandb_run(exit_code: int = 0) -> None:
+    """Finish the active W&B run, if any (a later run in the same process then starts a new one)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+# --- config helpers --------------------------------------------------------------------------------------
+def _logger_specs(config: Any) -> list[Any]:
+    trainer = config.get("trainer")
+    spec = _get(trainer, "logger")
+    specs = spec if isinstance(spec, (list, tuple)) else [spec]
+    return [s for s in specs if s is not None and not isinstance(s, bool) and _get(s, "class_path")]
+
+
+def _is_wandb(spec: Any) -> bool:
+    module, _, name = str(spec.class_path).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, WandbLogger)
+
+
+def _get(ns: Any, key: str, default: Any = None) -> Any:
+    if ns is None:
+        return default
+    value = ns.get(key, default) if hasattr(ns, "get") else getattr(ns, key, default)
+    return default if value is None else value
+
+
+def _default_kernel_sizes(model_name: str) -> Sequence[int] | None:
+    """The variant's own kernel sizes (model.kernel_size unset): build it once on the CPU and read them."""
+    from ..models.registry import create_model
+
+    try:
+        return list(create_model(model_name).kernel_sizes)
+    except Exception:  # an unknown model fails with its own message when the model is built
+        return None
