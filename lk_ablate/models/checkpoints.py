@@ -18,7 +18,9 @@ def unwrap_state_dict(obj: Mapping[str, Any], prefer_ema: bool = False) -> dict[
     - official ConvNeXt / RepLKNet: {"model": sd} (or {"model_ema": sd}), or a bare state dict
     - DDP-saved: keys prefixed "module."
     """
-    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+    lightning = isinstance(obj.get("state_dict"), Mapping) and any(
+        k.startswith(("model.", "ema.module.")) for k in obj["state_dict"])
+    if lightning:  # timm's training checkpoints also use "state_dict", with plain keys
         sd = obj["state_dict"]
         prefix = "ema.module." if prefer_ema else "model."
         if not any(k.startswith(prefix) for k in sd):

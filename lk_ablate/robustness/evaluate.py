@@ -1,0 +1,217 @@
+"""Score one or more weight sets (raw, EMA) of a model on benchmarks, sharded over ranks, gathered once.
+
+Each rank reads every ``world_size``-th batch of each benchmark (no padding, so an odd-sized set is counted
+exactly once; batches are the same as in a one-process run, so results are bit-identical to it), decodes
+each image once and runs it through every weight set. Per-rank partial results (counts, and
+per-image scores for ImageNet-O) are exchanged in ONE ``gather`` call, then every rank computes the same
+metrics. A failure while scoring is caught per (weights, benchmark) and travels in the same gather, so no
+rank waits on a collective that another rank never reaches; the failed entries come back as None with the
+error recorded.
+"""
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..models.registry import ModelConfig
+from .benchmarks import Benchmark
+from .metrics import masked_logits, msp_score, ood_aupr, summarize_imagenet_c, topk_correct
+
+__all__ = ["evaluate", "Gather"]
+
+Gather = Callable[[Any], list[Any]]
+
+
+class _Parts(Dataset):
+    """The parts of a benchmark as one dataset of (image, label, part index, index within the part)."""
+
+    def __init__(self, datasets: Sequence[Dataset]) -> None:
+        self.datasets = list(datasets)
+        self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int]:
+        p = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        j = i - int(self.offsets[p])
+        img, label = self.datasets[p][j]
+        return img, label, p, j
+
+
+class _BatchShard(Dataset):
+    """Rank ``rank``'s share: whole batches ``rank, rank + world_size, ...`` of the benchmark in order.
+
+    Sharding by batch, not by image, keeps every image in the same batch (same size, same neighbours) whatever
+    the number of ranks, so the logits, and therefore the results, are bit-identical to a one-process run
+    with the same batch size. The last batch may be short; no image is padded or repeated.
+    """
+
+    def __init__(self, ds: Dataset, rank: int, world_size: int, batch_size: int) -> None:
+        self.ds = ds
+        n = len(ds)
+        starts = range(rank * batch_size, n, world_size * batch_size)
+        self.idx = [i for s in starts for i in range(s, min(s + batch_size, n))]
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.ds[self.idx[i]]
+
+
+def _local_scores(models: Mapping[str, nn.Module], bench: Benchmark, cfg: ModelConfig, rank: int, world_size: int,
+                  batch_size: int, num_workers: int, device: torch.device, progress: bool,
+                  ) -> tuple[dict[str, dict], dict[str, str]]:
+    """This rank's partial results for every weight set: {weights: {part: counts or (indices, scores)}}."""
+    parts = _Parts([p.dataset(cfg) for p in bench.parts])
+    # The shard's batches are full batches of the whole set (plus at most one short last batch), so the loader's
+    # batch boundaries coincide with the one-process run's.
+    loader = DataLoader(_BatchShard(parts, rank, world_size, batch_size), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=device.type == "cuda", drop_last=False)
+    mask = bench.mask_tensor
+    mask = None if mask is None else mask.to(device)
+    keys = [p.key for p in bench.parts]
+    acc: dict[str, dict] = {}
+    for w in models:
+        if bench.kind == "ood":
+            acc[w] = {k: ([], []) for k in keys}
+        else:
+            acc[w] = {k: np.zeros(3 if bench.kind == "topk" else 2, dtype=np.int64) for k in keys}
+    errors: dict[str, str] = {}
+    it = loader
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc=f"{bench.name} (rank {rank})", leave=False)
+    with torch.inference_mode():
+        for x, y, part, idx in it:
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            part_np = part.numpy()
+            for w, model in models.items():
+                if w in errors:
+                    continue
+                try:
+                    logits = masked_logits(model(x).float(), mask)
+                    _accumulate(acc[w], bench.kind, keys, logits, y, part_np, idx.numpy())
+                except Exception:  # recorded and reported; the other weight sets go on
+                    errors[w] = traceback.format_exc(limit=4)
+    return acc, errors
+
+
+def _accumulate(acc: dict, kind: str, keys: list[str], logits: torch.Tensor, y: torch.Tensor, part: np.ndarray,
+                idx: np.ndarray) -> None:
+    if kind == "ood":
+        scores = msp_score(logits).cpu().numpy()
+        for p in np.unique(part):
+            sel = part == p
+            acc[keys[p]][0].append(idx[sel])
+            acc[keys[p]][1].append(scores[sel])
+        return
+    ks = (1, 5) if kind == "topk" else (1,)
+    correct = {k: v.cpu().numpy() for k, v in topk_correct(logits, y, ks).items()}
+    for p in np.unique(part):
+        sel = part == p
+        row = [int(correct[k][sel].sum()) for k in ks] + [int(sel.sum())]
+        acc[keys[p]] += np.asarray(row, dtype=np.int64)
+
+
+def _merge(kind: str, pieces: list[dict]) -> dict:
+    """Combine the ranks' partial results of one (weights, benchmark)."""
+    if kind == "ood":
+        out = {}
+        for key in pieces[0]:
+            idx = np.concatenate([np.concatenate(p[key][0]) if p[key][0] else np.zeros(0, np.int64) for p in pieces])
+            sc = np.concatenate([np.concatenate(p[key][1]) if p[key][1] else np.zeros(0) for p in pieces])
+            out[key] = sc[np.argsort(idx, kind="stable")]
+        return out
+    return {key: sum(p[key] for p in pieces) for key in pieces[0]}
+
+
+def _summarize(bench: Benchmark, merged: dict, clean_top1: float | None) -> dict:
+    if bench.kind == "topk":
+        top1, top5, n = (int(v) for v in merged["val"])
+        return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "correct_top1": top1, "correct_top5": top5,
+                "n": n}
+    if bench.kind == "masked_top1":
+        (correct, n), = ((int(a), int(b)) for a, b in merged.values())
+        return {"top1": 100.0 * correct / n, "correct": correct, "n": n}
+    if bench.kind == "corruption":
+        correct: dict[str, dict[int, int]] = {}
+        total: dict[str, dict[int, int]] = {}
+        for key, (c, n) in merged.items():
+            name, sev = key.split("/")
+            correct.setdefault(name, {})[int(sev)] = int(c)
+            total.setdefault(name, {})[int(sev)] = int(n)
+        out = summarize_imagenet_c(correct, total, clean_top1)
+        out["correct"] = {c: {str(s): v for s, v in by.items()} for c, by in correct.items()}
+        out["n_total"] = int(sum(sum(by.values()) for by in total.values()))
+        return out
+    if bench.kind == "ood":
+        return {"aupr": ood_aupr(merged["in"], merged["out"]), "n_in": int(merged["in"].size),
+                "n_out": int(merged["out"].size), "n": int(merged["in"].size + merged["out"].size)}
+    raise ValueError(f"unknown benchmark kind {bench.kind!r}")
+
+
+def evaluate(models: Mapping[str, nn.Module], cfg: ModelConfig, benchmarks: Sequence[Benchmark], *,
+             batch_size: int = 64, num_workers: int = 4, device: torch.device | str | None = None, rank: int = 0,
+             world_size: int = 1, gather: Gather | None = None, progress: bool = False,
+             ) -> tuple[dict[str, dict[str, dict | None]], list[dict]]:
+    """Score every weight set in ``models`` ({"raw": model, "ema": model}) on ``benchmarks``.
+
+    ``gather(obj)`` returns the list of every rank's ``obj`` (``torch.distributed.all_gather_object``); it is
+    called exactly once. Returns ({weights: {benchmark: metrics or None}}, errors), identical on all ranks.
+    """
+    if device is None:
+        device = next(next(iter(models.values())).parameters()).device
+    device = torch.device(device)
+    # Restored module by module afterwards: a submodule may be in eval mode on purpose (frozen norms, EMA).
+    was_training = {w: [mod.training for mod in m.modules()] for w, m in models.items()}
+    local: dict[str, Any] = {"scores": {}, "errors": []}
+    try:
+        for m in models.values():
+            m.eval()
+        for bench in benchmarks:
+            try:
+                acc, errs = _local_scores(models, bench, cfg, rank, world_size, batch_size, num_workers, device,
+                                          progress)
+            except Exception:  # e.g. an unreadable image: every weight set of this benchmark fails
+                acc, errs = {}, {w: traceback.format_exc(limit=4) for w in models}
+            for w in models:
+                if w in errs:
+                    local["errors"].append({"weights": w, "benchmark": bench.name, "rank": rank, "error": errs[w]})
+                else:
+                    local["scores"][(w, bench.name)] = acc[w]
+    finally:
+        for w, m in models.items():
+            for mod, flag in zip(m.modules(), was_training[w]):
+                mod.training = flag
+    gathered = gather(local) if gather is not None else [local]
+    errors = [e for g in gathered for e in g["errors"]]
+    failed = {(e["weights"], e["benchmark"]) for e in errors}
+    results: dict[str, dict[str, dict | None]] = {}
+    for w in models:
+        results[w] = {}
+        clean_top1 = None
+        for bench in benchmarks:
+            if (w, bench.name) in failed:
+                results[w][bench.name] = None
+                continue
+            merged = _merge(bench.kind, [g["scores"][(w, bench.name)] for g in gathered])
+            try:
+                results[w][bench.name] = _summarize(bench, merged, clean_top1)
+            except Exception:
+                results[w][bench.name] = None
+                errors.append({"weights": w, "benchmark": bench.name, "rank": None,
+                               "error": traceback.format_exc(limit=4)})
+            if bench.kind == "topk" and results[w][bench.name] is not None:
+                clean_top1 = results[w][bench.name]["top1"]
+    return results, errors

@@ -1,0 +1,218 @@
+"""The robustness results file: one versioned JSON per scored checkpoint, written beside it.
+
+Everything downstream (``lk_ablate report``, the analyses) reads only these files. Schema version 1::
+
+    {
+      "schema": "lk_ablate.robustness", "schema_version": 1, "created": "<UTC ISO time>", "lk_ablate_version": "...",
+      "model": {"name": str, "kernel_sizes": [int, ...] | null, "num_params": int, "source": "lk_ablate" | "timm",
+                "config": {input_size, crop_pct, mean, std, interpolation, num_classes}},
+      "checkpoint": {"path": abs path | null, "epoch": int | null, "global_step": int | null,
+                     "format": "lightning" | "official" | "timm" | "pretrained" | null},
+      "weights": {"raw": {<benchmark>: {...} | null, ...}, "ema": {...}},   # the weight sets that were scored
+      "primary": "ema" | "raw",            # the set headline numbers use: EMA when it was scored
+      "settings": {"benchmarks": {<benchmark>: path}, "imagenet_c": {"corruptions": [...], "severities": [...]}},
+      "errors": [{"weights", "benchmark", "rank", "error"}, ...],
+      "analyses": {<name>: {...}}          # added later with update_results(path, "analyses.<name>", {...})
+    }
+
+Benchmark entries (accuracies, mCE and AUPR in %, counts are numbers of images):
+``imagenet_val`` {top1, top5, correct_top1, correct_top5, n}; ``imagenet_a`` / ``imagenet_r`` {top1, correct, n};
+``imagenet_c`` {top1[c][s], n[c][s], correct[c][s], mean_top1, corruption_top1[c], ce[c], mce, relative_mce,
+severity5_mean_top1, severity5_mean_top1_15, n_total}; ``imagenet_o`` {aupr, n_in, n_out, n}.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "flatten_metrics", "make_results", "read_results", "results_path",
+           "update_results", "validate_results", "write_results"]
+
+SCHEMA = "lk_ablate.robustness"
+SCHEMA_VERSION = 1
+WEIGHT_SETS = ("raw", "ema")
+_COUNT_KEYS = {"n", "n_in", "n_out", "n_total"}
+_REQUIRED = {"schema": str, "schema_version": int, "created": str, "model": dict, "checkpoint": dict,
+             "weights": dict, "primary": str, "settings": dict, "errors": list}
+
+
+def results_path(checkpoint_path: str | os.PathLike) -> Path:
+    """Where the results of a checkpoint go: beside it, ``<name>.robustness.json`` (``x.ckpt`` -> ``x.robustness.json``)."""
+    p = Path(checkpoint_path)
+    return p.with_name(p.stem + ".robustness.json") if p.suffix else p.with_name(p.name + ".robustness.json")
+
+
+def make_results(*, model_name: str, kernel_sizes: list[int] | None, num_params: int, model_config: Mapping,
+                 weights: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any], errors: list[dict],
+                 checkpoint_path: str | os.PathLike | None = None, epoch: int | None = None,
+                 global_step: int | None = None, checkpoint_format: str | None = None,
+                 model_source: str = "lk_ablate") -> dict[str, Any]:
+    """Assemble a schema-v1 results dict (validated)."""
+    from .. import __version__
+
+    data = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "lk_ablate_version": __version__,
+        "model": {"name": model_name, "kernel_sizes": None if kernel_sizes is None else [int(k) for k in kernel_sizes],
+                  "num_params": int(num_params), "source": model_source, "config": _jsonable(dict(model_config))},
+        "checkpoint": {"path": None if checkpoint_path is None else os.path.abspath(checkpoint_path),
+                       "epoch": None if epoch is None else int(epoch),
+                       "global_step": None if global_step is None else int(global_step),
+                       "format": checkpoint_format},
+        "weights": _jsonable(dict(weights)),
+        "primary": "ema" if "ema" in weights else "raw",
+        "settings": _jsonable(dict(settings)),
+        "errors": _jsonable(list(errors)),
+        "analyses": {},
+    }
+    return validate_results(data)
+
+
+def validate_results(data: Any, source: str = "results") -> dict[str, Any]:
+    """Check the schema name, version and top-level fields; raise DataError naming what is wrong."""
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise DataError(f"{source} is not an lk_ablate robustness results file (schema {SCHEMA!r} expected)")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise DataError(f"{source} has schema_version {data.get('schema_version')!r}; this lk_ablate reads "
+                        f"version {SCHEMA_VERSION}: re-score the checkpoint with `lk_ablate robustness`")
+    for key, typ in _REQUIRED.items():
+        if not isinstance(data.get(key), typ):
+            raise DataError(f"{source}: field {key!r} is missing or not a {typ.__name__}")
+    unknown = set(data["weights"]) - set(WEIGHT_SETS)
+    if unknown or not data["weights"]:
+        raise DataError(f"{source}: 'weights' must hold some of {WEIGHT_SETS}, got {sorted(data['weights'])}")
+    if data["primary"] not in data["weights"]:
+        raise DataError(f"{source}: primary weights {data['primary']!r} were not scored")
+    return data
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"results file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from e
+    return validate_results(data, str(path))
+
+
+def write_results(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
+    """Validate and write atomically (temporary file + rename), so readers never see half a file."""
+    path = Path(path)
+    validate_results(dict(data), str(path))
+    _atomic_write(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    return path
+
+
+def update_results(path: str | os.PathLike, key: str, value: Any) -> dict[str, Any]:
+    """Merge ``value`` into section ``key`` of an existing results file, atomically; returns the new contents.
+
+    ``key`` may be dotted ("analyses.occlusion"). Dicts are merged recursively (new values win), anything else
+    replaces. A lock file serialises concurrent writers (several analyses of one checkpoint at once).
+    """
+    path = Path(path)
+    parts = [p for p in key.split(".") if p]
+    if not parts:
+        raise ValueError("update_results needs a non-empty key")
+    if parts[0] in ("schema", "schema_version"):
+        raise ValueError(f"{parts[0]!r} cannot be updated")
+    with _locked(path):
+        data = read_results(path)
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        old = node.get(parts[-1])
+        node[parts[-1]] = _deep_merge(old, _jsonable(value)) if isinstance(old, dict) and isinstance(value, Mapping) \
+            else _jsonable(value)
+        write_results(path, data)
+    return data
+
+
+def flatten_metrics(results: Mapping[str, Any], prefix: str = "robust") -> dict[str, float]:
+    """Scalar metrics as ``<prefix>/<benchmark>/<metric>``; EMA weights get the suffix ``_ema``.
+
+    ImageNet-C cells become ``top1_<corruption>_<severity>``.
+    """
+    out: dict[str, float] = {}
+    for w, benches in results["weights"].items():
+        suffix = "_ema" if w == "ema" else ""
+        for bench, m in benches.items():
+            if not m:
+                continue
+            for k, v in m.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _COUNT_KEYS \
+                        and not k.startswith("correct"):
+                    out[f"{prefix}/{bench}/{k}{suffix}"] = float(v)
+            if bench == "imagenet_c":
+                for c, by_sev in m["top1"].items():
+                    for s, v in by_sev.items():
+                        out[f"{prefix}/{bench}/top1_{c}_{s}{suffix}"] = float(v)
+    return out
+
+
+def _deep_merge(old: dict, new: Mapping) -> dict:
+    out = dict(old)
+    for k, v in new.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, Mapping) else v
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """Tuples -> lists, numpy scalars -> Python numbers, keys -> str; fails loudly on anything else."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a results file")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    import fcntl
+
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
