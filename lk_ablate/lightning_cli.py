@@ -15,7 +15,9 @@ from .training.wandb import WandbRun, configure_wandb_loggers, finish_wandb_run,
 # Noise that says nothing about the run: the srun hint fires whenever SLURM is installed, even for local runs.
 for _message in (r".*The `srun` command is available on your system but is not used.*",
                  r".*LightningCLI's args parameter is intended to run from within Python.*",
-                 r".*isinstance\(treespec, LeafSpec\).*"):
+                 r".*isinstance\(treespec, LeafSpec\).*",
+                 # the EMA copy is kept in eval mode on purpose
+                 r".*module\(s\) in eval mode at the start of training.*"):
     warnings.filterwarnings("ignore", message=_message)
 
 TRAINER_DEFAULTS = {

@@ -12,3 +12,6 @@ torch.set_num_threads(1)
 # Lightning binds its log handler to the stderr that exists when it is first imported; importing it here,
 # at collection time, keeps capsys-captured tests from leaving it a closed stream.
 import lightning.pytorch  # noqa: E402,F401
+
+# The `slurm_cluster` fixture (a real one-node SLURM for the session) for every test module.
+pytest_plugins = ["slurm_cluster"]
