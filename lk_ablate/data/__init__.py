@@ -2,5 +2,7 @@
 from .base import ClassificationDataModule, SeededDataset
 from .fashion_mnist import FashionMNISTDataModule
 from .folder import ImageFolderDataModule
+from .ffcv import FFCVDataModule  # imports FFCV only when an instance is built
 
-__all__ = ["ClassificationDataModule", "FashionMNISTDataModule", "ImageFolderDataModule", "SeededDataset"]
+__all__ = ["ClassificationDataModule", "FashionMNISTDataModule", "FFCVDataModule", "ImageFolderDataModule",
+           "SeededDataset"]

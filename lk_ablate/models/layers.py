@@ -44,7 +44,7 @@ from ..errors import ConfigError
 from .kernels import stage_kernel_sizes
 
 __all__ = ["IMPLS", "METHODS", "LargeKernelDWConv", "crop_kernel", "depthwise_conv", "get_default_impl",
-           "load_rules", "parse_plan", "rule_for", "select_plan", "set_default_impl", "use_impl"]
+           "load_rules", "parse_plan", "rule_for", "select_plan", "set_default_impl", "set_module_impl", "use_impl"]
 
 IMPLS = ("auto", "direct", "direct_cl", "fft")
 METHODS = ("direct", "direct_cl", "fft")  # per-product methods of a plan "fwd,gin,gw"
@@ -260,7 +260,8 @@ class _PlannedDepthwiseConv(torch.autograd.Function):
         if grad_x is not None:
             grad_x = grad_x.to(dtype=x.dtype, memory_format=_memory_format(x))
         if grad_w is not None:
-            grad_w = grad_w.to(weight.dtype).contiguous()
+            # Exactly the weight's strides (channels-last models): DDP buckets copy gradients whose strides differ.
+            grad_w = torch.empty_like(weight).copy_(grad_w)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -301,21 +302,28 @@ def _nearest(values: list[int], v: float, log: bool = True) -> int:
 def rule_for(device: str, batch: int, height: int, width: int, kh: int, kw: int) -> Plan:
     """The plan measured fastest (forward + both gradients) for the nearest measured case.
 
-    Nearest means, in order: the measured map size closest to sqrt(H*W) (log scale), then the measured batch
-    closest to ``batch`` (log scale), then the measured kernel closest to sqrt(kh*kw) after cropping. Inference
-    uses the plan's forward method, which is the fastest forward measured. A device type with no measurements
+    Nearest means, in order: the measured batch closest to ``batch`` (log scale); the measured map size closest to
+    sqrt(H*W) (log scale) among those whose measured kernels reach this (cropped) kernel, so that a partial table
+    never answers a large kernel from small-kernel rows; then the measured kernel closest to sqrt(kh*kw).
+    Inference uses the plan's forward method, the fastest forward measured. A device type with no measurements
     (e.g. mps) gets PyTorch's own convolution.
     """
     rows = load_rules()["devices"].get(device)
     if not rows:
         return ("direct",) * 3  # type: ignore[return-value]
     kh, kw = min(kh, 2 * height - 1), min(kw, 2 * width - 1)
-    size = _nearest([r["h"] for r in rows], math.sqrt(height * width))
-    rows = [r for r in rows if r["h"] == size]
+    k = math.sqrt(kh * kw)
     n = _nearest([r["n"] for r in rows], batch)
     rows = [r for r in rows if r["n"] == n]
-    k = _nearest([r["k"] for r in rows], math.sqrt(kh * kw), log=False)
-    return tuple(next(r["plan"] for r in rows if r["k"] == k))  # type: ignore[return-value]
+    reach: dict[int, int] = {}
+    for r in rows:
+        reach[r["h"]] = max(reach.get(r["h"], 0), r["k"])
+    # A size's rows reach k if they go up to k, or up to its own crop limit (2h-1) when k is larger still.
+    covering = [h for h, top in reach.items() if top >= min(k, 2 * h - 1) - 2] or list(reach)
+    size = _nearest(covering, math.sqrt(height * width))
+    rows = [r for r in rows if r["h"] == size]
+    best = _nearest([r["k"] for r in rows], k, log=False)
+    return tuple(next(r["plan"] for r in rows if r["k"] == best))  # type: ignore[return-value]
 
 
 def select_plan(impl: str, x: torch.Tensor, weight: torch.Tensor) -> Plan:
@@ -367,3 +375,16 @@ class LargeKernelDWConv(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", impl={self.impl or 'default'}"
+
+
+def set_module_impl(module: nn.Module, impl: str | None) -> int:
+    """Set ``impl`` on every LargeKernelDWConv in ``module`` (None: follow the global default); returns how many.
+
+    The config hook: a model option ``dwconv_impl`` calls this once after building the model.
+    """
+    if impl is not None:
+        _check_impl(impl)
+    convs = [m for m in module.modules() if isinstance(m, LargeKernelDWConv)]
+    for conv in convs:
+        conv.impl = impl
+    return len(convs)

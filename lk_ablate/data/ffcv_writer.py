@@ -1,0 +1,262 @@
+"""ImageFolder trees -> FFCV .beton files, with ffcv-imagenet's parameters as defaults.
+
+ffcv-imagenet writes each image resized to a maximum side of 500 px (cv2 INTER_AREA), half of them as
+JPEG at quality 90 and half raw ('proportion' mode), in chunks of 100, with one process per core; so do we.
+Before writing, every file is checked (header for size, and a decode unless ``verify=False``; JPEGs are decoded
+at 1/8 scale, which still reads all of the data, so truncation shows): unreadable files are skipped and
+counted. The .beton is written under a temporary name and renamed only when complete, so an interrupted write
+never leaves a file that looks finished. A JSON beside it (``<file>.json``) records the class names, the
+counts, the skipped files and the parameters; the FFCV DataModule reads the class list from it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..errors import ConfigError, DataError
+from .folder import check_image_folder
+from .seeding import derive_seed
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+WRITE_MODES = ("proportion", "raw", "jpg", "smart")
+STREAM_WRITER = 4  # which images are stored as JPEG in 'proportion' mode: (seed, STREAM_WRITER, index)
+
+
+@dataclass
+class WriterConfig:
+    """How images are stored (ffcv-imagenet's defaults)."""
+
+    max_resolution: int | None = 500
+    write_mode: str = "proportion"
+    compress_probability: float = 0.5
+    jpeg_quality: int = 90
+    chunk_size: int = 100
+    num_workers: int = -1
+    verify: bool = True
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.write_mode not in WRITE_MODES:
+            raise ConfigError(f"write_mode must be one of {WRITE_MODES}, got {self.write_mode!r}")
+        if not 0.0 <= self.compress_probability <= 1.0:
+            raise ConfigError(f"compress_probability must be in [0, 1], got {self.compress_probability}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if self.max_resolution is not None and self.max_resolution < 8:
+            raise ConfigError(f"max_resolution must be >= 8 (or None to keep sizes), got {self.max_resolution}")
+        if self.chunk_size < 1:
+            raise ConfigError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+    def workers(self) -> int:
+        return self.num_workers if self.num_workers > 0 else (os.cpu_count() or 1)
+
+    def file_name(self, split: str) -> str:
+        """ffcv-imagenet's naming: ``train_500_0.50_90.beton``."""
+        res = self.max_resolution or 0
+        return f"{split}_{res}_{self.compress_probability:.2f}_{self.jpeg_quality}.beton"
+
+
+@dataclass
+class FolderScan:
+    classes: list[str]
+    files: list[str]
+    labels: list[int]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored: int = 0  # files whose extension is not an image's
+    max_side: int = 0
+
+
+def list_image_folder(root: Path, what: str = "image") -> FolderScan:
+    """Class folders and their image files (sorted, as torchvision's ImageFolder), or a DataError."""
+    classes = check_image_folder(root, what, "expected an ImageFolder tree: <root>/<class>/<image files>")
+    files, labels, ignored, empty = [], [], 0, []
+    for label, cls in enumerate(classes):
+        names = sorted(os.listdir(root / cls))
+        images = [n for n in names if n.lower().endswith(IMG_EXTENSIONS) and (root / cls / n).is_file()]
+        ignored += len(names) - len(images)
+        if not images:
+            empty.append(cls)
+        files += [str(root / cls / n) for n in images]
+        labels += [label] * len(images)
+    if not files:
+        raise DataError(f"no image files ({', '.join(IMG_EXTENSIONS)}) under {root}/<class>/")
+    if empty:
+        raise DataError(f"{len(empty)} class folder(s) under {root} have no image files: {empty[:5]}"
+                        f"{' ...' if len(empty) > 5 else ''}; remove them or add the images")
+    return FolderScan(classes, files, labels, ignored=ignored)
+
+
+def _check_file(path: str, decode: bool) -> tuple[int, int, str | None]:
+    """(width, height, error or None) of one image; decoding a JPEG at 1/8 scale still reads all its data."""
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            if decode:
+                if im.format == "JPEG":
+                    im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
+        return size[0], size[1], None
+    except Exception as e:  # noqa: BLE001 - every failure is a skipped file with its reason
+        return 0, 0, f"{type(e).__name__}: {e}"
+
+
+def _check_chunk(args: tuple[list[str], bool]) -> list[tuple[int, int, str | None]]:
+    paths, decode = args
+    return [_check_file(p, decode) for p in paths]
+
+
+def check_files(scan: FolderScan, cfg: WriterConfig, desc: str) -> FolderScan:
+    """Drop unreadable files (recorded in ``skipped``) and note the largest side, using every core."""
+    chunks = [scan.files[i:i + 256] for i in range(0, len(scan.files), 256)]
+    results: list[tuple[int, int, str | None]] = []
+    with ProcessPoolExecutor(cfg.workers()) as pool, tqdm(total=len(scan.files), desc=desc, unit="img") as bar:
+        for part in pool.map(_check_chunk, [(c, cfg.verify) for c in chunks]):
+            results += part
+            bar.update(len(part))
+    keep_files, keep_labels, skipped, max_side = [], [], [], 0
+    for path, label, (w, h, err) in zip(scan.files, scan.labels, results):
+        if err is None:
+            keep_files.append(path)
+            keep_labels.append(label)
+            max_side = max(max_side, w, h)
+        else:
+            skipped.append((path, err))
+    if not keep_files:
+        raise DataError(f"none of the {len(scan.files)} image files could be read; first error: {skipped[0][1]} "
+                        f"({skipped[0][0]})")
+    return FolderScan(scan.classes, keep_files, keep_labels, skipped, scan.ignored, max_side)
+
+
+class _FolderSamples:
+    """(RGB uint8 array, label) per index for FFCV's writer processes.
+
+    Seeds numpy per sample so 'proportion' mode picks the same images as JPEG in every run. A file that fails
+    here (it passed the check, so it changed since) is recorded in ``failed_log`` and replaced by a 1-pixel
+    placeholder: raising would kill an FFCV writer process and leave its progress loop waiting forever.
+    """
+
+    def __init__(self, files: Sequence[str], labels: Sequence[int], seed: int, failed_log: str) -> None:
+        self.files, self.labels, self.seed, self.failed_log = files, labels, seed, failed_log
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        np.random.seed(derive_seed(self.seed, STREAM_WRITER, index) % 2**32)
+        try:
+            with Image.open(self.files[index]) as im:
+                image = np.asarray(im.convert("RGB"))
+        except Exception as e:  # noqa: BLE001
+            with open(self.failed_log, "a") as f:
+                f.write(f"{self.files[index]}\t{type(e).__name__}: {e}\n")
+            image = np.zeros((1, 1, 3), np.uint8)
+        return image, int(self.labels[index])
+
+
+def page_size_for(max_raw_bytes: int) -> int:
+    """A power of two >= FFCV's default (8 MiB) that holds the largest raw image (FFCV needs one sample per page)."""
+    size = 1 << 23
+    while size < max_raw_bytes + 4096:
+        size <<= 1
+    return size
+
+
+def meta_path(beton: str | Path) -> Path:
+    return Path(f"{beton}.json")
+
+
+def read_meta(beton: str | Path) -> dict | None:
+    p = meta_path(beton)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def write_atomic(out: str | Path, dataset, fields: dict, meta: dict, page_size: int, num_workers: int,
+                 chunk_size: int = 100, failed_log: Path | None = None) -> dict:
+    """Write an indexable dataset of field tuples to ``out`` under a temporary name, then rename it (and its
+    ``<out>.json`` with ``meta``) into place; an interrupted write leaves no file that looks complete."""
+    from ffcv.writer import DatasetWriter
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    meta_tmp = Path(f"{tmp}.json")
+    t0 = time.perf_counter()
+    try:
+        DatasetWriter(str(tmp), fields, page_size=page_size, num_workers=num_workers).from_indexed_dataset(
+            dataset, chunksize=chunk_size)
+        if failed_log is not None and failed_log.is_file() and failed_log.stat().st_size:
+            lines = failed_log.read_text().splitlines()
+            raise DataError(f"{len(lines)} file(s) could not be read while writing {out} although they passed the "
+                            f"check (did the files change?); first: {lines[0]}")
+        meta = {**meta, "seconds": round(time.perf_counter() - t0, 1)}
+        meta_tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, out)
+        os.replace(meta_tmp, meta_path(out))
+        return meta
+    finally:
+        for p in (tmp, meta_tmp, failed_log):
+            if p is not None:
+                p.unlink(missing_ok=True)
+
+
+def write_beton(scan: FolderScan, out: str | Path, cfg: WriterConfig, source: str = "") -> dict:
+    """Write checked samples to ``out``; returns the metadata written beside it."""
+    from ffcv.fields import IntField, RGBImageField
+
+    out = Path(out)
+    failed_log = out.with_name(f".{out.name}.failed-{os.getpid()}")
+    failed_log.unlink(missing_ok=True)
+    side = min(cfg.max_resolution or scan.max_side, scan.max_side)  # FFCV only ever shrinks images
+    fields = {"image": RGBImageField(write_mode=cfg.write_mode, max_resolution=cfg.max_resolution,
+                                     jpeg_quality=cfg.jpeg_quality, compress_probability=cfg.compress_probability),
+              "label": IntField()}
+    meta = {"classes": scan.classes, "num_samples": len(scan.files),
+            "num_per_class": np.bincount(scan.labels, minlength=len(scan.classes)).tolist(),
+            "skipped": [{"file": f, "error": e} for f, e in scan.skipped], "ignored_non_images": scan.ignored,
+            "source": source, "writer": asdict(cfg)}
+    dataset = _FolderSamples(scan.files, scan.labels, cfg.seed, str(failed_log))
+    return write_atomic(out, dataset, fields, meta, page_size_for(3 * side * side), cfg.workers(), cfg.chunk_size,
+                        failed_log)
+
+
+def write_ffcv(root: str | Path, out_dir: str | Path, splits: Sequence[str] = ("train", "val"),
+               cfg: WriterConfig | None = None, overwrite: bool = False) -> dict[str, dict]:
+    """Write ``<root>/<split>`` ImageFolder trees to ``<out_dir>/<split>_<res>_<prob>_<quality>.beton``.
+
+    All splits must have the same class folders (checked before anything is written).
+    """
+    cfg = cfg or WriterConfig()
+    cfg.check()
+    root, out_dir = Path(root), Path(out_dir)
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    scans = {s: list_image_folder(root / s, f"{s!r} split") for s in splits}
+    first = splits[0]
+    for s in splits[1:]:
+        a, b = scans[first].classes, scans[s].classes
+        if a != b:
+            only_a, only_b = sorted(set(a) - set(b))[:5], sorted(set(b) - set(a))[:5]
+            raise DataError(f"class folders of {first!r} ({len(a)}) and {s!r} ({len(b)}) differ: only in {first} "
+                            f"{only_a}, only in {s} {only_b}")
+    results = {}
+    for s in splits:
+        target = out_dir / cfg.file_name(s)
+        if target.exists() and not overwrite:
+            raise DataError(f"{target} exists; pass --overwrite to replace it")
+        scan = check_files(scans[s], cfg, f"check {s}")
+        if scan.skipped:
+            print(f"[write-ffcv] {s}: skipping {len(scan.skipped)} unreadable file(s), e.g. {scan.skipped[0][0]} "
+                  f"({scan.skipped[0][1]}); all listed in {meta_path(target)}")
+        print(f"[write-ffcv] {s}: writing {len(scan.files)} images of {len(scan.classes)} classes to {target}")
+        results[s] = write_beton(scan, target, cfg, source=str(root / s))
+        results[s]["path"] = str(target)
+    return results
