@@ -57,27 +57,15 @@ def make_jpegs(root: Path, n: int, classes: int = 50, seed: int = 0) -> Path:
 
 
 # --- torchvision pipelines ----------------------------------------------------------------------------
-def _posterize_old_pillow(img, bits_to_keep, **_):
-    # timm's PosterizeIncreasing reaches 0 bits at magnitude 10; Pillow >= 11 raises there, older Pillow
-    # returned black. Without this, timm's RandAugment crashes about once per 700 images.
-    if bits_to_keep >= 8:
-        return img
-    if bits_to_keep <= 0:
-        return img.point(lambda _: 0)
-    return ImageOps.posterize(img, bits_to_keep)
-
-
 def pil_transform(size: int):
     from timm.data import create_transform
 
-    t = create_transform(size, is_training=True, scale=(0.08, 1.0), hflip=0.5, auto_augment=RAND_AUGMENT,
-                         color_jitter=0.4, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                         re_prob=0.25, re_mode="pixel", re_count=1)
-    for tr in t.transforms:
-        for op in getattr(tr, "ops", []):
-            if op.name.startswith("Posterize"):
-                op.aug_fn = _posterize_old_pillow
-    return t
+    from lk_ablate.data.transforms import patch_posterize
+
+    return patch_posterize(create_transform(size, is_training=True, scale=(0.08, 1.0), hflip=0.5,
+                                            auto_augment=RAND_AUGMENT, color_jitter=0.4, interpolation="bicubic",
+                                            mean=IMAGENET_MEAN, std=IMAGENET_STD, re_prob=0.25, re_mode="pixel",
+                                            re_count=1))
 
 
 class V2RandAugment(torch.nn.Module):
@@ -181,9 +169,10 @@ def ffcv_loader(jpeg_root: Path, root: Path, size: int, batch_size: int, workers
     from lk_ablate.data.ffcv_writer import WriterConfig, write_ffcv
 
     cfg = WriterConfig(num_workers=workers)
-    beton = root / "ffcv" / cfg.file_name("train")
+    n = sum(1 for _ in (jpeg_root / "train").glob("*/*.jpg"))
+    beton = root / f"ffcv_{n}" / cfg.file_name("train")
     if not beton.is_file():
-        write_ffcv(jpeg_root, root / "ffcv", splits=("train",), cfg=cfg)
+        write_ffcv(jpeg_root, beton.parent, splits=("train",), cfg=cfg)
     params, ops = build_params(IMAGENET_MEAN, IMAGENET_STD, True, hflip=0.5, auto_augment=RAND_AUGMENT,
                                re_prob=0.25, re_mode="pixel", interpolation="bicubic")
     return FFCVLoader(beton, SeededRandomResizedCrop((size, size)), SeededAugment(params, ops, True),

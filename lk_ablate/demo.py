@@ -1,7 +1,8 @@
 """The embedded default: real, small and offline.
 
-Trains the reduced ConvNeXt (``convnext_demo``) on real Fashion-MNIST at two kernel sizes through the same
-CLI, config and recipe code as the ImageNet runs, scores each on the full 10,000-image test set and on
+Writes real Fashion-MNIST to FFCV .beton files once (cached), trains the reduced ConvNeXt
+(``convnext_demo``) from them at two kernel sizes through the same CLI, config and recipe code as the
+ImageNet runs, scores each on the full 10,000-image test set and on
 Fashion-MNIST-C (15 corruptions x 5 severities on a fixed test subset, corrupted once and cached), writes a
 results JSON per run and ends with the ablation report.
 """
@@ -74,6 +75,12 @@ def cli_main(argv: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages()
+    from .data.fashion_mnist_ffcv import ensure_fashion_mnist_betons
+    from .models.registry import get_model_config
+
+    size = get_model_config("convnext_demo").image_size
+    stages.run(f"Fashion-MNIST -> .beton ({size} px RGB; written once, then cached)", ensure_fashion_mnist_betons,
+               "data_cache/fashion_mnist_ffcv", size)
     runs = {}
     for k in sorted(args.kernels):
         runs[k] = stages.run(f"train convnext_demo k={k} ({args.epochs} epochs, 60k images)", train, k,

@@ -122,8 +122,8 @@ def test_samples_of_a_batch_get_independent_augmentations():
     def batch(key, indices):
         imgs = np.repeat(base[None], len(indices), 0)
         out = np.zeros(imgs.shape, np.float32)
-        A.augment_batch(imgs, np.empty_like(imgs), out, np.uint64(key), np.asarray(indices, np.uint64), params, ops,
-                        True)
+        A.augment_batch(imgs, np.empty_like(imgs[:1]), out, np.uint64(key), np.asarray(indices, np.uint64), params,
+                        ops)
         return out
 
     n = 200

@@ -113,3 +113,20 @@ def test_layer_decay_scales_lr_per_layer():
         assert g["lr"] == pytest.approx(1e-3 * 0.7 ** (n - 1 - model.layer_decay_id(name)), rel=1e-12)
         assert g["weight_decay"] == (0.0 if p.ndim <= 1 or name.endswith(".bias") else 0.05)
     assert by_param[id(model.head.weight)]["lr"] == pytest.approx(1e-3, rel=1e-12)
+
+
+def test_randaugment_posterize_at_magnitude_10_does_not_crash():
+    """timm's PosterizeIncreasing keeps 0 bits at magnitude 10; Pillow >= 11 raises there without our patch."""
+    import numpy as np
+    from PIL import Image
+
+    from lk_ablate.data.transforms import AugmentConfig, train_transform
+    from lk_ablate.models.registry import ModelConfig
+
+    t = train_transform(ModelConfig(input_size=(3, 32, 32)), AugmentConfig())
+    ops = [op for tr in t.transforms for op in getattr(tr, "ops", []) if op.name.startswith("Posterize")]
+    assert len(ops) == 1
+    img = Image.fromarray(np.full((40, 40, 3), 200, np.uint8))
+    out = ops[0].aug_fn(img, 0)
+    assert np.asarray(out).max() == 0
+    assert np.array_equal(np.asarray(ops[0].aug_fn(img, 4)), np.asarray(img) & 0xF0)

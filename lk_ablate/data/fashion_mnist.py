@@ -105,7 +105,8 @@ class FashionMNISTDataModule(ClassificationDataModule):
     """Real Fashion-MNIST: 60k train, the full 10k test set as validation/test."""
 
     def __init__(self, root: str = DEBIAN_ROOT, download: bool = False, **kwargs) -> None:
-        kwargs.setdefault("model_name", "convnext_demo")
+        if kwargs.get("model_name") is None:  # the CLI passes None explicitly
+            kwargs["model_name"] = "convnext_demo"
         super().__init__(**kwargs)
         self.root, self.download = root, download
         if not download:  # fail when `fit` starts, with the fix

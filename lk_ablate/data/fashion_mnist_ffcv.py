@@ -8,6 +8,7 @@ them with the demo's augmentation (random crop with 2 px zero padding, flip) and
 """
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -85,10 +86,17 @@ class FashionMNISTFFCVDataModule(FFCVDataModule):
     def __init__(self, cache_dir: str = "data_cache/fashion_mnist_ffcv", root: str = DEBIAN_ROOT,
                  download: bool = False, size: int | None = None, hflip: float = 0.5, pad_crop: int = 2,
                  **kwargs: Any) -> None:
-        kwargs.setdefault("model_name", "convnext_demo")
+        if kwargs.get("model_name") is None:  # the CLI passes None explicitly
+            kwargs["model_name"] = "convnext_demo"
+        # The CLI passes the parent's options with their defaults (jsonargparse resolves **kwargs); only a
+        # value that differs from the parent's default is a real attempt to override what this module sets.
+        defaults = inspect.signature(FFCVDataModule.__init__).parameters
         for k in ("train_path", "val_path", "auto_augment", "color_jitter", "re_prob", "scale", "ratio"):
             if k in kwargs:
-                raise DataError(f"FashionMNISTFFCVDataModule sets {k} itself")
+                value = kwargs.pop(k)
+                default = defaults[k].default
+                if value != default and not (isinstance(value, (list, tuple)) and tuple(value) == tuple(default)):
+                    raise DataError(f"FashionMNISTFFCVDataModule sets {k} itself")
         self.cache_dir, self.root, self.download = cache_dir, root, download
         from ..models.registry import get_model_config
 
