@@ -82,13 +82,13 @@ def test_rand_augment_config_matches_timm():
 
 def _timm_args(name, level, sign):
     """timm's level -> argument map with the random sign forced (+1: kept, -1: negated)."""
-    state = random.getstate()
+    state, original = random.getstate(), random.random
     random.random = (lambda: 0.0) if sign > 0 else (lambda: 1.0)
     try:
         fn = T.LEVEL_TO_ARG[name]
         return fn(level, {"translate_pct": 0.45}) if fn is not None else ()
     finally:
-        del random.random
+        random.random = original  # `del` would remove the module's function for the rest of the session
         random.setstate(state)
 
 
