@@ -56,6 +56,7 @@ class LoadedModels:
     checkpoint_format: str | None
     epoch: int | None = None
     global_step: int | None = None
+    seed: int | None = None  # the training run's seed (lk_ablate checkpoints), as the callback records it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -118,7 +119,8 @@ def cli_main(argv: list[str]) -> int:
         data = make_results(model_name=loaded.name, kernel_sizes=loaded.kernel_sizes,
                             num_params=sum(p.numel() for p in raw.parameters()),
                             model_config=model_config_dict(loaded.config), weights=results,
-                            settings=settings_for(benchmarks), errors=errors, checkpoint_path=args.ckpt,
+                            settings=dict(settings_for(benchmarks), seed=loaded.seed), errors=errors,
+                            checkpoint_path=args.ckpt,
                             epoch=loaded.epoch, global_step=loaded.global_step,
                             checkpoint_format=loaded.checkpoint_format, model_source=loaded.source)
         if rank == 0:
@@ -178,7 +180,8 @@ def _load_lightning(obj: Mapping[str, Any], weights: str) -> LoadedModels:
     models = {w: build(w == "ema") for w in sets}
     first = next(iter(models.values()))
     return LoadedModels(models, first.model_config, hp["model_name"], list(getattr(first, "kernel_sizes", []) or [])
-                        or None, "lk_ablate", "lightning", obj.get("epoch"), obj.get("global_step"))
+                        or None, "lk_ablate", "lightning", obj.get("epoch"), obj.get("global_step"),
+                        (obj.get("lk_ablate") or {}).get("seed"))
 
 
 def _load_foreign(obj: Any, model_name: str | None, kernel_size: Any, weights: str,

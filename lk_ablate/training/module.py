@@ -230,4 +230,4 @@ class ImageClassifier(L.LightningModule):
         checkpoint["lk_ablate"] = {"model_name": self.hparams.model_name,
                                    "kernel_sizes": list(self.model.kernel_sizes),
                                    "model_config": self.model_config.to_dict(),
-                                   "has_ema": self.ema is not None}
+                                   "has_ema": self.ema is not None, "seed": self.run_seed}
