@@ -130,3 +130,15 @@ def test_randaugment_posterize_at_magnitude_10_does_not_crash():
     out = ops[0].aug_fn(img, 0)
     assert np.asarray(out).max() == 0
     assert np.array_equal(np.asarray(ops[0].aug_fn(img, 4)), np.asarray(img) & 0xF0)
+
+
+def test_dwconv_impl_is_a_config_option():
+    from lk_ablate.errors import ConfigError
+    from lk_ablate.models.layers import LargeKernelDWConv
+    from lk_ablate.training import ImageClassifier
+
+    m = ImageClassifier("convnext_demo", kernel_size=13, num_classes=10, dwconv_impl="fft", ema_decay=None)
+    impls = {c.impl for c in m.model.modules() if isinstance(c, LargeKernelDWConv)}
+    assert impls == {"fft"}
+    with pytest.raises(ConfigError, match="dwconv_impl"):
+        ImageClassifier("convnext_demo", kernel_size=13, num_classes=10, dwconv_impl="winograd")

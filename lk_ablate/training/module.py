@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..data.seeding import STREAM_STEP, derive_seed, global_seed, seeded_rng
 from ..errors import ConfigError
 from ..models.checkpoints import load_checkpoint
+from ..models.layers import set_module_impl
 from ..models.registry import ModelConfig, create_model
 from .schedule import scaled_lr, warmup_cosine_factor
 
@@ -38,7 +39,8 @@ class ImageClassifier(L.LightningModule):
                  betas: tuple[float, float] = (0.9, 0.999), label_smoothing: float = 0.1,
                  mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, mixup_prob: float = 1.0,
                  mixup_switch_prob: float = 0.5, ema_decay: float | None = 0.9999, channels_last: bool = False,
-                 layer_decay: float | None = None, seed: int | None = None) -> None:
+                 layer_decay: float | None = None, dwconv_impl: str | None = None,
+                 seed: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         for name, value, lo, hi in (("drop_path_rate", drop_path_rate, 0.0, 1.0),
@@ -55,6 +57,11 @@ class ImageClassifier(L.LightningModule):
                               f">= 0; got {base_lr}, {base_batch_size}, {min_lr}, {warmup_epochs}, {weight_decay}")
         self.model = create_model(model_name, kernel_size=kernel_size, num_classes=num_classes,
                                   drop_path_rate=drop_path_rate, **(model_kwargs or {}))
+        if dwconv_impl is not None:  # e.g. "auto", "direct", "fft" or a per-product plan "direct_cl,direct,fft"
+            try:
+                set_module_impl(self.model, dwconv_impl)
+            except ValueError as e:
+                raise ConfigError(f"model.dwconv_impl: {e}") from e
         if pretrained_path:
             load_checkpoint(self.model, pretrained_path, drop_head=True)
         self.ema = ModelEmaV3(self.model, decay=ema_decay) if ema_decay is not None else None
