@@ -43,7 +43,7 @@ from numba import njit, prange
 
 from .ffcv_augment import (STREAM_CROP, augment_batch, augment_batch_basic, augment_batch_basic_parallel,
                            augment_batch_parallel, needs_full_kernel, random_resized_crop_params, seed_state)
-from .sampler import ShardedBatchSampler
+from .sampler import LoaderPosition, ShardedBatchSampler
 from .seeding import STREAM_ORDER, STREAM_SAMPLE, derive_seed
 
 _KEY = AllocationQuery((1,), np.dtype("<u8"))
@@ -398,7 +398,7 @@ class EpochRun:
         self.context.__exit__(None, None, None)
 
 
-class FFCVLoader:
+class FFCVLoader(LoaderPosition):  # state_dict / load_state_dict: the resumable position
     """An iterable of (images float32 NCHW channels_last, labels int64) batches from a .beton file.
 
     ``batch_sampler`` (a ``ShardedBatchSampler``, or its QUASI_RANDOM variant for ``order='quasi_random'`` on
@@ -495,18 +495,3 @@ class FFCVLoader:
                 yield images, labels.view(-1)
         finally:
             run.close()
-
-    # Lightning's stateful-loader protocol (as ResumableDataLoader) ------------------------------------
-    def state_dict(self) -> dict[str, int]:
-        sampler = self.batch_sampler
-        epoch, completed = self._progress() if self._progress else (sampler.epoch, 0)
-        return {"epoch": int(epoch), "batches_completed": int(completed), "num_batches": len(sampler)}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        sampler = self.batch_sampler
-        if state["batches_completed"] >= state["num_batches"]:
-            sampler.set_epoch(state["epoch"] + 1)
-            sampler.skip_batches = 0
-        else:
-            sampler.set_epoch(state["epoch"])
-            sampler.skip_batches = state["batches_completed"]

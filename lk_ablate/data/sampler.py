@@ -60,16 +60,16 @@ class ShardedBatchSampler:
         return -(-per_rank // self.batch_size)
 
 
-class ResumableDataLoader(DataLoader):
-    """A DataLoader whose position Lightning saves in mid-epoch checkpoints (the ``_Stateful`` protocol).
+class LoaderPosition:
+    """Lightning's stateful-loader protocol (``_Stateful``) for a loader with a ShardedBatchSampler.
 
-    ``progress`` returns (epoch, batches completed in it) from the trainer; workers prefetch ahead, so
-    the loader itself cannot know how many batches the training loop really consumed.
+    Needs ``self.batch_sampler`` and ``self._progress``: a callable returning (epoch, batches completed in it)
+    from the trainer; workers prefetch ahead, so the loader itself cannot know how many batches the training
+    loop really consumed.
     """
 
-    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int]] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._progress = progress
+    batch_sampler: ShardedBatchSampler
+    _progress: Callable[[], tuple[int, int]] | None
 
     def state_dict(self) -> dict[str, int]:
         sampler = self.batch_sampler
@@ -84,3 +84,11 @@ class ResumableDataLoader(DataLoader):
         else:
             sampler.set_epoch(state["epoch"])
             sampler.skip_batches = state["batches_completed"]
+
+
+class ResumableDataLoader(LoaderPosition, DataLoader):
+    """A DataLoader whose position Lightning saves in mid-epoch checkpoints (see LoaderPosition)."""
+
+    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress = progress
