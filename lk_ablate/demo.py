@@ -61,7 +61,6 @@ def cli_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args, extra = p.parse_known_args(argv)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # 2 threads collapse when another process is busy
 
     import numpy as np
     import torch

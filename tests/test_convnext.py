@@ -55,6 +55,22 @@ def test_outputs_equal_timm_with_same_weights(k):
     assert (a - b).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("k", [3, 13])
+def test_demo_model_equals_timm_patch2_convnext(k):
+    """convnext_demo is timm's ConvNeXt at depths 2, dims 32..256, patch 2 (a downsampling first stage, stride 32)."""
+    torch.manual_seed(0)
+    ours = lk_ablate.create_model("convnext_demo", kernel_size=k).eval()
+    ref = timm.models.convnext.ConvNeXt(num_classes=10, depths=(2, 2, 2, 2), dims=(32, 64, 128, 256), patch_size=2,
+                                        kernel_sizes=k).eval()
+    assert n_params(ours) == n_params(ref) == {3: 1_590_602, 13: 1_744_202}[k]
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a, b = ours(x), ref(x)
+    assert ours.forward_features(x).shape == (2, 256, 1, 1)
+    assert ((a - b).norm() / b.norm()).item() < 1e-6
+
+
 @pytest.mark.parametrize("name,k", [("convnext_tiny", 3), ("convnext_tiny", 31), ("convnext_demo", 13)])
 def test_forward_backward_small_resolution(name, k):
     m = lk_ablate.create_model(name, kernel_size=k, num_classes=10, drop_path_rate=0.1)

@@ -192,3 +192,19 @@ def test_ffcv_is_imported_lazily_and_its_absence_is_explained(monkeypatch):
     monkeypatch.setitem(sys.modules, "ffcv", None)
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[ffcv\]'"):
         require_ffcv()
+
+
+def test_ffcv_leaves_torch_thread_count_alone(betons):
+    """Importing FFCV runs torch.set_num_threads(1) and its Loader sets num_workers: training would run on one
+    core. A fresh process: torch's thread count survives the import, a DataModule and a full epoch."""
+    code = (
+        "import torch; torch.set_num_threads(3)\n"
+        "import lk_ablate.data.ffcv_loader\n"
+        "from lk_ablate.data import FFCVDataModule\n"
+        f"dm = FFCVDataModule({str(betons[0])!r}, {str(betons[1])!r}, batch_size=4, num_workers=2, input_size=32)\n"
+        "dm.setup('fit')\n"
+        "n = sum(len(y) for _, y in dm.train_dataloader())\n"
+        "print(torch.get_num_threads(), n)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["3", "28"]

@@ -3,8 +3,8 @@
 ``ensure_fashion_mnist_betons`` resizes the 28 px grey images to ``size`` (bilinear, as the in-memory
 DataModule does), copies them to 3 channels and stores them raw (no JPEG loss) in ``cache_dir``; later calls
 reuse the files while the source files and size are unchanged. ``FashionMNISTFFCVDataModule`` trains from
-them with the demo's augmentation (random crop with 2 px zero padding, flip) and validates on the full
-10,000-image test set.
+them with the demo's augmentation (flip; a zero-padded random crop with ``pad_crop`` > 0) and validates on the
+full 10,000-image test set.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ class FashionMNISTFFCVDataModule(FFCVDataModule):
     """
 
     def __init__(self, cache_dir: str = "data_cache/fashion_mnist_ffcv", root: str = DEBIAN_ROOT,
-                 download: bool = False, size: int | None = None, hflip: float = 0.5, pad_crop: int = 2,
+                 download: bool = False, size: int | None = None, hflip: float = 0.5, pad_crop: int = 0,
                  **kwargs: Any) -> None:
         if kwargs.get("model_name") is None:  # the CLI passes None explicitly
             kwargs["model_name"] = "convnext_demo"

@@ -30,16 +30,20 @@ from typing import Any
 import numba
 import numpy as np
 import torch
-from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
-from ffcv.libffcv import imdecode, resize_crop
-from ffcv.loader import Loader, OrderOption
-from ffcv.pipeline.allocation_query import AllocationQuery
-from ffcv.pipeline.compiler import Compiler
-from ffcv.pipeline.operation import Operation
-from ffcv.pipeline.state import State
-from ffcv.traversal_order.quasi_random import generate_order_inner
-from numba import njit, prange
+
+from .ffcv import require_ffcv
+
+require_ffcv()  # first: keeps torch's thread count, which importing FFCV sets to 1
+from ffcv.fields.basics import IntDecoder  # noqa: E402
+from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder  # noqa: E402
+from ffcv.libffcv import imdecode, resize_crop  # noqa: E402
+from ffcv.loader import Loader, OrderOption  # noqa: E402
+from ffcv.pipeline.allocation_query import AllocationQuery  # noqa: E402
+from ffcv.pipeline.compiler import Compiler  # noqa: E402
+from ffcv.pipeline.operation import Operation  # noqa: E402
+from ffcv.pipeline.state import State  # noqa: E402
+from ffcv.traversal_order.quasi_random import generate_order_inner  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 from .ffcv_augment import (STREAM_CROP, augment_batch, augment_batch_basic, augment_batch_basic_parallel,
                            augment_batch_parallel, needs_full_kernel, random_resized_crop_params, seed_state)

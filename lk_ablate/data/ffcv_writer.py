@@ -183,6 +183,9 @@ def write_atomic(out: str | Path, dataset, fields: dict, meta: dict, page_size: 
                  chunk_size: int = 100, failed_log: Path | None = None) -> dict:
     """Write an indexable dataset of field tuples to ``out`` under a temporary name, then rename it (and its
     ``<out>.json`` with ``meta``) into place; an interrupted write leaves no file that looks complete."""
+    from .ffcv import require_ffcv
+
+    require_ffcv()
     from ffcv.writer import DatasetWriter
 
     out = Path(out)
@@ -210,6 +213,9 @@ def write_atomic(out: str | Path, dataset, fields: dict, meta: dict, page_size: 
 
 def write_beton(scan: FolderScan, out: str | Path, cfg: WriterConfig, source: str = "") -> dict:
     """Write checked samples to ``out``; returns the metadata written beside it."""
+    from .ffcv import require_ffcv
+
+    require_ffcv()
     from ffcv.fields import IntField, RGBImageField
 
     out = Path(out)

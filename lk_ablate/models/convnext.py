@@ -79,11 +79,13 @@ class ConvNeXt(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], patch_size, stride=patch_size),
                                   LayerNorm2d(dims[0], eps=1e-6))
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        stages, prev, start = [], dims[0], 0
+        stages, prev, start, stride = [], dims[0], 0, patch_size
         for i, (depth, dim) in enumerate(zip(depths, dims)):
+            # timm's rule: a stride-2 stem is followed by a downsampling first stage, so the net stride stays 32
+            downsample = i > 0 or stride == 2
             stages.append(ConvNeXtStage(prev, dim, depth, self.kernel_sizes[i], rates[start:start + depth],
-                                        ls_init_value, downsample=i > 0))
-            prev, start = dim, start + depth
+                                        ls_init_value, downsample=downsample))
+            prev, start, stride = dim, start + depth, stride * (2 if downsample else 1)
         self.stages = nn.Sequential(*stages)
         self.norm_pre = nn.Identity()
         self.head = NormMlpClassifierHead(self.num_features, num_classes, pool_type="avg", drop_rate=drop_rate,
@@ -153,6 +155,8 @@ def convnext_tiny(kernel_size: KernelSpec = 7, **kwargs) -> ConvNeXt:
                             interpolation="bilinear", num_classes=10))
 def convnext_demo(kernel_size: KernelSpec = 7, **kwargs) -> ConvNeXt:
     """The embedded demo's ConvNeXt (same blocks, reduced): depths (2, 2, 2, 2), dims (32, 64, 128, 256), patch 2.
+
+    As in timm, the 2x2 stem is followed by a downsampling first stage (8x8 maps there at 32 px, net stride 32).
 
     Its config is Fashion-MNIST's: 28 px images upsampled to 32, mean/std of the training set.
     """
