@@ -105,12 +105,13 @@ def test_feature_variance_per_image_and_batch_mean_by_hand():
 def test_feature_variance_layers_of_demo_convnext():
     model = lk_ablate.create_model("convnext_demo").eval()
     mods = feature_modules(model)
-    assert len(mods) == 1 + 8 + 3  # stem, 2+2+2+2 blocks, 3 downsamples
+    assert len(mods) == 1 + 8 + 4  # stem, 2+2+2+2 blocks, 4 downsamples (a patch-2 stem's first stage has one)
     out = run_features(model, FeatureVarianceConfig.from_dict({"max_images": 4}),
                        [(torch.randn(4, 3, 32, 32), torch.zeros(4))])
     names = [lay["name"] for lay in out["layers"]]
-    assert names[0] == "stem" and names[3] == "stages.1.downsample" and names[-1] == "stages.3.blocks.1"
-    assert len(names) == 12 and out["layers"][-1]["depth"] == 1.0
+    assert names[:2] == ["stem", "stages.0.downsample"] and names[4] == "stages.1.downsample"
+    assert names[-1] == "stages.3.blocks.1"
+    assert len(names) == 13 and out["layers"][-1]["depth"] == 1.0
 
 
 def test_feature_variance_on_timm_vit_tokens():
