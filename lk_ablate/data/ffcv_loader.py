@@ -36,7 +36,7 @@ from .ffcv import require_ffcv
 require_ffcv()  # first: keeps torch's thread count, which importing FFCV sets to 1
 from ffcv.fields.basics import IntDecoder  # noqa: E402
 from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder  # noqa: E402
-from ffcv.libffcv import imdecode, resize_crop  # noqa: E402
+from ffcv.libffcv import imdecode  # noqa: E402
 from ffcv.loader import Loader, OrderOption  # noqa: E402
 from ffcv.pipeline.allocation_query import AllocationQuery  # noqa: E402
 from ffcv.pipeline.compiler import Compiler  # noqa: E402
@@ -47,6 +47,7 @@ from numba import njit, prange  # noqa: E402
 
 from .ffcv_augment import (STREAM_CROP, augment_batch, augment_batch_basic, augment_batch_basic_parallel,
                            augment_batch_parallel, needs_full_kernel, random_resized_crop_params, seed_state)
+from .ffcv_resize import resize_crop_area
 from .sampler import LoaderPosition, ShardedBatchSampler
 from .seeding import STREAM_ORDER, STREAM_SAMPLE, derive_seed
 
@@ -86,7 +87,6 @@ def _readonly_state_types() -> None:
 
 _readonly_state_types()
 _imdecode = njit(nogil=True)(imdecode)
-_resize_crop = njit(nogil=True)(resize_crop)
 
 
 @njit(nogil=True)
@@ -117,8 +117,8 @@ def _decode_kernel(read: Callable, parallel: bool) -> Callable:
     loop = prange if parallel else range
 
     @njit(parallel=parallel, nogil=True)
-    def decode(batch_indices, metadata, state, page_log2, temp, destination, key, center, ratio, s_lo, s_hi,
-               r_lo, r_hi):
+    def decode(batch_indices, metadata, state, page_log2, temp, resize_temp, destination, key, center, ratio,
+               s_lo, s_hi, r_lo, r_hi):
         for i in loop(len(batch_indices)):
             field = metadata[batch_indices[i]]
             height, width = np.uint32(field["height"]), np.uint32(field["width"])
@@ -131,7 +131,7 @@ def _decode_kernel(read: Callable, parallel: bool) -> Callable:
                 st = seed_state(key, batch_indices[i], STREAM_CROP)
                 top, left, h, w = random_resized_crop_params(st, np.int64(height), np.int64(width), s_lo, s_hi,
                                                              r_lo, r_hi)
-            _resize_crop(image, top, top + h, left, left + w, destination[i])
+            resize_crop_area(image, top, h, left, w, destination[i], resize_temp[i % resize_temp.shape[0]])
 
     return decode
 
@@ -158,7 +158,8 @@ class SeededOp:
 
 
 class _CropDecoder(ResizedCropRGBImageDecoder, SeededOp):
-    """Decode (FFCV's libjpeg-turbo / raw copy), crop, resize (cv2 INTER_AREA, as FFCV) into the output size.
+    """Decode (FFCV's libjpeg-turbo / raw copy), crop, resize (area averaging, FFCV's cv2 INTER_AREA within one
+    grey level, 2.2x faster: ``ffcv_resize``) into the output size.
 
     Its code is a Python step that calls one parallel numba kernel compiled once per process; FFCV would
     otherwise compile a new decoder for every loader (seconds each). ``FFCVLoader`` sets ``reader`` and
@@ -170,7 +171,8 @@ class _CropDecoder(ResizedCropRGBImageDecoder, SeededOp):
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, Any]:
         # The full-size decode buffer is per thread (scratch), not per batch slot as in FFCV.
-        self.max_pixels = int(self.metadata["width"].max()) * int(self.metadata["height"].max())
+        self.max_width = int(self.metadata["width"].max())
+        self.max_pixels = self.max_width * int(self.metadata["height"].max())
         shape = (self.output_size[0], self.output_size[1], 3)
         return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<u1")),
                 (AllocationQuery(shape, np.dtype("<u1")), _KEY))
@@ -187,9 +189,11 @@ class _CropDecoder(ResizedCropRGBImageDecoder, SeededOp):
             destination, key = my_storage
             n = len(batch_indices)
             temp = scratch("decode", (n if op.parallel else 1, 3 * op.max_pixels), np.uint8)
+            resize_temp = scratch("resize", (n if op.parallel else 1, 3 * op.output_size[0] * op.max_width),
+                                  np.float32)
             _DECODE_KERNELS[op.reader, op.parallel](batch_indices, metadata, storage_state, np.uint64(op.page_log2),
-                                                    temp, destination, key[0, 0], op.center, op.ratio_c, s_lo,
-                                                    s_hi, r_lo, r_hi)
+                                                    temp, resize_temp, destination, key[0, 0], op.center,
+                                                    op.ratio_c, s_lo, s_hi, r_lo, r_hi)
             return destination[:n]
 
         return decode
