@@ -495,6 +495,7 @@ def test_configs_resolve_to_the_official_recipe(config, name, kernel, small, glo
         assert m["drop_path_rate"] == 0.3 and m["warmup_epochs"] == 1 and m["weight_decay"] == 1e-8
         assert m["mixup_alpha"] == 0.0 and m["cutmix_alpha"] == 0.0 and m["min_lr"] == 3e-4
         assert d["input_size"] == 384 and m["pretrained_path"].endswith("RepLKNet-31B_ImageNet-22K.pth")
+        assert d["crop_pct"] == 1.0 and d["crop_mode"] == "squash"  # the official warp at >= 384 px
 
 
 def fit_args(config: str, root: Path, *extra: str) -> list[str]:

@@ -50,6 +50,7 @@ def timm_model_config(model: nn.Module) -> ModelConfig:
         std=tuple(pc.get("std", default.std)),
         interpolation=str(pc.get("interpolation", default.interpolation)),
         num_classes=int(getattr(model, "num_classes", pc.get("num_classes", default.num_classes))),
+        crop_mode=str(pc.get("crop_mode") or default.crop_mode),
     )
 
 

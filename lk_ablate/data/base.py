@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from ..models.registry import ModelConfig, get_model_config
+from ..models.registry import CROP_MODES, ModelConfig, get_model_config
 from .sampler import ResumableDataLoader, ShardedBatchSampler
 from .seeding import STREAM_SAMPLE, derive_seed, global_seed, seeded_rng
 
@@ -35,23 +35,26 @@ class SeededDataset(Dataset):
 class ClassificationDataModule(L.LightningDataModule):
     """Common options and loaders; subclasses provide the datasets in ``build_datasets``.
 
-    Image size, crop ratio, mean/std and interpolation default to the model's config (None = the model's).
+    Image size, crop ratio and mode, mean/std and interpolation default to the model's config (None = the model's).
     """
 
     def __init__(self, batch_size: int = 128, num_workers: int = 4, seed: int | None = None,
                  input_size: int | None = None, crop_pct: float | None = None,
                  mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
                  interpolation: str | None = None, model_name: str | None = None, pin_memory: bool = True,
-                 persistent_workers: bool = True) -> None:
+                 persistent_workers: bool = True, crop_mode: str | None = None) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+        if crop_mode is not None and crop_mode not in CROP_MODES:
+            raise ConfigError(f"data crop_mode must be one of {', '.join(CROP_MODES)} (or null: the model's), "
+                              f"got {crop_mode!r}")
         self.batch_size, self.num_workers = batch_size, num_workers
         self._seed = seed
         self._overrides = dict(input_size=input_size, crop_pct=crop_pct, mean=mean, std=std,
-                               interpolation=interpolation)
+                               interpolation=interpolation, crop_mode=crop_mode)
         self.model_name = model_name
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.datasets: dict[str, Dataset] = {}

@@ -3,7 +3,7 @@
 Train: RandomResizedCrop (scale 0.08-1, decoded and resized by FFCV), flip, RandAugment
 rand-m9-mstd0.5-inc1 (or colour jitter when RandAugment is off), normalise, random erasing 0.25, all per
 sample and seeded by (seed, epoch, sample index) (``ffcv_augment``). Val: centre crop of ``crop_pct`` x the
-shorter side, resized to the model's input size, normalised. Image size, crop ratio and mean/std come from
+shorter side (``crop_mode`` "squash": of each side), resized to the model's input size, normalised. Image size, crop ratio and mean/std come from
 the model's config unless set here. Output: float32 NCHW in channels_last memory format, int64 labels.
 
 Order: QUASI_RANDOM on one process (FFCV's page-aware shuffle, fewer disk reads when the data does not fit in
@@ -199,7 +199,7 @@ class FFCVDataModule(ClassificationDataModule):
         if train:
             decoder = SeededRandomResizedCrop((size, size), self.scale, self.ratio)
         else:
-            decoder = CenterCrop((size, size), cfg.crop_pct)
+            decoder = CenterCrop((size, size), cfg.crop_pct, squash=cfg.crop_mode == "squash")
         order = self.order if train and world == 1 else "random"
         loader = FFCVLoader(info.path, decoder, SeededAugment(params, ops, train), batch_size=self.batch_size,
                             train=train, order=order, seed=self.seed, rank=rank, world_size=world,

@@ -56,6 +56,7 @@ _JPG = IMAGE_MODES["jpg"]
 # numba's default 'workqueue' threading layer aborts when two threads launch parallel kernels at once
 # (a train and a val iterator alive together); batches are short, so one lock costs nothing.
 _PIPELINE_LOCK = threading.Lock()
+CROP_RANDOM, CROP_CENTER, CROP_SQUASH = 0, 1, 2  # the decoders' crop rules
 
 
 
@@ -117,16 +118,19 @@ def _decode_kernel(read: Callable, parallel: bool) -> Callable:
     loop = prange if parallel else range
 
     @njit(parallel=parallel, nogil=True)
-    def decode(batch_indices, metadata, state, page_log2, temp, resize_temp, destination, key, center, ratio,
+    def decode(batch_indices, metadata, state, page_log2, temp, resize_temp, destination, key, crop, ratio,
                s_lo, s_hi, r_lo, r_hi):
         for i in loop(len(batch_indices)):
             field = metadata[batch_indices[i]]
             height, width = np.uint32(field["height"]), np.uint32(field["width"])
             image = _decode_full(read(field["data_ptr"], state, page_log2), field["mode"], height, width,
                                  temp[i % temp.shape[0]])
-            if center:
+            if crop == CROP_CENTER:
                 c = np.int64(ratio * min(height, width))
                 top, left, h, w = (np.int64(height) - c) // 2, (np.int64(width) - c) // 2, c, c
+            elif crop == CROP_SQUASH:  # the centred ratio of each side, then resized to the output square
+                h, w = max(np.int64(ratio * height), 1), max(np.int64(ratio * width), 1)
+                top, left = (np.int64(height) - h) // 2, (np.int64(width) - w) // 2
             else:
                 st = seed_state(key, batch_indices[i], STREAM_CROP)
                 top, left, h, w = random_resized_crop_params(st, np.int64(height), np.int64(width), s_lo, s_hi,
@@ -166,7 +170,7 @@ class _CropDecoder(ResizedCropRGBImageDecoder, SeededOp):
     ``page_log2`` from the file's memory manager.
     """
 
-    center, ratio_c, scale, ratio = False, 1.0, (0.08, 1.0), (3 / 4, 4 / 3)
+    crop, ratio_c, scale, ratio = CROP_RANDOM, 1.0, (0.08, 1.0), (3 / 4, 4 / 3)
     reader, page_log2, parallel = "os", 0, False
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, Any]:
@@ -192,7 +196,7 @@ class _CropDecoder(ResizedCropRGBImageDecoder, SeededOp):
             resize_temp = scratch("resize", (n if op.parallel else 1, 3 * op.output_size[0] * op.max_width),
                                   np.float32)
             _DECODE_KERNELS[op.reader, op.parallel](batch_indices, metadata, storage_state, np.uint64(op.page_log2),
-                                                    temp, resize_temp, destination, key[0, 0], op.center,
+                                                    temp, resize_temp, destination, key[0, 0], op.crop,
                                                     op.ratio_c, s_lo, s_hi, r_lo, r_hi)
             return destination[:n]
 
@@ -210,11 +214,13 @@ class SeededRandomResizedCrop(_CropDecoder):
 
 
 class CenterCrop(_CropDecoder):
-    """FFCV's centre-crop decoder: the centred square of ``ratio`` x the shorter side, resized."""
+    """FFCV's centre-crop decoder: the centred square of ``ratio`` x the shorter side, resized. With ``squash``
+    (timm's crop mode; RepLKNet's evaluation at >= 384 px), the centred ``ratio`` x height by ``ratio`` x width
+    box, resized to the output ignoring the aspect ratio (``ratio`` 1: the whole image warped)."""
 
-    def __init__(self, output_size: tuple[int, int], ratio: float) -> None:
+    def __init__(self, output_size: tuple[int, int], ratio: float, squash: bool = False) -> None:
         super().__init__(output_size)
-        self.center, self.ratio_c = True, float(ratio)
+        self.crop, self.ratio_c = CROP_SQUASH if squash else CROP_CENTER, float(ratio)
 
 
 class LabelDecoder(IntDecoder):

@@ -57,6 +57,7 @@ def train_transform(cfg: ModelConfig, aug: AugmentConfig):
 
 
 def eval_transform(cfg: ModelConfig):
-    """Resize the shorter side to input/crop_pct, centre-crop the input size, normalise."""
+    """Resize the shorter side (``crop_mode`` "squash": the whole image) to input/crop_pct, centre-crop the input
+    size, normalise."""
     return create_transform(cfg.input_size, is_training=False, interpolation=cfg.interpolation, mean=cfg.mean,
-                            std=cfg.std, crop_pct=cfg.crop_pct)
+                            std=cfg.std, crop_pct=cfg.crop_pct, crop_mode=cfg.crop_mode)

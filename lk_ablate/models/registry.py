@@ -11,6 +11,7 @@ from ..errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_MODES = ("center", "squash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +19,9 @@ class ModelConfig:
     """How a variant expects its inputs: data pipelines and evaluation read this, never constants.
 
     Eval transform (timm convention): resize the shorter side to ``int(input_size / crop_pct)``,
-    then centre-crop ``input_size``.
+    then centre-crop ``input_size`` (``crop_mode`` "center"); or, with ``crop_mode`` "squash", resize the whole
+    image to a square of that side, ignoring its aspect ratio, then centre-crop (timm's "squash"; with crop_pct
+    1.0 the official RepLKNet evaluation at >= 384 px, which warps without cropping).
     """
 
     input_size: tuple[int, int, int] = (3, 224, 224)
@@ -27,6 +30,13 @@ class ModelConfig:
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bicubic"
     num_classes: int = 1000
+    crop_mode: str = "center"
+
+    def __post_init__(self) -> None:
+        if self.crop_mode not in CROP_MODES:
+            raise ConfigError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {self.crop_mode!r}")
+        if not self.crop_pct > 0.0:
+            raise ConfigError(f"crop_pct must be > 0, got {self.crop_pct}")
 
     @property
     def image_size(self) -> int:

@@ -396,8 +396,8 @@ def replknet_31b(kernel_size: KernelSpec = (31, 29, 27, 13), small_kernel: int |
 
 
 # The released 31L weights are ImageNet-22K -> 1K fine-tuned at 384 px; the official eval warps (resizes the
-# whole image to 384x384, no crop) at >= 384 px, which crop_pct 1.0 approximates with a centre crop.
-@register_model(ModelConfig(input_size=(3, 384, 384), crop_pct=1.0, interpolation="bicubic"))
+# whole image to 384x384, no crop) at >= 384 px: crop_mode "squash" with crop_pct 1.0.
+@register_model(ModelConfig(input_size=(3, 384, 384), crop_pct=1.0, interpolation="bicubic", crop_mode="squash"))
 def replknet_31l(kernel_size: KernelSpec = (31, 29, 27, 13), small_kernel: int | None = 5, **kwargs) -> RepLKNet:
     """RepLKNet-31L: layers (2, 2, 18, 2), channels (192, 384, 768, 1536), small kernel 5."""
     return _build(kernel_size, (192, 384, 768, 1536), small_kernel, **kwargs)

@@ -79,7 +79,8 @@ def class_indices(name: str) -> list[int]:
 
 
 def eval_transform(cfg: ModelConfig, resize: bool = True) -> Callable:
-    """PIL image -> normalised tensor. ``resize``: shorter side to ``cfg.resize_size``, centre-crop ``cfg.image_size``.
+    """PIL image -> normalised tensor. ``resize``: shorter side to ``cfg.resize_size`` (the whole image to that
+    square with ``crop_mode`` "squash"), centre-crop ``cfg.image_size``.
 
     Without resize (ImageNet-C), images larger than the model's input are centre-cropped to it, which is the
     official ``CenterCrop(224)`` (a no-op on the released 224x224 images for a 224 model).
@@ -88,7 +89,8 @@ def eval_transform(cfg: ModelConfig, resize: bool = True) -> Callable:
     if not resize:
         return T.Compose([_CenterCropIfLarger(cfg.input_size[-2:]), *tail])
     interp = T.InterpolationMode(cfg.interpolation)
-    return T.Compose([T.Resize(cfg.resize_size, interpolation=interp), T.CenterCrop(cfg.input_size[-2:]), *tail])
+    size = (cfg.resize_size, cfg.resize_size) if cfg.crop_mode == "squash" else cfg.resize_size
+    return T.Compose([T.Resize(size, interpolation=interp), T.CenterCrop(cfg.input_size[-2:]), *tail])
 
 
 class _CenterCropIfLarger:

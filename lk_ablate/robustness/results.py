@@ -5,7 +5,7 @@ Everything downstream (``lk_ablate report``, the analyses) reads only these file
     {
       "schema": "lk_ablate.robustness", "schema_version": 1, "created": "<UTC ISO time>", "lk_ablate_version": "...",
       "model": {"name": str, "kernel_sizes": [int, ...] | null, "num_params": int, "source": "lk_ablate" | "timm",
-                "config": {input_size, crop_pct, mean, std, interpolation, num_classes}},
+                "config": {input_size, crop_pct, mean, std, interpolation, num_classes, crop_mode}},
       "checkpoint": {"path": abs path | null, "epoch": int | null, "global_step": int | null,
                      "format": "lightning" | "official" | "timm" | "pretrained" | null},
       "weights": {"raw": {<benchmark>: {...} | null, ...}, "ema": {...}},   # the weight sets that were scored

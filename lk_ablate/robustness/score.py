@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError, DataError
-from ..models.registry import ModelConfig
+from ..models.registry import CROP_MODES, ModelConfig
 from .benchmarks import build_benchmarks
 from .callback import model_config_dict, settings_for
 from .evaluate import evaluate
@@ -237,12 +237,13 @@ def _load_timm(name: str, ckpt: str | None, weights: str) -> LoadedModels:
             timm_load(m, ckpt, use_ema=w == "ema", strict=True)
         models[w] = m.eval()
     dc = resolve_model_data_config(base)
-    if dc.get("crop_mode", "center") != "center":
-        raise ConfigError(f"timm model {name} evaluates with crop_mode {dc['crop_mode']!r}; only 'center' is "
-                          f"supported (the benchmarks' resize + centre-crop)")
+    crop_mode = dc.get("crop_mode") or "center"
+    if crop_mode not in CROP_MODES:
+        raise ConfigError(f"timm model {name} evaluates with crop_mode {crop_mode!r}; supported: "
+                          f"{', '.join(CROP_MODES)}")
     cfg = TimmEvalConfig(input_size=tuple(dc["input_size"]), crop_pct=float(dc["crop_pct"]),
                          mean=tuple(dc["mean"]), std=tuple(dc["std"]), interpolation=dc["interpolation"],
-                         num_classes=int(base.num_classes))
+                         num_classes=int(base.num_classes), crop_mode=crop_mode)
     ks = getattr(base, "kernel_sizes", None)
     return LoadedModels(models, cfg, name, list(ks) if ks else None, "timm", "timm" if ckpt else "pretrained")
 
