@@ -145,3 +145,38 @@ def test_nested_config_files_and_table(tmp_path):
     table = format_table(data).splitlines()
     assert table[2].split() == ["imagenet_a", "top1", "8", "12.35", "50.00"]
     assert table[3].split() == ["imagenet_r", "top1", "FAILED", "FAILED"]
+
+
+def test_wandb_adds_the_scores_to_the_training_run(tmp_path, trees, monkeypatch, capsys):
+    """--wandb reopens the run id stored in the checkpoint (offline here) and adds summary + table to it."""
+    import wandb
+    from test_wandb import offline_runs
+
+    from lk_ablate.robustness.results import flatten_metrics
+    from lk_ablate.training.wandb import CHECKPOINT_KEY
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    train = wandb.init(project="lk_ablate_test", dir=str(tmp_path), name="convnext_demo-k3-s0", group="g")
+    train.log({"train/loss": 1.0})
+    train.finish()
+    ckpt = tmp_path / "last.ckpt"
+    _lightning_ckpt(ckpt)
+    obj = torch.load(ckpt, weights_only=False)
+    obj[CHECKPOINT_KEY] = {"run_id": train.id, "project": "lk_ablate_test", "entity": None,
+                           "name": "convnext_demo-k3-s0", "group": "g"}
+    torch.save(obj, ckpt)
+    assert main(["robustness", "--ckpt", str(ckpt), "--imagenet-a", trees["imagenet_a"], "--device", "cpu",
+                 "--batch-size", "16", "--num-workers", "0", "--wandb"]) == 0
+    assert f"W&B: added to run {train.id}" in capsys.readouterr().out
+    runs = offline_runs(tmp_path)
+    assert len(runs) == 2 and {r["run"].run_id for r in runs} == {train.id}
+    scored = next(r for r in runs if "robustness/top1_table" in r["summary"])
+    data = read_results(tmp_path / "last.robustness.json")
+    for key, value in flatten_metrics(data).items():
+        assert scored["summary"][key] == value
+    assert scored["summary"]["robustness/top1_table"]["nrows"] == 2  # imagenet_a for raw and EMA weights
+    # a checkpoint that never logged to W&B: a clear error before any scoring
+    _lightning_ckpt(tmp_path / "plain.ckpt")
+    with pytest.raises(ConfigError, match="records no W&B run"):
+        cli_main(["--ckpt", str(tmp_path / "plain.ckpt"), "--imagenet-a", trees["imagenet_a"], "--wandb"])

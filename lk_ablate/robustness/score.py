@@ -57,6 +57,7 @@ class LoadedModels:
     epoch: int | None = None
     global_step: int | None = None
     seed: int | None = None  # the training run's seed (lk_ablate checkpoints), as the callback records it
+    wandb_run: Mapping[str, Any] | None = None  # the W&B run the checkpoint was trained in, if it logged to one
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--output", help="results JSON (default: beside the checkpoint, <stem>.robustness.json)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--wandb", action="store_true",
+                   help="also add the scores to the checkpoint's W&B training run (resumed by the id the checkpoint "
+                        "stores; WANDB_MODE=offline writes it locally beside the checkpoint)")
     return p
 
 
@@ -106,6 +110,10 @@ def cli_main(argv: list[str]) -> int:
     try:
         loaded = load_models(ckpt=args.ckpt, timm_name=args.timm, model_name=args.model,
                              kernel_size=args.kernel_size, weights=weights, config_model=config.get("model"))
+        if args.wandb and not loaded.wandb_run:
+            raise ConfigError(f"--wandb: {args.ckpt or args.timm} records no W&B run (only lk_ablate checkpoints of "
+                              f"runs that logged to W&B do); score without --wandb, and log the report with "
+                              f"`lk_ablate report --wandb-project`")
         if loaded.config.num_classes != 1000:
             raise ConfigError(f"{loaded.name} has {loaded.config.num_classes} classes; the ImageNet benchmarks "
                               f"need a 1000-class model")
@@ -129,6 +137,12 @@ def cli_main(argv: list[str]) -> int:
             write_results(out, data)
             print(format_table(data))
             print(f"results: {out}")
+            if args.wandb:
+                from ..training.wandb import log_results_to_run
+
+                save_dir = os.environ.get("WANDB_DIR") or Path(args.ckpt).parent
+                run_id = log_results_to_run(data, loaded.wandb_run, seed=loaded.seed, save_dir=save_dir)
+                print(f"W&B: added to run {run_id} ({loaded.wandb_run.get('project')})")
             for e in errors:
                 print(f"FAILED {e['weights']} / {e['benchmark']} (rank {e['rank']}):\n{e['error']}", file=sys.stderr)
         return 1 if errors else 0
@@ -181,7 +195,7 @@ def _load_lightning(obj: Mapping[str, Any], weights: str) -> LoadedModels:
     first = next(iter(models.values()))
     return LoadedModels(models, first.model_config, hp["model_name"], list(getattr(first, "kernel_sizes", []) or [])
                         or None, "lk_ablate", "lightning", obj.get("epoch"), obj.get("global_step"),
-                        (obj.get("lk_ablate") or {}).get("seed"))
+                        (obj.get("lk_ablate") or {}).get("seed"), obj.get("wandb") or None)
 
 
 def _load_foreign(obj: Any, model_name: str | None, kernel_size: Any, weights: str,

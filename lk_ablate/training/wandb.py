@@ -25,7 +25,8 @@ from lightning.pytorch.loggers import WandbLogger
 
 from ..report import ablation_family, kernel_label
 
-__all__ = ["CHECKPOINT_KEY", "WandbRun", "configure_wandb_loggers", "finish_wandb_run", "log_robustness",
+__all__ = ["CHECKPOINT_KEY", "WandbRun", "configure_wandb_loggers", "finish_wandb_run", "log_results_to_run",
+           "log_robustness",
            "read_run_id", "resolved_config", "resume_checkpoint", "robustness_table_rows", "run_identity",
            "wandb_loggers"]
 
@@ -206,6 +207,30 @@ def log_robustness(trainer: L.Trainer, results: Mapping[str, Any], seed: int | N
         run.summary.update(summary)
         table = wandb.Table(columns=TABLE_COLUMNS, data=robustness_table_rows(results, seed))
         logger.log_metrics({key: table}, step=trainer.global_step if step is None else step)
+
+
+def log_results_to_run(results: Mapping[str, Any], run_info: Mapping[str, Any], seed: int | None = None,
+                       save_dir: str | os.PathLike | None = None, key: str = "robustness/top1_table") -> str:
+    """Reopen the W&B run a checkpoint was trained in (``checkpoint["wandb"]``, resumed by its id) and add a
+    results dict to it, as the callback would have: scalar metrics into the summary, the top-1 table logged.
+
+    For scores computed after training (``lk_ablate robustness --wandb``, the SLURM evaluation array): the
+    metrics then sit on the training run, next to its kernel size and group. Returns the run id.
+    """
+    import wandb
+
+    from ..robustness.results import flatten_metrics
+
+    if seed is None:
+        seed = (results.get("settings") or {}).get("seed")
+    run = wandb.init(id=run_info["run_id"], project=run_info.get("project"), entity=run_info.get("entity"),
+                     resume="allow", dir=None if save_dir is None else str(save_dir))
+    try:
+        run.summary.update(flatten_metrics(results))
+        run.log({key: wandb.Table(columns=TABLE_COLUMNS, data=robustness_table_rows(results, seed))})
+    finally:
+        run.finish()
+    return str(run.id)
 
 
 def finish_wandb_run(exit_code: int = 0) -> None:
