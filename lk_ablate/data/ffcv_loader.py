@@ -126,7 +126,7 @@ def _decode_kernel(read: Callable, parallel: bool) -> Callable:
             image = _decode_full(read(field["data_ptr"], state, page_log2), field["mode"], height, width,
                                  temp[i % temp.shape[0]])
             if crop == CROP_CENTER:
-                c = np.int64(ratio * min(height, width))
+                c = max(np.int64(ratio * min(height, width)), 1)  # a 1-pixel side still gives a crop
                 top, left, h, w = (np.int64(height) - c) // 2, (np.int64(width) - c) // 2, c, c
             elif crop == CROP_SQUASH:  # the centred ratio of each side, then resized to the output square
                 h, w = max(np.int64(ratio * height), 1), max(np.int64(ratio * width), 1)
