@@ -93,8 +93,23 @@ class Metric:
     n: int | None = None
 
 
+class _ModelKernel:
+    """``family`` and ``kernel`` labels of anything with ``model`` and ``kernel_sizes`` (a run, a table row)."""
+
+    model: str
+    kernel_sizes: tuple[int, ...] | None
+
+    @property
+    def family(self) -> str:
+        return ablation_family(self.model)
+
+    @property
+    def kernel(self) -> str:
+        return kernel_label(self.kernel_sizes)
+
+
 @dataclass
-class Run:
+class Run(_ModelKernel):
     path: Path
     model: str
     kernel_sizes: tuple[int, ...] | None
@@ -105,14 +120,6 @@ class Run:
     metrics: dict[str, Metric]
     analyses: dict[str, Any]
     errors: list[dict[str, Any]]
-
-    @property
-    def family(self) -> str:
-        return ablation_family(self.model)
-
-    @property
-    def kernel(self) -> str:
-        return kernel_label(self.kernel_sizes)
 
     @property
     def label(self) -> str:
@@ -302,21 +309,13 @@ def summarize(metrics: Sequence[Metric]) -> Stat:
 
 
 @dataclass
-class Row:
+class Row(_ModelKernel):
     """One (model, kernel size) of the table and the statistics of every metric over its runs."""
 
     model: str
     kernel_sizes: tuple[int, ...] | None
     runs: list[Run]
     stats: dict[str, Stat]
-
-    @property
-    def family(self) -> str:
-        return ablation_family(self.model)
-
-    @property
-    def kernel(self) -> str:
-        return kernel_label(self.kernel_sizes)
 
     @property
     def seeds(self) -> str:

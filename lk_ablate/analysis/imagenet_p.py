@@ -20,7 +20,6 @@ normalised with the model's mean/std (resized only when the model's input size i
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from ..models.registry import ModelConfig
+from ..robustness.results import read_json
 from .common import SectionConfig, model_device, new_figure, save_figure
 
 PERTURBATIONS = ("gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "snow", "brightness", "translate",
@@ -173,12 +173,7 @@ def _frames_to_input(frames: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
 def load_baselines(path: str | os.PathLike) -> dict[str, Any]:
     """{"source": str, "flip_probability": {perturbation: FP}, "top5_distance": {perturbation: T5D}}."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"ImageNet-P baselines file not found: {p}")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p} is not valid JSON: {e}") from e
+    data = read_json(p, "ImageNet-P baselines file")
     for key in ("flip_probability", "top5_distance"):
         if not isinstance(data.get(key), dict):
             raise DataError(f"{p} needs a '{key}' object mapping perturbation -> AlexNet value")

@@ -3,8 +3,8 @@
 Train: RandomResizedCrop (scale 0.08-1, decoded and resized by FFCV), flip, RandAugment
 rand-m9-mstd0.5-inc1 (or colour jitter when RandAugment is off), normalise, random erasing 0.25, all per
 sample and seeded by (seed, epoch, sample index) (``ffcv_augment``). Val: centre crop of ``crop_pct`` x the
-shorter side (``crop_mode`` "squash": of each side), resized to the model's input size, normalised. Image size, crop ratio and mean/std come from
-the model's config unless set here. Output: float32 NCHW in channels_last memory format, int64 labels.
+shorter side (``crop_mode`` "squash": of each side), resized to the model's input size, normalised. Image size,
+crop ratio and mode and mean/std come from the model's config unless set here. Output: float32 NCHW in channels_last memory format, int64 labels.
 
 Order: QUASI_RANDOM on one process (FFCV's page-aware shuffle, fewer disk reads when the data does not fit in
 RAM), RANDOM under DDP (FFCV has no distributed QUASI_RANDOM); both are functions of (seed, epoch), so a

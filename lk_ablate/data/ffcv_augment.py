@@ -126,7 +126,8 @@ def random_resized_crop_params(st, height, width, scale_lo, scale_hi, log_ratio_
 # --- point ops (Pillow ImageOps) ----------------------------------------------------------------------
 @njit(cache=True)
 def apply_lut(src, dst, lut):
-    """dst[..., c] = lut[c, src[..., c]] for a (3, 256) uint8 table (Pillow's ``Image.point``)."""
+    """dst[..., c] = lut[c, src[..., c]] for a (3, 256) table: uint8 (Pillow's ``Image.point``) or float32
+    (``normalize_lut``: ToTensor + Normalize into a float image)."""
     hh, ww, _ = src.shape
     for y in range(hh):
         for x in range(ww):
@@ -655,15 +656,6 @@ def normalize_lut(mean, std):
 
 
 @njit(cache=True)
-def normalize(img, out, lut):
-    hh, ww, _ = img.shape
-    for y in range(hh):
-        for x in range(ww):
-            for c in range(3):
-                out[y, x, c] = lut[c, img[y, x, c]]
-
-
-@njit(cache=True)
 def normal_pair(st):
     """Two independent standard normals (Marsaglia's polar method)."""
     while True:
@@ -735,7 +727,7 @@ def augment_sample(img, tmp, out, key, index, params, ops):
                      params[P_RA_PROB], params[P_RA_INC] > 0.0, fill, ops, np.int64(params[P_INTERP]))
     elif params[P_CJ_B] > 0.0 or params[P_CJ_C] > 0.0 or params[P_CJ_S] > 0.0:
         color_jitter(img, tmp, st, params[P_CJ_B], params[P_CJ_C], params[P_CJ_S])
-    normalize(img, out, normalize_lut(params[P_MEAN:P_MEAN + 3], params[P_STD:P_STD + 3]))
+    apply_lut(img, out, normalize_lut(params[P_MEAN:P_MEAN + 3], params[P_STD:P_STD + 3]))
     if params[P_RE_PROB] > 0.0:
         random_erasing(out, st, params[P_RE_PROB], np.int64(params[P_RE_MODE]), np.int64(params[P_RE_MIN_COUNT]),
                        np.int64(params[P_RE_MAX_COUNT]))
@@ -761,7 +753,7 @@ def _batch_kernels(parallel: bool):
                 hflip(images[i])
             if pad > 0:
                 pad_crop(images[i], tmp[i % tmp.shape[0]], st, pad)
-            normalize(images[i], out[i], lut)
+            apply_lut(images[i], out[i], lut)
 
     return full, basic
 

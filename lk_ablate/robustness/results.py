@@ -96,15 +96,19 @@ def validate_results(data: Any, source: str = "results") -> dict[str, Any]:
     return data
 
 
-def read_results(path: str | os.PathLike) -> dict[str, Any]:
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """A JSON file's content; a missing file or invalid JSON is a DataError naming ``what`` and the path."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"results file not found: {path}")
+        raise DataError(f"{what} not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON: {e}") from e
-    return validate_results(data, str(path))
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    return validate_results(read_json(path, "results file"), str(path))
 
 
 def write_results(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:

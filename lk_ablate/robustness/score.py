@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError, DataError
 from ..models.registry import CROP_MODES, ModelConfig
+from ..training.wandb import CHECKPOINT_KEY as WANDB_CHECKPOINT_KEY
 from .benchmarks import build_benchmarks
 from .callback import model_config_dict, settings_for
 from .evaluate import evaluate
@@ -195,7 +196,7 @@ def _load_lightning(obj: Mapping[str, Any], weights: str) -> LoadedModels:
     first = next(iter(models.values()))
     return LoadedModels(models, first.model_config, hp["model_name"], list(getattr(first, "kernel_sizes", []) or [])
                         or None, "lk_ablate", "lightning", obj.get("epoch"), obj.get("global_step"),
-                        (obj.get("lk_ablate") or {}).get("seed"), obj.get("wandb") or None)
+                        (obj.get("lk_ablate") or {}).get("seed"), obj.get(WANDB_CHECKPOINT_KEY) or None)
 
 
 def _load_foreign(obj: Any, model_name: str | None, kernel_size: Any, weights: str,

@@ -192,20 +192,12 @@ def log_robustness(trainer: L.Trainer, results: Mapping[str, Any], seed: int | N
     loggers = wandb_loggers(trainer)
     if not loggers or not trainer.is_global_zero:
         return
-    import wandb
-
-    from ..robustness.results import flatten_metrics
-
     if seed is None:
         seed = getattr(trainer.lightning_module, "run_seed", None) if trainer.lightning_module is not None else None
-    if seed is None:
-        seed = (results.get("settings") or {}).get("seed")
-    summary = flatten_metrics(results)
     step = (results.get("checkpoint") or {}).get("global_step")
     for logger in loggers:
-        run = logger.experiment
-        run.summary.update(summary)
-        table = wandb.Table(columns=TABLE_COLUMNS, data=robustness_table_rows(results, seed))
+        summary, table = _summary_and_table(results, seed)
+        logger.experiment.summary.update(summary)
         logger.log_metrics({key: table}, step=trainer.global_step if step is None else step)
 
 
@@ -219,18 +211,27 @@ def log_results_to_run(results: Mapping[str, Any], run_info: Mapping[str, Any], 
     """
     import wandb
 
+    run = wandb.init(id=run_info["run_id"], project=run_info.get("project"), entity=run_info.get("entity"),
+                     resume="allow", dir=None if save_dir is None else str(save_dir))
+    try:
+        summary, table = _summary_and_table(results, seed)
+        run.summary.update(summary)
+        run.log({key: table})
+    finally:
+        run.finish()
+    return str(run.id)
+
+
+def _summary_and_table(results: Mapping[str, Any], seed: int | None) -> tuple[dict[str, Any], Any]:
+    """A results dict's scalar metrics (summary values) and its top-1 ``wandb.Table``; ``seed`` None: the
+    results' ``settings.seed``."""
+    import wandb
+
     from ..robustness.results import flatten_metrics
 
     if seed is None:
         seed = (results.get("settings") or {}).get("seed")
-    run = wandb.init(id=run_info["run_id"], project=run_info.get("project"), entity=run_info.get("entity"),
-                     resume="allow", dir=None if save_dir is None else str(save_dir))
-    try:
-        run.summary.update(flatten_metrics(results))
-        run.log({key: wandb.Table(columns=TABLE_COLUMNS, data=robustness_table_rows(results, seed))})
-    finally:
-        run.finish()
-    return str(run.id)
+    return flatten_metrics(results), wandb.Table(columns=TABLE_COLUMNS, data=robustness_table_rows(results, seed))
 
 
 def finish_wandb_run(exit_code: int = 0) -> None:
