@@ -13,6 +13,7 @@ from test_robustness_support import (ORACLE_CONFIG, OracleNet, benchmark_wnids, 
 
 from lk_ablate.errors import ConfigError, DataError
 from lk_ablate.models.registry import ModelConfig
+from lk_ablate.data.transforms import EvalSpec
 from lk_ablate.robustness.benchmarks import build_benchmarks, eval_transform
 from lk_ablate.robustness.evaluate import evaluate
 
@@ -169,9 +170,9 @@ def test_sharded_ranks_equal_one_process_and_a_failing_rank_is_reported(trees, w
 # --- transforms from the model's config ------------------------------------------------------------------
 def test_eval_transform_follows_model_config():
     convnext = ModelConfig()  # 224, crop 0.875, bicubic: the authors' Resize(256) + CenterCrop(224)
+    spec = EvalSpec.from_model_config(convnext)
+    assert (spec.resize, spec.interpolation, spec.crop, spec.squash) == (256, "bicubic", (224, 224), False)
     tf = eval_transform(convnext)
-    resize, crop = tf.transforms[0], tf.transforms[1]
-    assert (resize.size, resize.interpolation.value, list(crop.size)) == (256, "bicubic", [224, 224])
     img = Image.new("RGB", (500, 375), (255, 128, 0))
     x = tf(img)
     assert x.shape == (3, 224, 224)
@@ -179,8 +180,10 @@ def test_eval_transform_follows_model_config():
     assert torch.allclose(x.mean(dim=(1, 2)), expected, atol=1e-5)
     demo = ModelConfig(input_size=(3, 32, 32), crop_pct=1.0, mean=(0.286,) * 3, std=(0.353,) * 3,
                        interpolation="bilinear", num_classes=10)
-    tf = eval_transform(demo)
-    assert (tf.transforms[0].size, tf.transforms[0].interpolation.value) == (32, "bilinear")
+    spec = EvalSpec.from_model_config(demo)
+    assert (spec.resize, spec.interpolation, spec.crop) == (32, "bilinear", (32, 32))
+    # timm's floor rule: 320 / 0.875 = 365.7 -> 365 (RepLKNet-XL), not 366.
+    assert EvalSpec.from_model_config(ModelConfig(input_size=(3, 320, 320), crop_pct=0.875)).resize == 365
     # ImageNet-C: no resize; only images larger than the input are centre-cropped to it.
     c_tf = eval_transform(convnext, resize=False)
     assert c_tf(Image.new("RGB", (224, 224))).shape == (3, 224, 224)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ CROP_MODES = ("center", "squash")
 class ModelConfig:
     """How a variant expects its inputs: data pipelines and evaluation read this, never constants.
 
-    Eval transform (timm convention): resize the shorter side to ``int(input_size / crop_pct)``,
+    Eval transform (timm convention): resize the shorter side to ``floor(input_size / crop_pct)``,
     then centre-crop ``input_size`` (``crop_mode`` "center"); or, with ``crop_mode`` "squash", resize the whole
     image to a square of that side, ignoring its aspect ratio, then centre-crop (timm's "squash"; with crop_pct
     1.0 the official RepLKNet evaluation at >= 384 px, which warps without cropping).
@@ -44,7 +45,8 @@ class ModelConfig:
 
     @property
     def resize_size(self) -> int:
-        return int(round(self.image_size / self.crop_pct))
+        # timm's rule (transforms_imagenet_eval): floor, not round; 320 / 0.875 -> 365.
+        return int(math.floor(self.image_size / self.crop_pct))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..data.transforms import EvalSpec, eval_transform
 from ..errors import ConfigError, DataError
 from ..models.registry import ModelConfig
 from .metrics import ALL_CORRUPTIONS, SEVERITIES
@@ -78,35 +78,6 @@ def class_indices(name: str) -> list[int]:
     return torch.nonzero(class_mask(name)).flatten().tolist()
 
 
-def eval_transform(cfg: ModelConfig, resize: bool = True) -> Callable:
-    """PIL image -> normalised tensor. ``resize``: shorter side to ``cfg.resize_size`` (the whole image to that
-    square with ``crop_mode`` "squash"), centre-crop ``cfg.image_size``.
-
-    Without resize (ImageNet-C), images larger than the model's input are centre-cropped to it, which is the
-    official ``CenterCrop(224)`` (a no-op on the released 224x224 images for a 224 model).
-    """
-    tail = [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
-    if not resize:
-        return T.Compose([_CenterCropIfLarger(cfg.input_size[-2:]), *tail])
-    interp = T.InterpolationMode(cfg.interpolation)
-    size = (cfg.resize_size, cfg.resize_size) if cfg.crop_mode == "squash" else cfg.resize_size
-    return T.Compose([T.Resize(size, interpolation=interp), T.CenterCrop(cfg.input_size[-2:]), *tail])
-
-
-class _CenterCropIfLarger:
-    def __init__(self, size: Sequence[int]) -> None:
-        self.size = tuple(size)
-
-    def __call__(self, img: Any) -> Any:
-        w, h = img.size
-        if h > self.size[0] or w > self.size[1]:
-            return T.functional.center_crop(img, [min(h, self.size[0]), min(w, self.size[1])])
-        return img
-
-    def __repr__(self) -> str:
-        return f"CenterCropIfLarger(size={self.size})"
-
-
 class _FixedClassFolder(ImageFolder):
     """ImageFolder whose classes are a given sorted wnid list (labels = index in that list), not whatever is on disk."""
 
@@ -127,8 +98,15 @@ class Part:
     classes: tuple[str, ...]
     resize: bool
 
-    def dataset(self, cfg: ModelConfig) -> Dataset:
-        return _FixedClassFolder(self.root, self.classes, transform=eval_transform(cfg, self.resize))
+    def spec(self, cfg: ModelConfig) -> EvalSpec:
+        """The model's eval input for this part (ImageNet-C: no resize)."""
+        return EvalSpec.from_model_config(cfg, resize=self.resize)
+
+    def dataset(self, cfg: ModelConfig | EvalSpec, transform: Callable | None = None) -> Dataset:
+        """The part's images with ``transform`` (default: the full eval transform of ``cfg``)."""
+        if transform is None:
+            transform = eval_transform(cfg if isinstance(cfg, EvalSpec) else self.spec(cfg))
+        return _FixedClassFolder(self.root, self.classes, transform=transform)
 
 
 @dataclass(frozen=True)
