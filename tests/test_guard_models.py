@@ -24,7 +24,7 @@ SIZE = 112  # stage maps 28 / 14 / 7 / 4: k = 51 uses 51 / 27 / 13 / 7 taps per 
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+    return float(((a - b).norm() / b.norm()).detach())
 
 
 def randomize_(model: nn.Module, seed: int) -> nn.Module:
