@@ -68,7 +68,9 @@ def create_timm_model(name: str, checkpoint: str | os.PathLike | None = None, nu
         if not os.path.isfile(checkpoint):
             raise DataError(f"checkpoint not found: {checkpoint}")
         try:
-            timm.models.load_checkpoint(model, str(checkpoint), use_ema=True, strict=True, weights_only=False)
+            from ..models.checkpoints import load_timm_weights  # safe unpickling (base/safe_load.py)
+
+            load_timm_weights(model, checkpoint, use_ema=True, strict=True)
         except RuntimeError as e:
             raise DataError(f"checkpoint {checkpoint} does not fit timm model {name!r}: {str(e)[:500]}") from e
     model.eval()

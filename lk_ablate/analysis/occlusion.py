@@ -106,7 +106,9 @@ def load_dino(path: str | os.PathLike, arch: str = "vit_small_patch16_224", img_
 
     if not os.path.isfile(path):
         raise DataError(f"DINO weights not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    from ..base.safe_load import load_torch_file
+
+    obj = load_torch_file(path, what="DINO weights")  # allow-listed unpickling: downloaded weights run no code
     for key in ("teacher", "model", "state_dict", "student"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

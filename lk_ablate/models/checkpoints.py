@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..base.safe_load import load_torch_file
 from ..errors import DataError
 
 
@@ -39,14 +40,31 @@ def unwrap_state_dict(obj: Mapping[str, Any], prefer_ema: bool = False) -> dict[
     return dict(sd)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """torch.load on CPU with a clear error for missing or unreadable files."""
-    if not os.path.isfile(path):
-        raise DataError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or not a torch file
-        raise DataError(f"cannot read checkpoint {path}: {e}; is it a complete torch checkpoint file?") from e
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint on CPU without running code from it (allow-listed unpickling, see base/safe_load.py);
+    one clear error for missing, unreadable or unsafe files."""
+    return load_torch_file(path, mmap=mmap)
+
+
+def load_timm_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = True, strict: bool = True) -> Any:
+    """timm's ``load_checkpoint`` (same key precedence: state_dict_ema / model_ema when ``use_ema``, then
+    state_dict, model, bare; DDP / compile prefixes removed), reading the file safely. ``.safetensors`` files
+    cannot run code and go to timm directly."""
+    import timm.models
+
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        return timm.models.load_checkpoint(model, path, use_ema=use_ema, strict=strict)
+    obj = read_checkpoint(path)
+    key = ""
+    if isinstance(obj, Mapping):
+        for k, wanted in (("state_dict_ema", use_ema), ("model_ema", use_ema), ("state_dict", True),
+                          ("model", True)):
+            if wanted and obj.get(k) is not None:
+                key = k
+                break
+    sd = timm.models.clean_state_dict(obj[key] if key else obj)
+    return model.load_state_dict(sd, strict=strict)
 
 
 def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], strict: bool = True,

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ..base.safe_load import UnsafeCheckpointError, load_torch_file
 from ..errors import ConfigError, DataError
 from ..training.wandb import log_robustness
 from .benchmarks import Benchmark, build_benchmarks, resolve_corruptions
@@ -248,9 +249,11 @@ def _model_contract(pl_module: L.LightningModule) -> None:
 
 
 def _stored_step(path: str) -> int | None:
-    try:  # memory-mapped: reads the pickle, not the tensors
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception:
+    try:  # memory-mapped: reads the pickle, not the tensors; allow-listed unpickling (no code runs)
+        ckpt = load_torch_file(path, mmap=True)
+    except UnsafeCheckpointError:
+        raise
+    except DataError:
         return None
     return int(ckpt["global_step"]) if isinstance(ckpt, dict) and "global_step" in ckpt else None
 

@@ -247,9 +247,9 @@ def _load_timm(name: str, ckpt: str | None, weights: str) -> LoadedModels:
     for w in sets:
         m = base if not models else timm.create_model(name, pretrained=False)
         if ckpt:
-            from timm.models import load_checkpoint as timm_load
+            from ..models.checkpoints import load_timm_weights  # safe unpickling (base/safe_load.py)
 
-            timm_load(m, ckpt, use_ema=w == "ema", strict=True)
+            load_timm_weights(m, ckpt, use_ema=w == "ema", strict=True)
         models[w] = m.eval()
     dc = resolve_model_data_config(base)
     crop_mode = dc.get("crop_mode") or "center"

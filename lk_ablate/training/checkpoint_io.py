@@ -11,91 +11,52 @@ written.
 Here the temporary file is created beside the destination (same file system), written, flushed and fsync'ed, then
 renamed over the destination with ``os.replace`` (atomic on POSIX), and the folder is fsync'ed so the rename itself
 is durable. ``torch.save`` streams into the file, so no second in-memory copy of the checkpoint is made.
-Remote paths (``s3://`` ...) keep Lightning's own behaviour.
+The writing itself is the project's one atomic writer (``lk_ablate/base/files.py``), whose temporary names carry
+the writer's host and pid so that a stale-file clean-up never deletes another live process's in-flight file.
+Loading goes through ``lk_ablate/base/safe_load.py`` (allow-listed unpickling: a checkpoint runs no code).
+Remote paths (``s3://`` ...) keep Lightning's own behaviour (loaded with ``weights_only=True``).
 """
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
-import tempfile
 from typing import Any
 
-import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ..base.files import atomic_torch_save, temp_prefix
+from ..base.safe_load import load_torch_file, trust_checkpoints
+
 __all__ = ["AtomicCheckpointIO", "atomic_torch_save", "temp_prefix"]
 
 
-def temp_prefix(path: str | os.PathLike) -> str:
-    """Name prefix of the temporary files written for ``path`` (hidden, so no glob for ``*.ckpt`` matches them)."""
-    return f".{os.path.basename(os.fspath(path))}.tmp-"
-
-
-def _fsync_dir(folder: str) -> None:
-    with contextlib.suppress(OSError):  # some file systems refuse to open or fsync a directory; nothing to do then
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` through a fsync'ed temporary file in the same folder and ``os.replace``.
-
-    Temporary files left by an earlier killed save of the same ``path`` are removed first (only one process
-    writes a given checkpoint path: Lightning saves on global rank 0).
-    """
-    path = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    prefix = temp_prefix(path)
-    for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(prefix) + "*")):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(stale)
-    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def _read_umask() -> int:
-    # /proc avoids os.umask's set-and-restore, which briefly changes the mask for every thread of the process.
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
+def _local(path: Any) -> str | None:
+    if not isinstance(get_filesystem(path), LocalFileSystem):
+        return None
+    path = os.fspath(path)
+    return path[len("file://"):] if path.startswith("file://") else path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` whose local saves are atomic and durable (see the module docstring)."""
+    """``TorchCheckpointIO`` whose local saves are atomic and durable and whose loads run no code (see the module
+    docstring)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
-        if not isinstance(get_filesystem(path), LocalFileSystem):
+        local = _local(path)
+        if local is None:
             super().save_checkpoint(checkpoint, path)
             return
-        path = os.fspath(path)
-        if path.startswith("file://"):
-            path = path[len("file://"):]
-        atomic_torch_save(checkpoint, path)
+        atomic_torch_save(checkpoint, local)
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        # Lightning's own resume / validate path: the same allow-listed loader as every other checkpoint read.
+        local = _local(path)
+        if local is None:
+            return super().load_checkpoint(path, map_location=map_location,
+                                           weights_only=False if trust_checkpoints() else True)
+        # On CPU: Lightning copies the states into the module and the optimizers, which cast to their devices.
+        return load_torch_file(local)

@@ -31,13 +31,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ..errors import ConfigError
+from ..base.safe_load import UnsafeCheckpointError, load_torch_file
+from ..errors import ConfigError, DataError
 from .checkpoint_io import AtomicCheckpointIO
 
 __all__ = ["DeferredRequeue", "ResumableCheckpoint", "checkpoint_step", "cli_trainer_extras",
@@ -98,10 +98,14 @@ def checkpoint_step(path: str | os.PathLike) -> int | None:
     """The ``global_step`` stored in a Lightning checkpoint, or None if the file is not a complete checkpoint.
 
     Memory-mapped: reads the pickled metadata, not the tensors, so this is cheap even for large checkpoints.
+    Read without running code (base/safe_load.py): a file that needs non-allow-listed globals raises
+    UnsafeCheckpointError instead of being skipped, so a planted file is reported, not silently passed over.
     """
     try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception:  # truncated, empty or foreign file: not something to resume from
+        ckpt = load_torch_file(path, mmap=True)
+    except UnsafeCheckpointError:
+        raise
+    except DataError:  # truncated, empty or foreign file: not something to resume from
         return None
     if not isinstance(ckpt, dict) or "global_step" not in ckpt or "state_dict" not in ckpt:
         return None

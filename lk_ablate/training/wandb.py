@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from ..report import ablation_family, kernel_label
@@ -112,9 +111,14 @@ def read_run_id(checkpoint_path: str | os.PathLike | None) -> str | None:
     """The W&B run id stored in a Lightning checkpoint by :class:`WandbRun` (None when there is none)."""
     if checkpoint_path is None or not Path(checkpoint_path).is_file():
         return None
-    try:  # memory-mapped: reads the pickle, not the tensors
-        ckpt = torch.load(checkpoint_path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception:  # not a zip checkpoint: Lightning itself reports unreadable files
+    from ..base.safe_load import UnsafeCheckpointError, load_torch_file
+    from ..errors import DataError
+
+    try:  # memory-mapped: reads the pickle, not the tensors; allow-listed unpickling (no code runs)
+        ckpt = load_torch_file(checkpoint_path, mmap=True)
+    except UnsafeCheckpointError:
+        raise
+    except DataError:  # unreadable: Lightning itself reports it when it loads the checkpoint
         return None
     info = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
     return info.get("run_id") if isinstance(info, dict) else None
