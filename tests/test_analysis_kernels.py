@@ -120,7 +120,8 @@ def test_feature_variance_on_timm_vit_tokens():
     vit = timm.create_model("test_vit").eval()
     out = run_features(vit, FeatureVarianceConfig.from_dict({"max_images": 2}),
                        [(torch.randn(2, 3, 160, 160), torch.zeros(2))])
-    assert len(out["layers"]) == 1 + len(vit.blocks) and all(lay["variance"] > 0 for lay in out["layers"])
+    # patch + position embedding, then each block's attention and MLP residual outputs
+    assert len(out["layers"]) == 1 + 2 * len(vit.blocks) and all(lay["variance"] > 0 for lay in out["layers"])
 
 
 def test_feature_variance_config_errors():

@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ import torch.nn as nn
 
 from ..errors import ConfigError, DataError
 from ..models.registry import ModelConfig
+
+if TYPE_CHECKING:
+    from ..data.transforms import EvalSpec
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 C = TypeVar("C", bound="SectionConfig")
@@ -97,6 +100,22 @@ def from_pixels(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """[0, 1] pixel values -> normalised model input."""
     mean, std = mean_std(cfg, x)
     return (x - mean) / std
+
+
+def script_eval_spec(cfg: ModelConfig, interpolation: str) -> "EvalSpec":
+    """The released LKRobust scripts' eval geometry: resize the shorter side to 256, centre-crop 224, ImageNet
+    mean/std (every model, ViTs included), with the script's ``interpolation``.
+
+    The scripts only run at 224 px. For a model whose input side ``s`` is not 224 (31L / XL, 384 px fine-tunes)
+    the same geometry is scaled to ``s`` (resize ``floor(s * 256 / 224)``, crop ``s``; 384 -> 438 / 384): a
+    project choice, the released code has no other size (the paper scored 31L at 384 px).
+    """
+    from ..data.transforms import EvalSpec
+    from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    h, w = (int(v) for v in cfg.input_size[-2:])
+    return EvalSpec(crop=(h, w), resize=(min(h, w) * 256) // 224, squash=False, interpolation=interpolation,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def model_device(model: nn.Module) -> torch.device:

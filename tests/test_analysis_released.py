@@ -1,0 +1,162 @@
+"""`--config paper` computes what the paper's released scripts (github.com/Lauch1ng/LKRobust) compute.
+
+Each oracle below re-writes the released formula directly (sequential block lists, numpy-style loops), never
+through lk_ablate's own functions, and is compared with the analysis on a tiny model, norm-wise.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+
+from lk_ablate.analysis import run_analyses
+from lk_ablate.analysis.features import FeatureVarianceConfig
+from lk_ablate.analysis.features import run as run_features
+from lk_ablate.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from lk_ablate.models.replknet import RepLKNet
+
+PAPER = yaml.safe_load(open("lk_ablate/analysis/paper.yaml"))["analyses"]
+
+
+def rel(a, b) -> float:
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return float((a - b).norm() / b.norm())
+
+
+def small_replknet(seed: int = 0, layers=(1, 1, 2, 1)) -> RepLKNet:
+    torch.manual_seed(seed)
+    m = RepLKNet(kernel_size=(7, 5, 5, 5), layers=layers, channels=(8, 16, 16, 32), small_kernel=3,
+                 num_classes=10).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+    return m
+
+
+# --- feature-map variance (feature_map_variance/main.py) ----------------------------------------------------
+POOL, BS, SWEEPS = 12, 4, 3
+
+
+def released_feature_variance(blocks, images, vit: bool) -> torch.Tensor:
+    """main.py:175-236 with dataset_size POOL, batch_size BS, num_sweep SWEEPS."""
+    torch.random.manual_seed(0)
+    perms = [torch.randperm(POOL) for _ in range(SWEEPS)]
+    latents = []
+    with torch.no_grad():
+        for sweep in range(SWEEPS):
+            sub = images[perms[sweep]]
+            for start in range(0, POOL, BS):
+                xs = sub[start:start + BS]
+                latents_item = []
+                for block in blocks:
+                    xs = block(xs)
+                    latents_item.append(torch.mean(xs, dim=0))
+            latents.append(latents_item)  # only the last batch's record survives
+    latents = [torch.stack([latents[s][i] for s in range(SWEEPS)]) for i in range(len(latents[0]))]
+    if vit:
+        latents = [lat[:, 1:] for lat in latents]
+    latents = latents[:-1]
+    out = []
+    for lat in latents:
+        if lat.dim() == 3:
+            b, n, c = lat.shape
+            h = int(math.sqrt(n))
+            lat = lat.reshape(b, h, h, c).permute(0, 3, 1, 2)
+        out.append(lat.var(dim=[-1, -2]).mean(dim=[0, 1]))
+    return torch.stack(out)
+
+
+class _Residual(nn.Module):
+    def __init__(self, *fn):
+        super().__init__()
+        self.fn = nn.Sequential(*fn)
+
+    def forward(self, x):
+        return self.fn(x) + x
+
+
+class _ViTEmbed(nn.Module):
+    def __init__(self, vit):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x):
+        x = self.vit.patch_embed(x)
+        if x.dim() == 4:  # dynamic_img_size: NHWC
+            x = x.flatten(1, 2)
+        x = torch.cat((self.vit.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        return self.vit.pos_drop(x + self.vit.pos_embed)
+
+
+def _paper_features(**over) -> FeatureVarianceConfig:
+    section = {**PAPER["feature_variance"], "pool_size": POOL, "batch_mean_size": BS, "sweeps": SWEEPS, **over}
+    return FeatureVarianceConfig.from_dict(section)
+
+
+def _batches(images, bs=5):
+    labels = torch.zeros(images.shape[0], dtype=torch.long)
+    return [(images[i:i + bs], labels[i:i + bs]) for i in range(0, images.shape[0], bs)]
+
+
+def test_paper_feature_variance_equals_released_script_on_replknet():
+    m = small_replknet()
+    torch.manual_seed(1)
+    images = torch.randn(POOL + 3, 3, 64, 64)  # the pool is the first POOL images the source yields
+    ours = run_features(m, _paper_features(), _batches(images))
+    blocks = [*m.stem, *m.stages[0].blocks, *m.transitions[0], *m.stages[1].blocks, *m.transitions[1],
+              *m.stages[2].blocks, *m.transitions[2], *m.stages[3].blocks]
+    expected = released_feature_variance(blocks, images[:POOL], vit=False)
+    got = torch.tensor([lay["variance"] for lay in ours["layers"]])
+    assert len(got) == len(blocks) - 1 == 19  # the final ConvFFN is left out, as released
+    assert rel(got, expected) < 1e-5
+    assert ours["images"] == SWEEPS * BS
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_paper_feature_variance_equals_released_script_on_timm_vit(dynamic):
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, depth=2, embed_dim=32, num_heads=2,
+                            img_size=64, dynamic_img_size=dynamic).eval()
+    torch.manual_seed(2)
+    images = torch.randn(POOL, 3, 64, 64)
+    ours = run_features(vit, _paper_features(), _batches(images))
+    blocks = [_ViTEmbed(vit),
+              *[r for b in vit.blocks for r in (_Residual(b.norm1, b.attn), _Residual(b.norm2, b.mlp))],
+              nn.Sequential(vit.norm, nn.Identity())]  # the head entry, dropped as released
+    expected = released_feature_variance(blocks, images, vit=True)
+    assert [lay["name"] for lay in ours["layers"]] == ["pos_embed", "blocks.0.attn", "blocks.0.mlp",
+                                                      "blocks.1.attn", "blocks.1.mlp"]
+    assert rel([lay["variance"] for lay in ours["layers"]], expected) < 1e-5
+
+
+def test_paper_feature_variance_on_timm_resnet_records_stem_and_blocks():
+    import timm
+
+    torch.manual_seed(0)
+    r = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    torch.manual_seed(3)
+    images = torch.randn(POOL, 3, 96, 96)
+    ours = run_features(r, _paper_features(), _batches(images))
+    blocks = [nn.Sequential(r.conv1, r.bn1, r.act1, r.maxpool), *r.layer1, *r.layer2, *r.layer3, *r.layer4,
+              nn.Sequential(r.global_pool, r.fc)]
+    expected = released_feature_variance(blocks, images, vit=False)
+    assert len(ours["layers"]) == 9 and rel([lay["variance"] for lay in ours["layers"]], expected) < 1e-5
+
+
+def test_feature_variance_permutations_are_the_scripts_draws_and_need_the_pool():
+    cfg = _paper_features()
+    torch.manual_seed(0)
+    expected = [torch.randperm(POOL)[8:].tolist() for _ in range(SWEEPS)]
+    assert cfg.groups() == expected
+    with pytest.raises(Exception, match="pool_size is 12 but the data source yielded 10"):
+        run_features(small_replknet(), cfg, _batches(torch.randn(10, 3, 32, 32)))
