@@ -153,6 +153,7 @@ def fft_length(n: int) -> int:
         m += 2
 
 
+@torch.compiler.assume_constant_result  # traced code gets the lengths as constants (no loop for dynamo to unroll)
 def _fft_size(height: int, width: int, kh: int, kw: int) -> tuple[int, int]:
     # Period L >= H + k//2: the kept outputs' wrapped reads land in the zero tail (negative offsets) or in
     # rows >= H that hold zeros (positive offsets), so the circular correlation equals the zero-padded one.
@@ -326,12 +327,24 @@ def rule_for(device: str, batch: int, height: int, width: int, kh: int, kw: int)
     return tuple(next(r["plan"] for r in rows if r["k"] == best))  # type: ignore[return-value]
 
 
+@torch.compiler.assume_constant_result
+def resolve_plan(impl: str, device: str, batch: int, height: int, width: int, kh: int, kw: int) -> Plan:
+    """The plan of ``impl`` for one call's (device, batch, map, cropped kernel); all arguments are plain values.
+
+    Under ``torch.compile`` dynamo does not trace this function: it calls it once while tracing and bakes the plan
+    into the graph as a constant (guarded by the module's ``impl`` and the default implementation, and by the
+    shapes, which ``compile_model`` keeps static). So ``auto`` costs no graph break: its rule lookup reads a JSON
+    file and runs Python that dynamo cannot trace.
+    """
+    plan = parse_plan(impl)
+    return plan if plan is not None else rule_for(device, batch, height, width, kh, kw)
+
+
 def select_plan(impl: str, x: torch.Tensor, weight: torch.Tensor) -> Plan:
     """Resolve ``impl`` for this call (``auto``: from the measured rule for its device, batch, map, kernel)."""
-    plan = parse_plan(impl)
-    if plan is None:
-        plan = rule_for(x.device.type, x.shape[0], x.shape[-2], x.shape[-1], *weight.shape[-2:])
-    return plan
+    # int(): a symbolic size (dynamic shapes) is specialised to its value, as the plan depends on it.
+    return resolve_plan(impl, x.device.type, int(x.shape[0]), int(x.shape[-2]), int(x.shape[-1]),
+                        int(weight.shape[-2]), int(weight.shape[-1]))
 
 
 # ------------------------------------------------------------------------------------------- entry point

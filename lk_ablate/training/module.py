@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..data.seeding import STREAM_STEP, derive_seed, global_seed, seeded_rng
 from ..errors import ConfigError
 from ..models.checkpoints import load_checkpoint
+from ..models.compile import check_compile_options, compile_model, is_compiled
 from ..models.layers import set_module_impl
 from ..models.registry import ModelConfig, create_model
 from .schedule import scaled_lr, warmup_cosine_factor
@@ -30,6 +31,8 @@ class ImageClassifier(L.LightningModule):
     (training only); drop path; EMA of the weights, validated and reported separately (val/ema_*).
     Warmup: the 300-epoch recipe warms up for 20 epochs; the 120-epoch ablation scales that to 8.
     Randomness (mixup/cutmix, drop path) is drawn under a seed derived from (seed, epoch, batch, rank).
+    ``compile: true`` runs the network (and its EMA) under ``torch.compile`` (``compile_mode``, ``compile_backend``)
+    for fit, validate, test and predict; checkpoints are the same either way.
     """
 
     def __init__(self, model_name: str = "convnext_tiny", kernel_size: int | list[int] | None = None,
@@ -40,7 +43,8 @@ class ImageClassifier(L.LightningModule):
                  mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, mixup_prob: float = 1.0,
                  mixup_switch_prob: float = 0.5, ema_decay: float | None = 0.9999, channels_last: bool = False,
                  layer_decay: float | None = None, dwconv_impl: str | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, compile: bool = False, compile_mode: str | None = None,
+                 compile_backend: str = "inductor") -> None:
         super().__init__()
         self.save_hyperparameters()
         for name, value, lo, hi in (("drop_path_rate", drop_path_rate, 0.0, 1.0),
@@ -52,6 +56,8 @@ class ImageClassifier(L.LightningModule):
             raise ConfigError(f"model.layer_decay must be in (0, 1] or null, got {layer_decay}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        if compile:  # torch.compile of the model (and EMA) happens in configure_model; checked here, before building
+            check_compile_options(compile_mode, compile_backend)
         if base_lr <= 0 or base_batch_size < 1 or min_lr < 0 or warmup_epochs < 0 or weight_decay < 0:
             raise ConfigError("model.base_lr, base_batch_size must be > 0 and min_lr, warmup_epochs, weight_decay "
                               f">= 0; got {base_lr}, {base_batch_size}, {min_lr}, {warmup_epochs}, {weight_decay}")
@@ -101,6 +107,19 @@ class ImageClassifier(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
+
+    def configure_model(self) -> None:
+        """``compile: true``: compile the network and its EMA in place (state-dict keys unchanged, see compile_model).
+
+        Here rather than in __init__: after the EMA's deep copy and the channels-last conversion (setup), inside the
+        launched process (a compiled function cannot be pickled to spawned workers), before DDP wraps the module.
+        """
+        hp = self.hparams
+        if not hp.get("compile", False):
+            return
+        for net in (self.model, self.ema.module if self.ema is not None else None):
+            if net is not None and not is_compiled(net):
+                compile_model(net, hp.compile_mode, hp.compile_backend)
 
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule
