@@ -1,90 +1,107 @@
-"""``lk_ablate analyze <analysis|all|list> --ckpt ... --config ...``: run the paper's analyses on one model."""
+"""``lk_ablate analyze <analysis|all|list> [options]``: run the paper's analyses on one model.
+
+    lk_ablate analyze occlusion --model.ckpt runs/convnext_k31/last.ckpt --preset paper \\
+        --data.imagenet_val /data/imagenet/val --occlusion.dino_weights /w/dino_deitsmall16_pretrain.pth
+    lk_ablate analyze lesion --model.name replknet_31b --model.ckpt RepLKNet-31B_ImageNet-1K_224.pth \\
+        --data.imagenet_val /data/imagenet/val --lesion.samples 3
+    lk_ablate analyze all --config my_analyses.yaml --print_config
+
+Options follow ``lk_ablate robustness`` (``--model.*``, ``--data.*``, ``--protocol``, ``--results``); every
+analysis is a group of its own (``--occlusion.levels [0.1,0.5]``); ``--preset paper`` loads the shipped paper
+settings (lk_ablate/analysis/paper.yaml, ``protocol: paper``); a section's ``preset`` key picks one of its
+named presets, and explicit values override it.
+"""
 from __future__ import annotations
 
-import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
+from ..evaluation.cli import base_parser, check_old_spellings, config_files, parse, preset_argv
+from ..evaluation.loading import load_for_eval
+from ..evaluation.options import DataOptions, ModelOptions
 
-DATA_KEYS = ("val_dir", "batch_size", "num_workers", "limit", "seed")
-
-
-def _kernel_size(text: str) -> int | list[int]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError as e:
-        raise ConfigError(f"--kernel-size takes an odd int or a comma list like 31,29,27,13, got {text!r}") from e
-    return values[0] if len(values) == 1 else values
+PRESETS_PACKAGE = "lk_ablate.analysis"
 
 
-def _parser() -> argparse.ArgumentParser:
+@dataclass
+class AnalysisDataOptions(DataOptions):
+    """The validation images the analyses read.
+
+    Args:
+        limit: use a seeded random subset of this many validation images (None: all).
+        seed: the subset's seed.
+    """
+
+    limit: int | None = None
+    seed: int = 0
+
+
+def _parser() -> Any:
     from .runner import ANALYSES
 
-    p = argparse.ArgumentParser(
-        prog="lk_ablate analyze", description="Run one of the paper's robustness analyses (or all configured ones).",
-        epilog="analyses: " + "; ".join(f"{a.name}: {a.help}" for a in ANALYSES.values()))
-    p.add_argument("analysis", help="an analysis name, 'all' (every section in --config) or 'list'")
-    p.add_argument("--config", help="YAML with one section per analysis (top level or under 'analyses:') and an "
-                                    "optional 'data:' section (val_dir, batch_size, num_workers, limit, seed); "
-                                    "'paper' = the shipped paper settings (lk_ablate/analysis/paper.yaml)")
-    p.add_argument("--ckpt", help="checkpoint: an lk_ablate run's (architecture from its hyper-parameters), or "
-                                  "official/timm weights with --model or --timm-model")
-    p.add_argument("--model", help="registered model name (lk_ablate list_models())")
-    p.add_argument("--kernel-size", type=_kernel_size, help="kernel size for --model: 31 or 31,29,27,13")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--timm-model", help="a timm architecture; mean/std/size from timm's pretrained_cfg")
-    ema = p.add_mutually_exclusive_group()
-    ema.add_argument("--ema", dest="ema", action="store_true", default=None, help="use EMA weights (default: "
-                     "when the checkpoint has them)")
-    ema.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights")
-    p.add_argument("--data", help="validation folder root/<class>/<images> (overrides data.val_dir)")
-    p.add_argument("--limit", type=int, help="use a seeded random subset of this many validation images")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--results", help="results JSON to store into (default: the checkpoint's <name>.robustness.json "
-                                     "beside it, shared with `lk_ablate robustness`; created when missing)")
-    p.add_argument("--out-dir", help="folder for the PNGs (default: beside the results JSON)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cpu (default cpu)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one option, value in YAML syntax, e.g. occlusion.levels=[0.1,0.5]")
+    p = base_parser("lk_ablate analyze", __doc__.split("\n\n")[0], default_weights="auto")
+    p.add_class_arguments(AnalysisDataOptions, "data")
+    p.set_defaults({"data.num_workers": 2})
+    p.add_argument("--results", type=str | None, default=None,
+                   help="results JSON to store into (default: the checkpoint's <stem>.robustness.json beside it, "
+                        "shared with `lk_ablate robustness`; created when missing)")
+    p.add_argument("--plot_dir", type=str | None, default=None, help="folder for the PNGs (default: beside --results)")
+    for a in ANALYSES.values():
+        p.add_class_arguments(a.config, a.name, help=a.help)
+        if a.config.PRESETS:
+            p.add_argument(f"--{a.name}.preset", type=str | None, default=None,
+                           help=f"a named preset of {a.name}: {', '.join(a.config.PRESETS)}")
     return p
 
 
-def _load_config(path: str | None) -> dict[str, Any]:
-    """A YAML config file; ``paper`` (when no such file exists) is the shipped ``paper.yaml``."""
-    if path is None:
-        return {}
-    p = Path(path)
-    if path == "paper" and not p.exists():
-        from importlib import resources
+def parse_args(argv: Sequence[str]) -> tuple[str | None, Any, list[str]]:
+    """(analysis name or None, options, the sections named by --config/--preset files or options)."""
+    from .runner import ANALYSES
 
-        text = resources.files(__package__).joinpath("paper.yaml").read_text()
-    elif not p.is_file():
-        raise DataError(f"config file not found: {p}")
-    else:
-        text = p.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p} must hold a mapping of sections")
-    return data
+    argv = list(argv)
+    name = argv.pop(0) if argv and not argv[0].startswith("-") else None
+    check_old_spellings(argv)
+    argv = preset_argv(argv, PRESETS_PACKAGE)
+    named = _named_sections(argv)
+    parser = _parser()
+    # First pass without --print_config: the sections' `preset` keys become defaults of their groups, so files
+    # and options given explicitly override them (and --print_config shows the expanded values).
+    first = parse(parser, [a for a in argv if a != "--print_config"])
+    defaults = {}
+    for n, a in ANALYSES.items():
+        preset = getattr(getattr(first, n), "preset", None)
+        if preset is None:
+            continue
+        if preset not in a.config.PRESETS:
+            raise ConfigError(f"{n}.preset {preset!r} is unknown; choose one of: {', '.join(a.config.PRESETS)}")
+        defaults.update({f"{n}.{k}": list(v) if isinstance(v, tuple) else v for k, v in a.config.PRESETS[preset].items()})
+    if defaults:
+        parser.set_defaults(defaults)
+    return name, parse(parser, argv), named
 
 
-def _apply_sets(sections: dict[str, Any], data: dict[str, Any], sets: list[str]) -> None:
-    for item in sets:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"--set takes SECTION.KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        section, option = key.split(".", 1)
-        target = data if section == "data" else sections.setdefault(section, {})
-        target[option] = yaml.safe_load(value)
+def _named_sections(argv: Sequence[str]) -> list[str]:
+    from .runner import ANALYSES
+
+    named: list[str] = []
+    for path in config_files(argv):
+        p = Path(path)
+        data = yaml.safe_load(p.read_text()) if p.is_file() else None
+        if isinstance(data, dict):
+            if "analyses" in data:
+                raise ConfigError(f"{path}: the analysis sections now sit at the top level of the file (drop the "
+                                  "'analyses:' level); see `lk_ablate analyze --print_config`")
+            named += [k for k in data if k in ANALYSES]
+    for a in argv:
+        head = a.lstrip("-").split(".", 1)[0]
+        if a.startswith("--") and "." in a and head in ANALYSES:
+            named.append(head)
+    return list(dict.fromkeys(named))
 
 
 def default_results_path(ckpt: str | None, label: str) -> Path:
@@ -96,54 +113,64 @@ def default_results_path(ckpt: str | None, label: str) -> Path:
     return Path("".join(c if c.isalnum() or c in "-_." else "_" for c in label) + ".robustness.json")
 
 
+def sections_of(args: Any, names: Sequence[str]) -> dict[str, Any]:
+    """The parsed, validated SectionConfig of each analysis in ``names``."""
+    from .runner import ANALYSES
+
+    out = {}
+    for n in names:
+        values = {k: v for k, v in vars(getattr(args, n)).items() if k != "preset"}
+        out[n] = ANALYSES[n].config.from_dict(values)
+    return out
+
+
 def cli_main(argv: list[str]) -> int:
     import torch
 
-    from .loading import load_model, val_loader
-    from .runner import ANALYSES, analysis_sections, get_analysis, run_analyses
+    from .loading import LoadedModel, ValSource
+    from .runner import ANALYSES, get_analysis, run_analyses
 
-    args = _parser().parse_args(argv)
-    if args.analysis == "list":
+    name, args, named = parse_args(argv)
+    if name == "list":
         for a in ANALYSES.values():
             print(f"{a.name:<18} {a.help}")
         return 0
-    config = _load_config(args.config)
-    sections = analysis_sections(config)
-    data_cfg = dict(config.get("data") or {})
-    bad = sorted(set(data_cfg) - set(DATA_KEYS))
-    if bad:
-        raise ConfigError(f"unknown key(s) {bad} in the data section; valid: {list(DATA_KEYS)}")
-    _apply_sets(sections, data_cfg, args.set)
-    if args.analysis == "all":
-        names = [n for n in sections if n in ANALYSES]
+    if name is None:
+        raise ConfigError("name the analysis to run: lk_ablate analyze NAME|all|list [options] (see `lk_ablate "
+                          "analyze list`)")
+    if name == "all":
+        names = [n for n in named if n in ANALYSES]
         if not names:
-            raise ConfigError("'all' runs the analysis sections of --config, and it has none; sections: "
-                              + ", ".join(ANALYSES))
+            raise ConfigError("'all' runs the analyses that --config/--preset files or options name, and none are "
+                              "named; e.g. --preset paper, or analyses: " + ", ".join(ANALYSES))
     else:
-        names = [get_analysis(args.analysis).name]
-
-    for n in names:  # every config error before any loading
-        ANALYSES[n].config.from_dict(sections.get(n))
-    lm = load_model(args.ckpt, args.model, args.kernel_size, args.num_classes, args.timm_model, args.ema)
-    lm.model.to(torch.device(args.device))
-    val_dir = args.data or data_cfg.get("val_dir")
-    seed = args.seed if args.seed is not None else int(data_cfg.get("seed", 0))
+        names = [get_analysis(name).name]
+    sections = sections_of(args, names)  # every config error before any loading
+    data = AnalysisDataOptions(**vars(args.data))
+    data.check()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    opts = ModelOptions(**vars(args.model))
+    if opts.weights == "both":
+        raise ConfigError("analyze runs on one weight set: --model.weights auto (EMA when the checkpoint has it), "
+                          "raw or ema")
+    em = load_for_eval(opts, device=device, allow_random=True)  # a name alone: random weights (smoke runs)
+    lm = LoadedModel.from_eval_models(em)
     val = None
     if any(ANALYSES[n].needs_val for n in names):
-        if not val_dir:
+        if not data.imagenet_val:
             raise ConfigError(f"{', '.join(n for n in names if ANALYSES[n].needs_val)} need validation images: "
-                              "give --data VAL_DIR or data.val_dir in --config")
-        val = val_loader(val_dir, lm.config,
-                         batch_size=args.batch_size or int(data_cfg.get("batch_size", 64)),
-                         num_workers=args.workers if args.workers is not None else int(data_cfg.get("num_workers", 2)),
-                         limit=args.limit if args.limit is not None else data_cfg.get("limit"), seed=seed)
-    results_path = Path(args.results) if args.results else default_results_path(args.ckpt, lm.label)
-    out_dir = Path(args.out_dir) if args.out_dir else results_path.parent
+                              "give --data.imagenet_val DIR")
+        val = ValSource(data.imagenet_val, em.config.num_classes, batch_size=data.batch_size,
+                        num_workers=data.num_workers, limit=data.limit, seed=data.seed)
+    results_path = Path(args.results) if args.results else default_results_path(opts.ckpt, lm.label)
+    out_dir = Path(args.plot_dir) if args.plot_dir else results_path.parent
     prefix = results_path.name.removesuffix(".json") + "."
     results = run_analyses(lm.model, sections, val, lm.config, results_path=results_path, out_dir=out_dir,
-                           names=names, label=lm.label, plot_prefix=prefix, results_init=lm.results_init())
-    for name, result in results.items():
+                           names=names, label=lm.label, plot_prefix=prefix, results_init=lm.results_init(),
+                           protocol=args.protocol)
+    for n, result in results.items():
         scalars = ", ".join(f"{k} {v:.4g}" for k, v in result["summary_scalars"].items() if v is not None)
-        print(f"{name}: {scalars}\n  plot: {result.get('plot')}")
+        print(f"{n}: {scalars}\n  plot: {result.get('plot')}")
     print(f"results: {results_path}")
     return 0
+

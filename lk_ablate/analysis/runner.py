@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
+from ..data.transforms import EvalSpec
 from ..errors import ConfigError
+from ..evaluation.options import check_protocol
 from ..models.registry import ModelConfig
 from . import attacks, features, frequency, imagenet9, imagenet_p, kernels, lesion, occlusion
 from .common import SectionConfig, to_jsonable, write_analysis_result
@@ -60,6 +63,31 @@ def analysis_sections(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k in ANALYSES}
 
 
+def eval_spec_for(name: str, cfg: ModelConfig, protocol: str = "model") -> EvalSpec:
+    """The val transform analysis ``name`` reads under ``protocol``: the model's own (``model``), or the released
+    script's (``paper``: the analysis module's ``paper_eval_spec(cfg)``; the model's own where it has none)."""
+    check_protocol(protocol)
+    if protocol == "paper":
+        module = sys.modules[get_analysis(name).run.__module__]
+        paper = getattr(module, "paper_eval_spec", None)
+        if paper is not None:
+            return paper(cfg)
+    return EvalSpec.from_model_config(cfg)
+
+
+def input_config(cfg: ModelConfig, spec: EvalSpec) -> ModelConfig:
+    """``cfg`` with the mean/std, input size and interpolation of ``spec``: what an analysis that un-normalises or
+    re-normalises pixels must use for the tensors ``spec`` produced."""
+    return dataclasses.replace(cfg, mean=spec.mean, std=spec.std, input_size=(cfg.input_size[0], *spec.crop),
+                               interpolation=spec.interpolation)
+
+
+def section_config(name: str, section: Any) -> SectionConfig:
+    """A parsed section: a SectionConfig instance as is, a mapping through the section's ``from_dict``."""
+    cls = get_analysis(name).config
+    return section if isinstance(section, cls) else cls.from_dict(section)
+
+
 def get_analysis(name: str) -> Analysis:
     if name not in ANALYSES:
         raise ConfigError(f"unknown analysis {name!r}; choose from: {', '.join(ANALYSES)}")
@@ -69,11 +97,16 @@ def get_analysis(name: str) -> Analysis:
 def run_analyses(model: nn.Module, config_sections: Mapping[str, Any], val_data: Any = None,
                  model_config: ModelConfig | None = None, results_path: str | Path | None = None,
                  out_dir: str | Path | None = None, names: Iterable[str] | None = None, label: str | None = None,
-                 plot_prefix: str = "", results_init: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Run the analyses named in ``config_sections`` (section name -> options; ``names`` restricts them).
+                 plot_prefix: str = "", results_init: Mapping[str, Any] | None = None,
+                 protocol: str = "model") -> dict[str, dict[str, Any]]:
+    """Run the analyses named in ``config_sections`` (section name -> options or a parsed SectionConfig;
+    ``names`` restricts them).
 
-    ``val_data``: normalised (images, labels) batches of the validation set (re-iterable: a DataLoader or a list)
-    for the analyses that need it. Each result is stored in the results JSON ``results_path`` (schema of
+    ``val_data``: for the analyses that need it, normalised (images, labels) batches of the validation set
+    (re-iterable: a DataLoader or a list), or a source with ``loader(spec)`` (``loading.ValSource``) from which
+    each analysis gets the batches of its own transform under ``protocol`` (:func:`eval_spec_for`); the
+    analysis then receives a model config with that transform's mean/std/size (:func:`input_config`). Each
+    result records its ``protocol``. Each result is stored in the results JSON ``results_path`` (schema of
     ``lk_ablate.robustness.results``, under "analyses" -> name; a missing file is created from ``results_init``,
     the keyword arguments of ``make_results``) and plotted to ``out_dir/<plot_prefix><name>.png`` when those are
     given. The model is put in eval mode and restored to its previous mode afterwards. Returns {name: result}.
@@ -85,18 +118,30 @@ def run_analyses(model: nn.Module, config_sections: Mapping[str, Any], val_data:
     cfg_model = model_config or getattr(model, "model_config", None)
     if cfg_model is None:
         raise ConfigError("run_analyses needs the model's ModelConfig (mean/std/input size): pass model_config")
-    parsed = {n: ANALYSES[n].config.from_dict(sections.get(n)) for n in selected}  # all errors before any work
+    check_protocol(protocol)
+    parsed = {n: section_config(n, sections.get(n)) for n in selected}  # all errors before any work
     missing_val = [n for n in selected if ANALYSES[n].needs_val and val_data is None]
     if missing_val:
-        raise ConfigError(f"analyses {missing_val} need validation images: give --data (the val folder) or a "
-                          "data.val_dir config entry")
+        raise ConfigError(f"analyses {missing_val} need validation images: give --data.imagenet_val DIR (the val "
+                          "folder)")
+    if protocol == "paper" and val_data is not None and not hasattr(val_data, "loader") \
+            and any(ANALYSES[n].needs_val for n in selected):
+        raise ConfigError("protocol paper reads each analysis's own transform: pass val_data as a source with "
+                          "loader(spec) (lk_ablate.analysis.loading.ValSource), not ready-made batches")
     was_training = model.training
     model.eval()
     results: dict[str, dict[str, Any]] = {}
     try:
         for n in selected:
             spec = ANALYSES[n]
-            result = spec.run(model, parsed[n], val_data, cfg_model)
+            data, mc = val_data, cfg_model
+            if protocol == "paper" or hasattr(val_data, "loader"):
+                es = eval_spec_for(n, cfg_model, protocol)
+                mc = input_config(cfg_model, es) if protocol == "paper" else cfg_model
+                if hasattr(val_data, "loader") and spec.needs_val:
+                    data = val_data.loader(es)
+            result = spec.run(model, parsed[n], data, mc)
+            result["protocol"] = protocol
             if label is not None:
                 result["model"] = label
             result["summary_scalars"] = spec.summary(result)

@@ -11,12 +11,14 @@ Layouts (``root`` is the folder you pass):
 Masks follow hendrycks/natural-adv-examples and hendrycks/imagenet-r: take the 1000 wnids sorted,
 ``mask[i] = wnid_i in benchmark_wnids``, score ``logits[:, mask]``; labels are ImageFolder indices over the
 benchmark's sorted wnid folders. Transforms follow the authors: A/R/O/val resize then centre-crop
-(``Resize(256), CenterCrop(224)`` for a 224 model), ImageNet-C no resize; sizes, interpolation and
-normalisation come from the model's ``ModelConfig``.
+(``Resize(256), CenterCrop(224)`` for a 224 model), ImageNet-C no resize. Under ``protocol: model`` sizes,
+interpolation and normalisation come from the model's ``ModelConfig``; under ``protocol: paper`` every model gets
+the benchmark authors' transform (:func:`paper_spec`).
 """
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,12 +33,13 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..data.transforms import EvalSpec, eval_transform
 from ..errors import ConfigError, DataError
-from ..models.registry import ModelConfig
+from ..evaluation.options import check_protocol
+from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from .metrics import ALL_CORRUPTIONS, SEVERITIES
 
 __all__ = [
     "BENCHMARK_NAMES", "C_PRESETS", "Benchmark", "Part", "build_benchmarks", "class_indices", "class_mask",
-    "eval_transform", "load_wnids", "resolve_corruptions",
+    "eval_transform", "load_wnids", "paper_spec", "resolve_corruptions",
 ]
 
 BENCHMARK_NAMES = ("imagenet_val", "imagenet_a", "imagenet_r", "imagenet_c", "imagenet_o")
@@ -89,17 +92,45 @@ class _FixedClassFolder(ImageFolder):
         return self._fixed, {c: i for i, c in enumerate(self._fixed)}
 
 
+# `protocol: paper`, the benchmark authors' evaluation scripts, for every model:
+# - ImageNet-A, hendrycks/natural-adv-examples eval.py:16-20 (commit 2f866f5), ImageNet-R and its ImageNet-200
+#   val images, hendrycks/imagenet-r eval.py:27-31 (44d3a1d), clean val, hendrycks/robustness ImageNet-C/test.py
+#   (29b1753, `clean_loader`): Resize(256) (torchvision's default, bilinear), CenterCrop(224), ToTensor,
+#   Normalize(ImageNet mean, std). ImageNet-O is scored with the same transform (natural-adv-examples).
+# - ImageNet-C, ImageNet-C/test.py `show_performance`: CenterCrop(224), ToTensor, Normalize(ImageNet); no resize.
+# A model whose input is not 224 px (RepLKNet-31L and the 384 px fine-tunes; XL at 320) gets the same recipe at
+# its own size: resize to floor(S * 256 / 224), centre crop S, bilinear, ImageNet mean/std (the paper scored 31L
+# at 384, but no released script says how: this scaling is the project's choice). ImageNet-C's 224 px images are
+# fed as released (224 px) to every model, as test.py does.
+PAPER_RESIZE, PAPER_CROP = 256, 224
+
+
+def paper_spec(cfg: ModelConfig, resize: bool = True) -> EvalSpec:
+    """The benchmark authors' transform for a model of ``cfg``'s input size (``resize`` False: ImageNet-C)."""
+    s = int(cfg.image_size)
+    if not resize:
+        return EvalSpec(crop=(PAPER_CROP, PAPER_CROP), resize=None, interpolation="bilinear", mean=IMAGENET_MEAN,
+                        std=IMAGENET_STD)
+    return EvalSpec(crop=(s, s), resize=int(math.floor(s * PAPER_RESIZE / PAPER_CROP)), interpolation="bilinear",
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
 @dataclass(frozen=True)
 class Part:
-    """One folder to score: ``key`` names it within its benchmark (``imagenet_c``: "<corruption>/<severity>")."""
+    """One folder to score: ``key`` names it within its benchmark (``imagenet_c``: "<corruption>/<severity>").
+
+    ``protocol``: "model" (the model's own eval config) or "paper" (:func:`paper_spec`)."""
 
     key: str
     root: str
     classes: tuple[str, ...]
     resize: bool
+    protocol: str = "model"
 
     def spec(self, cfg: ModelConfig) -> EvalSpec:
-        """The model's eval input for this part (ImageNet-C: no resize)."""
+        """The eval input for this part under its protocol (ImageNet-C: no resize)."""
+        if self.protocol == "paper":
+            return paper_spec(cfg, resize=self.resize)
         return EvalSpec.from_model_config(cfg, resize=self.resize)
 
     def dataset(self, cfg: ModelConfig | EvalSpec, transform: Callable | None = None) -> Dataset:
@@ -208,28 +239,30 @@ def _corruption_dir(root: Path, corruption: str) -> Path:
 def build_benchmarks(imagenet_val: str | None = None, imagenet_a: str | None = None, imagenet_r: str | None = None,
                      imagenet_c: str | None = None, imagenet_o: str | None = None, c_preset: str | None = "severity5",
                      corruptions: Sequence[str] | None = None, severities: Sequence[int] | None = None,
-                     ) -> list[Benchmark]:
+                     protocol: str = "model") -> list[Benchmark]:
     """The configured benchmarks, in a fixed order (clean val first: relative mCE needs its error)."""
+    check_protocol(protocol)
     all_1k = load_wnids("imagenet_1k")
+    part = functools.partial(Part, protocol=protocol)
     out = []
     if imagenet_val:
-        out.append(Benchmark("imagenet_val", "topk", (Part("val", str(imagenet_val), all_1k, True),)))
+        out.append(Benchmark("imagenet_val", "topk", (part("val", str(imagenet_val), all_1k, True),)))
     if imagenet_a:
-        out.append(Benchmark("imagenet_a", "masked_top1", (Part("a", str(imagenet_a), load_wnids("imagenet_a"), True),),
+        out.append(Benchmark("imagenet_a", "masked_top1", (part("a", str(imagenet_a), load_wnids("imagenet_a"), True),),
                              mask="imagenet_a"))
     if imagenet_r:
-        out.append(Benchmark("imagenet_r", "masked_top1", (Part("r", str(imagenet_r), load_wnids("imagenet_r"), True),),
+        out.append(Benchmark("imagenet_r", "masked_top1", (part("r", str(imagenet_r), load_wnids("imagenet_r"), True),),
                              mask="imagenet_r"))
     if imagenet_c:
         cs, ss = resolve_corruptions(c_preset, corruptions, severities)
         root = Path(imagenet_c)
-        parts = tuple(Part(f"{c}/{s}", str(_corruption_dir(root, c) / str(s)), all_1k, False) for c in cs for s in ss)
+        parts = tuple(part(f"{c}/{s}", str(_corruption_dir(root, c) / str(s)), all_1k, False) for c in cs for s in ss)
         out.append(Benchmark("imagenet_c", "corruption", parts))
     if imagenet_o:
         if not imagenet_val:
             raise ConfigError("ImageNet-O needs imagenet_val too: its in-distribution set is the ImageNet val "
                               "images of ImageNet-O's 200 classes")
         o_wnids = load_wnids("imagenet_o")
-        out.append(Benchmark("imagenet_o", "ood", (Part("in", str(imagenet_val), o_wnids, True),
-                                                  Part("out", str(imagenet_o), o_wnids, True)), mask="imagenet_o"))
+        out.append(Benchmark("imagenet_o", "ood", (part("in", str(imagenet_val), o_wnids, True),
+                                                  part("out", str(imagenet_o), o_wnids, True)), mask="imagenet_o"))
     return out

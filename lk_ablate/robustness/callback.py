@@ -26,6 +26,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..base.safe_load import UnsafeCheckpointError, load_torch_file
 from ..errors import ConfigError, DataError
+from ..evaluation.loading import weight_sets
+from ..evaluation.options import check_protocol
 from ..training.wandb import log_robustness
 from .benchmarks import Benchmark, build_benchmarks, resolve_corruptions
 from .evaluate import evaluate
@@ -48,6 +50,8 @@ class RobustnessEvaluation(L.Callback):
         weights: "both" (raw, and EMA when the module has one), "raw" or "ema".
         batch_size, num_workers: evaluation DataLoader settings (per rank).
         output_dir: where results go when no checkpoint holds the scored weights.
+        protocol: "model" (the model's own eval config) or "paper" (the benchmark authors' transforms for
+            every model; see docs/robustness.md), recorded in the results' settings.
     """
 
     def __init__(self, imagenet_val: str | None = None, imagenet_a: str | None = None,
@@ -55,7 +59,7 @@ class RobustnessEvaluation(L.Callback):
                  c_preset: str | None = "severity5", corruptions: list[str] | None = None,
                  severities: list[int] | None = None, every_n_epochs: int = 0, on_checkpoint: bool = False,
                  at_fit_end: bool = True, weights: str = "both", batch_size: int = 64, num_workers: int = 4,
-                 output_dir: str | None = None) -> None:
+                 output_dir: str | None = None, protocol: str = "model") -> None:
         super().__init__()
         if weights not in ("both", "raw", "ema"):
             raise ConfigError(f"RobustnessEvaluation.weights must be 'both', 'raw' or 'ema', got {weights!r}")
@@ -72,6 +76,7 @@ class RobustnessEvaluation(L.Callback):
         self.every_n_epochs, self.on_checkpoint, self.at_fit_end = every_n_epochs, on_checkpoint, at_fit_end
         self.weights, self.batch_size, self.num_workers = weights, batch_size, num_workers
         self.output_dir = output_dir
+        self.protocol = check_protocol(protocol)
         self.benchmarks: list[Benchmark] = []
         self._pending: tuple[int, int] | None = None  # (epoch, global_step) to score at the next safe point
         self._scored_steps: set[int] = set()
@@ -79,7 +84,8 @@ class RobustnessEvaluation(L.Callback):
 
     # --- configuration shared with the standalone command ---------------------------------------------
     def benchmark_kwargs(self) -> dict[str, Any]:
-        return dict(self.paths, c_preset=self.c_preset, corruptions=self.corruptions, severities=self.severities)
+        return dict(self.paths, c_preset=self.c_preset, corruptions=self.corruptions, severities=self.severities,
+                    protocol=self.protocol)
 
     def settings(self) -> dict[str, Any]:
         return settings_for(self.benchmarks)
@@ -190,14 +196,9 @@ class RobustnessEvaluation(L.Callback):
     def _weight_sets(self, pl_module: L.LightningModule) -> dict[str, nn.Module]:
         ema = getattr(pl_module, "ema", None)
         ema_module = getattr(ema, "module", None) if ema is not None else None
-        if self.weights == "ema" and ema_module is None:
-            raise ConfigError("RobustnessEvaluation.weights is 'ema' but the model has no EMA (model.ema_decay null)")
-        out: dict[str, nn.Module] = {}
-        if self.weights in ("both", "raw"):
-            out["raw"] = pl_module.model
-        if self.weights in ("both", "ema") and ema_module is not None:
-            out["ema"] = ema_module
-        return out
+        # The EMA choice every evaluation path shares (evaluation.weight_sets).
+        sets = weight_sets(self.weights, ema_module is not None, "the model has no EMA (model.ema_decay null)")
+        return {w: ema_module if w == "ema" else pl_module.model for w in sets}
 
     def _checkpoints_at(self, trainer: L.Trainer, step: int) -> list[str]:
         """Checkpoint files saved at ``step`` (their stored global_step says so), most specific first."""
@@ -222,7 +223,8 @@ class RobustnessEvaluation(L.Callback):
 
 def settings_for(benchmarks: list[Benchmark]) -> dict[str, Any]:
     """The part of the results that records what was scored (identical for callback and standalone runs)."""
-    out: dict[str, Any] = {"benchmarks": {}}
+    protocols = {p.protocol for b in benchmarks for p in b.parts}
+    out: dict[str, Any] = {"benchmarks": {}, "protocol": protocols.pop() if len(protocols) == 1 else "model"}
     for b in benchmarks:
         if b.name == "imagenet_c":
             keys = [p.key.split("/") for p in b.parts]

@@ -1,147 +1,136 @@
-"""``lk_ablate robustness``: score any checkpoint on ImageNet-A/R/C/O and write its results JSON.
+"""``lk_ablate robustness``: score any model on ImageNet-val/A/R/C/O and write its results JSON.
 
-    lk_ablate robustness --ckpt checkpoints/convnext_k7/last.ckpt --config configs/convnext_k7.yaml
-    lk_ablate robustness --ckpt RepLKNet-31B_ImageNet-1K_224.pth --model replknet_31b --imagenet-a /data/imagenet-a
-    lk_ablate robustness --timm convnext_tiny.fb_in1k --imagenet-r /data/imagenet-r --output convnext_t.json
+    lk_ablate robustness --model.ckpt checkpoints/convnext_k7/last.ckpt --fit_config configs/convnext_k7.yaml
+    lk_ablate robustness --model.ckpt RepLKNet-31B_ImageNet-1K_224.pth --model.name replknet_31b \
+        --data.imagenet_a /data/imagenet-a --preset paper
+    lk_ablate robustness --model.timm convnext_tiny.fb_in1k --data.imagenet_r /data/imagenet-r --results convnext_t.json
 
-Models: lk_ablate Lightning checkpoints (model rebuilt from the checkpoint; raw and EMA weights), official
-ConvNeXt / RepLKNet checkpoints (``--model`` names the registered variant), timm models by name (``--timm``,
-pretrained or ``--ckpt``) with timm's own eval config. Benchmarks and their settings come from the
-RobustnessEvaluation callback in the ``--config`` files (or a top-level ``robustness:`` section), and flags
-override them. Run under ``torchrun`` to shard over processes like the callback does under DDP.
+Models come from the one evaluation loader (``lk_ablate.evaluation.load_for_eval``: lk_ablate checkpoints with
+raw and EMA weights, official ConvNeXt/RepLKNet weights with ``--model.name``, timm models with
+``--model.timm``). Benchmarks and their settings come from ``--data.*``, a ``--config`` file of these options,
+a shipped ``--preset`` (``paper``: ``protocol: paper``) or the RobustnessEvaluation callback of a ``lk_ablate
+fit`` config (``--fit_config``); the later source wins. Run under ``torchrun`` to shard over processes like the
+callback does under DDP.
 """
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-import torch.nn as nn
 
-from ..errors import ConfigError, DataError
-from ..models.registry import CROP_MODES, ModelConfig
-from ..training.wandb import CHECKPOINT_KEY as WANDB_CHECKPOINT_KEY
+from ..errors import ConfigError
+from ..evaluation.cli import base_parser, check_old_spellings, config_files, parse, preset_argv
+from ..evaluation.loading import load_for_eval
+from ..evaluation.options import DataOptions, ModelOptions
 from .benchmarks import build_benchmarks
-from .callback import model_config_dict, settings_for
+from .callback import settings_for
 from .evaluate import evaluate
 from .results import make_results, results_path, write_results
 
-__all__ = ["cli_main", "load_models", "TimmEvalConfig"]
+__all__ = ["BenchmarkOptions", "cli_main", "format_table", "load_config", "robustness_settings"]
 
 _BENCH_FLAGS = ("imagenet_val", "imagenet_a", "imagenet_r", "imagenet_c", "imagenet_o")
 _SETTING_KEYS = _BENCH_FLAGS + ("c_preset", "corruptions", "severities", "weights", "batch_size", "num_workers")
-
-
-@dataclass(frozen=True)
-class TimmEvalConfig(ModelConfig):
-    """timm's eval config: like ModelConfig, but the resize is ``floor(input / crop_pct)`` as in timm's factory."""
-
-    @property
-    def resize_size(self) -> int:
-        return int(math.floor(self.image_size / self.crop_pct))
+PRESETS_PACKAGE = "lk_ablate.robustness.presets"
 
 
 @dataclass
-class LoadedModels:
-    models: dict[str, nn.Module]
-    config: ModelConfig
-    name: str
-    kernel_sizes: list[int] | None
-    source: str
-    checkpoint_format: str | None
-    epoch: int | None = None
-    global_step: int | None = None
-    seed: int | None = None  # the training run's seed (lk_ablate checkpoints), as the callback records it
-    wandb_run: Mapping[str, Any] | None = None  # the W&B run the checkpoint was trained in, if it logged to one
+class BenchmarkOptions(DataOptions):
+    """The benchmarks to score (None: skip) and how their images are read.
+
+    Args:
+        imagenet_a: ImageNet-A folder, <root>/<wnid>/* (200 wnids).
+        imagenet_r: ImageNet-R folder, <root>/<wnid>/* (200 wnids).
+        imagenet_c: ImageNet-C folder, <root>/<corruption>/<severity>/<wnid>/*.JPEG.
+        imagenet_o: ImageNet-O folder, <root>/<wnid>/* (needs imagenet_val for its in-distribution images).
+        c_preset: severity5 (19 corruptions at severity 5, the paper's number) or full (19 x 5).
+        corruptions: ImageNet-C corruptions to score (overrides the preset's).
+        severities: ImageNet-C severities to score (overrides the preset's).
+    """
+
+    imagenet_a: str | None = None
+    imagenet_r: str | None = None
+    imagenet_c: str | None = None
+    imagenet_o: str | None = None
+    c_preset: Literal["severity5", "full"] | None = "severity5"
+    corruptions: list[str] | None = None
+    severities: list[int] | None = None
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lk_ablate robustness", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", help="checkpoint to score (lk_ablate .ckpt, official .pth, timm weights)")
-    p.add_argument("--config", action="append", default=[], help="YAML config(s), stacked like `lk_ablate fit`")
-    p.add_argument("--model", help="registered lk_ablate model for a foreign checkpoint (default: config's model)")
-    p.add_argument("--kernel-size", type=int, nargs="+", help="kernel size(s) for --model")
-    p.add_argument("--timm", metavar="NAME", help="score a timm model by name (pretrained unless --ckpt)")
-    for b in _BENCH_FLAGS:
-        p.add_argument(f"--{b.replace('_', '-')}", dest=b, metavar="DIR")
-    p.add_argument("--c-preset", choices=["severity5", "full"], default=None)
-    p.add_argument("--corruptions", nargs="+")
-    p.add_argument("--severities", type=int, nargs="+")
-    p.add_argument("--weights", choices=["both", "raw", "ema"], default=None,
-                   help="weight sets to score (default both: raw, plus EMA when the checkpoint has it)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--output", help="results JSON (default: beside the checkpoint, <stem>.robustness.json)")
-    p.add_argument("--progress", action="store_true", help="show progress bars")
-    p.add_argument("--wandb", action="store_true",
+def _parser() -> Any:
+    from jsonargparse import ActionYesNo
+
+    p = base_parser("lk_ablate robustness", __doc__.split("\n\n")[0], default_weights="both")
+    p.add_class_arguments(BenchmarkOptions, "data")
+    p.add_argument("--fit_config", type=str | None, default=None,
+                   help="a `lk_ablate fit` config: its RobustnessEvaluation callback gives benchmark defaults and its "
+                        "model section the architecture of official weights")
+    p.add_argument("--results", type=str | None, default=None,
+                   help="results JSON (default: beside the checkpoint, <stem>.robustness.json)")
+    p.add_argument("--progress", action=ActionYesNo, default=False, help="show progress bars")
+    p.add_argument("--wandb", action=ActionYesNo, default=False,
                    help="also add the scores to the checkpoint's W&B training run (resumed by the id the checkpoint "
                         "stores; WANDB_MODE=offline writes it locally beside the checkpoint)")
     return p
 
 
+def parse_args(argv: Sequence[str]) -> Any:
+    """The command's options from ``argv`` (presets, --config files, --fit_config defaults, options)."""
+    check_old_spellings(argv)
+    argv = preset_argv(argv, PRESETS_PACKAGE)
+    _refuse_fit_configs(config_files(argv))
+    parser = _parser()
+    fit_config = _fit_config_arg(argv)
+    if fit_config:
+        parser.set_defaults(fit_config_defaults(load_config([fit_config])))
+    return parse(parser, argv)
+
+
 def cli_main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    config = load_config(args.config)
-    settings = robustness_settings(config)
-    for key in _SETTING_KEYS:
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
-    weights = settings.pop("weights", "both")
-    batch_size = int(settings.pop("batch_size", 64))
-    num_workers = int(settings.pop("num_workers", 4))
-    bench_kwargs = {k: settings.get(k) for k in _BENCH_FLAGS}
+    args = parse_args(argv)
+    d: BenchmarkOptions = BenchmarkOptions(**vars(args.data))
+    d.check()
+    bench_kwargs = {k: getattr(d, k) for k in _BENCH_FLAGS}
     if not any(bench_kwargs.values()):
-        raise ConfigError("no benchmark to score: pass --imagenet-a/-r/-c/-o/--imagenet-val, or a --config whose "
-                          "RobustnessEvaluation callback names them")
-    benchmarks = build_benchmarks(**bench_kwargs, c_preset=settings.get("c_preset", "severity5"),
-                                  corruptions=settings.get("corruptions"), severities=settings.get("severities"))
+        raise ConfigError("no benchmark to score: pass --data.imagenet_a/_r/_c/_o/--data.imagenet_val DIR, or a "
+                          "--fit_config whose RobustnessEvaluation callback names them")
+    benchmarks = build_benchmarks(**bench_kwargs, c_preset=d.c_preset, corruptions=d.corruptions,
+                                  severities=d.severities, protocol=args.protocol)
     for bench in benchmarks:
         bench.check()
+    opts = ModelOptions(**vars(args.model))
 
     rank, world, device = _distributed_setup(args.device)
     try:
-        loaded = load_models(ckpt=args.ckpt, timm_name=args.timm, model_name=args.model,
-                             kernel_size=args.kernel_size, weights=weights, config_model=config.get("model"))
+        loaded = load_for_eval(opts, device=device)
         if args.wandb and not loaded.wandb_run:
-            raise ConfigError(f"--wandb: {args.ckpt or args.timm} records no W&B run (only lk_ablate checkpoints of "
+            raise ConfigError(f"--wandb: {opts.ckpt or opts.timm} records no W&B run (only lk_ablate checkpoints of "
                               f"runs that logged to W&B do); score without --wandb, and log the report with "
                               f"`lk_ablate report --wandb-project`")
         if loaded.config.num_classes != 1000:
             raise ConfigError(f"{loaded.name} has {loaded.config.num_classes} classes; the ImageNet benchmarks "
                               f"need a 1000-class model")
-        for m in loaded.models.values():
-            m.to(device)
         gather = _all_gather if world > 1 else None
-        results, errors = evaluate(loaded.models, loaded.config, benchmarks, batch_size=batch_size,
-                                   num_workers=num_workers, device=device, rank=rank, world_size=world,
+        results, errors = evaluate(loaded.models, loaded.config, benchmarks, batch_size=d.batch_size,
+                                   num_workers=d.num_workers, device=device, rank=rank, world_size=world,
                                    gather=gather, progress=args.progress and rank == 0)
-        raw = next(iter(loaded.models.values())) if "raw" not in loaded.models else loaded.models["raw"]
-        data = make_results(model_name=loaded.name, kernel_sizes=loaded.kernel_sizes,
-                            num_params=sum(p.numel() for p in raw.parameters()),
-                            model_config=model_config_dict(loaded.config), weights=results,
-                            settings=dict(settings_for(benchmarks), seed=loaded.seed), errors=errors,
-                            checkpoint_path=args.ckpt,
-                            epoch=loaded.epoch, global_step=loaded.global_step,
-                            checkpoint_format=loaded.checkpoint_format, model_source=loaded.source)
+        data = make_results(**loaded.results_init(results),
+                            settings=dict(settings_for(benchmarks), seed=loaded.seed), errors=errors)
         if rank == 0:
-            out = Path(args.output) if args.output else (
-                results_path(args.ckpt) if args.ckpt else Path(f"{loaded.name}.robustness.json"))
+            out = Path(args.results) if args.results else (
+                results_path(opts.ckpt) if opts.ckpt else Path(f"{loaded.name}.robustness.json"))
             write_results(out, data)
             print(format_table(data))
             print(f"results: {out}")
             if args.wandb:
                 from ..training.wandb import log_results_to_run
 
-                save_dir = os.environ.get("WANDB_DIR") or Path(args.ckpt).parent
+                save_dir = os.environ.get("WANDB_DIR") or Path(opts.ckpt).parent
                 run_id = log_results_to_run(data, loaded.wandb_run, seed=loaded.seed, save_dir=save_dir)
                 print(f"W&B: added to run {run_id} ({loaded.wandb_run.get('project')})")
             for e in errors:
@@ -152,121 +141,46 @@ def cli_main(argv: list[str]) -> int:
             torch.distributed.destroy_process_group()
 
 
-# --- models ------------------------------------------------------------------------------------------------
-def load_models(ckpt: str | None = None, timm_name: str | None = None, model_name: str | None = None,
-                kernel_size: Sequence[int] | int | None = None, weights: str = "both",
-                config_model: Mapping[str, Any] | None = None) -> LoadedModels:
-    """The weight sets to score and their eval config, from a checkpoint and/or a model name."""
-    if timm_name:
-        return _load_timm(timm_name, ckpt, weights)
-    if not ckpt:
-        raise ConfigError("pass --ckpt (an lk_ablate or official checkpoint) or --timm NAME")
-    from ..models.checkpoints import read_checkpoint
-
-    obj = read_checkpoint(ckpt)
-    if isinstance(obj, Mapping) and "state_dict" in obj and "hyper_parameters" in obj:
-        return _load_lightning(obj, weights)
-    return _load_foreign(obj, model_name, kernel_size, weights, config_model)
+# --- fit configs -------------------------------------------------------------------------------------------
+def _fit_config_arg(argv: Sequence[str]) -> str | None:
+    found = None
+    for i, a in enumerate(argv):
+        if a == "--fit_config" and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif a.startswith("--fit_config="):
+            found = a.split("=", 1)[1]
+    return found
 
 
-def _model_args(kernel_size: Any) -> Any:
-    if isinstance(kernel_size, (list, tuple)) and len(kernel_size) == 1:
-        return kernel_size[0]
-    return None if kernel_size is None else list(kernel_size) if isinstance(kernel_size, (list, tuple)) else kernel_size
+def _refuse_fit_configs(paths: Sequence[str]) -> None:
+    import yaml
+
+    for path in paths:
+        p = Path(path)
+        if not p.is_file():
+            continue  # jsonargparse names the missing file
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError:
+            continue
+        if isinstance(data, Mapping) and ("trainer" in data or "robustness" in data):
+            raise ConfigError(f"{path} is a `lk_ablate fit` config: pass it as --fit_config {path} (--config takes "
+                              f"this command's own options; see --print_config)")
 
 
-def _load_lightning(obj: Mapping[str, Any], weights: str) -> LoadedModels:
-    from .. import create_model
-    from ..models.checkpoints import load_checkpoint
-
-    hp = dict(obj["hyper_parameters"])
-    if "model_name" not in hp:
-        raise DataError("Lightning checkpoint without hyper_parameters.model_name: not written by lk_ablate fit?")
-    has_ema = any(k.startswith("ema.module.") for k in obj["state_dict"])
-    sets = _weight_names(weights, has_ema, "the checkpoint has no EMA weights (trained with model.ema_decay null)")
-
-    def build(prefer_ema: bool) -> nn.Module:
-        m = create_model(hp["model_name"], kernel_size=hp.get("kernel_size"), num_classes=hp.get("num_classes"),
-                         **(hp.get("model_kwargs") or {}))
-        if hp.get("channels_last"):  # as ImageClassifier.setup does: same kernels, same bits as during fit
-            m = m.to(memory_format=torch.channels_last)
-        return load_checkpoint(m, obj, prefer_ema=prefer_ema).eval()
-
-    models = {w: build(w == "ema") for w in sets}
-    first = next(iter(models.values()))
-    return LoadedModels(models, first.model_config, hp["model_name"], list(getattr(first, "kernel_sizes", []) or [])
-                        or None, "lk_ablate", "lightning", obj.get("epoch"), obj.get("global_step"),
-                        (obj.get("lk_ablate") or {}).get("seed"), obj.get(WANDB_CHECKPOINT_KEY) or None)
-
-
-def _load_foreign(obj: Any, model_name: str | None, kernel_size: Any, weights: str,
-                  config_model: Mapping[str, Any] | None) -> LoadedModels:
-    from .. import create_model
-    from ..models.checkpoints import load_checkpoint
-
-    cm = dict((config_model or {}).get("init_args", config_model or {}))
-    name = model_name or cm.get("model_name")
-    if not name:
-        raise ConfigError("a foreign checkpoint (official ConvNeXt/RepLKNet weights) needs --model NAME "
-                          "(a registered lk_ablate model, see lk_ablate.list_models())")
-    ks = _model_args(kernel_size) if kernel_size is not None else (cm.get("kernel_size") if name == cm.get("model_name")
-                                                                    else None)
-    has_ema = isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping) for k in ("model_ema", "state_dict_ema"))
-    sets = _weight_names(weights, has_ema, "the checkpoint has no EMA weights ('model_ema' / 'state_dict_ema')")
-    kwargs = {}
-    if name == cm.get("model_name"):  # the config describes this model: its head size and extra arguments apply
-        kwargs = dict(cm.get("model_kwargs") or {})
-        if cm.get("num_classes") is not None:
-            kwargs["num_classes"] = int(cm["num_classes"])
-    models = {}
-    for w in sets:
-        m = create_model(name, kernel_size=ks, **kwargs)
-        models[w] = load_checkpoint(m, obj, prefer_ema=w == "ema").eval()
-    first = next(iter(models.values()))
-    epoch = obj.get("epoch") if isinstance(obj, Mapping) and isinstance(obj.get("epoch"), int) else None
-    return LoadedModels(models, first.model_config, name, list(getattr(first, "kernel_sizes", []) or []) or None,
-                        "lk_ablate", "official", epoch, None)
-
-
-def _load_timm(name: str, ckpt: str | None, weights: str) -> LoadedModels:
-    import timm
-    from timm.data import resolve_model_data_config
-
-    try:
-        base = timm.create_model(name, pretrained=ckpt is None)
-    except RuntimeError as e:
-        raise ConfigError(f"cannot create timm model {name!r}: {e}") from e
-    has_ema = False
-    if ckpt:
-        from ..models.checkpoints import read_checkpoint
-
-        obj = read_checkpoint(ckpt)
-        has_ema = isinstance(obj, Mapping) and isinstance(obj.get("state_dict_ema"), Mapping)
-    sets = _weight_names(weights, has_ema, "the timm checkpoint has no 'state_dict_ema'")
-    models = {}
-    for w in sets:
-        m = base if not models else timm.create_model(name, pretrained=False)
-        if ckpt:
-            from ..models.checkpoints import load_timm_weights  # safe unpickling (base/safe_load.py)
-
-            load_timm_weights(m, ckpt, use_ema=w == "ema", strict=True)
-        models[w] = m.eval()
-    dc = resolve_model_data_config(base)
-    crop_mode = dc.get("crop_mode") or "center"
-    if crop_mode not in CROP_MODES:
-        raise ConfigError(f"timm model {name} evaluates with crop_mode {crop_mode!r}; supported: "
-                          f"{', '.join(CROP_MODES)}")
-    cfg = TimmEvalConfig(input_size=tuple(dc["input_size"]), crop_pct=float(dc["crop_pct"]),
-                         mean=tuple(dc["mean"]), std=tuple(dc["std"]), interpolation=dc["interpolation"],
-                         num_classes=int(base.num_classes), crop_mode=crop_mode)
-    ks = getattr(base, "kernel_sizes", None)
-    return LoadedModels(models, cfg, name, list(ks) if ks else None, "timm", "timm" if ckpt else "pretrained")
-
-
-def _weight_names(weights: str, has_ema: bool, why: str) -> list[str]:
-    if weights == "ema" and not has_ema:
-        raise DataError(f"--weights ema: {why}")
-    return {"raw": ["raw"], "ema": ["ema"], "both": ["raw", "ema"] if has_ema else ["raw"]}[weights]
+def fit_config_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Option defaults from a fit config: its RobustnessEvaluation settings and its model section."""
+    out: dict[str, Any] = {}
+    for key, value in robustness_settings(config).items():
+        out["model.weights" if key == "weights" else f"data.{key}"] = value
+    model = config.get("model")
+    if isinstance(model, Mapping):
+        cm = dict(model.get("init_args") or model)
+        for src, dst in (("model_name", "name"), ("kernel_size", "kernel_size"), ("num_classes", "num_classes"),
+                         ("model_kwargs", "kwargs")):
+            if cm.get(src) is not None:
+                out[f"model.{dst}"] = cm[src]
+    return out
 
 
 # --- configs -----------------------------------------------------------------------------------------------
