@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,14 +26,25 @@ def _usage() -> str:
     lines += [f"  {c}" for c in LIGHTNING_COMMANDS]
     lines += ["", "Other commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, help_) in EXTRA_COMMANDS.items()]
+    lines += ["", f"{TRUST_FLAG} (any command): load checkpoints that need pickle globals outside lk_ablate's "
+              "allow-list (they can run code: only for files you trust); same as LK_ABLATE_TRUST_CHECKPOINTS=1"]
     return "\n".join(lines)
 
 
+TRUST_FLAG = "--trust-checkpoint"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from_argv = argv is None
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if TRUST_FLAG in args:  # every command: unpickle checkpoints fully (see lk_ablate/base/safe_load.py)
+        args = [a for a in args if a != TRUST_FLAG]
+        os.environ["LK_ABLATE_TRUST_CHECKPOINTS"] = "1"
+        if from_argv:
+            sys.argv[1:] = args
     try:
         if args[0] in EXTRA_COMMANDS:
             module, func = EXTRA_COMMANDS[args[0]][0].split(":")
@@ -41,6 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_lightning_cli(args)
         return 0
+    except KeyboardInterrupt:  # Ctrl-C outside Lightning's loops (argument parsing, data checks, scoring)
+        print("lk_ablate: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:
+        code = _stopped_exit_code(e)
+        if code is None:
+            raise
+        return code
     except Exception as e:
         # jsonargparse wraps errors raised while instantiating classes; report ours as one message.
         ours = _our_error(e)
@@ -48,6 +68,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lk_ablate: error: {ours}", file=sys.stderr)
         return 2
+
+
+def _stopped_exit_code(e: SystemExit) -> int | None:
+    """A run stopped by a signal exits 128 + the signal (SIGTERM 143, SIGINT 130), not 0, so job chains stop;
+    a SLURM requeue exits 0 as before. None: not a signal stop (the SystemExit goes on as it is)."""
+    if "lightning" not in sys.modules:
+        return None
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if isinstance(e, SIGTERMException):
+        from .training.preemption import stop_exit_code
+
+        code = stop_exit_code()
+        if code:
+            print(f"lk_ablate: stopped by a signal, exit status {code} (resume with --ckpt_path auto)",
+                  file=sys.stderr)
+        return code
+    if isinstance(e.__context__, KeyboardInterrupt):  # Lightning's Ctrl-C handling ends in sys.exit(1)
+        print("lk_ablate: interrupted", file=sys.stderr)
+        return 130
+    return None
 
 
 def _our_error(e: BaseException | None) -> LkAblateError | None:

@@ -1,6 +1,7 @@
 """LightningCLI for lk_ablate: ImageClassifier + any DataModule, trainer defaults for ablation runs."""
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -9,7 +10,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .data.base import ClassificationDataModule
 from .training.module import ImageClassifier
-from .training.preemption import ResumableCheckpoint, cli_trainer_extras, resolve_ckpt_path
+from .base.safe_load import load_torch_file
+from .errors import ConfigError, DataError
+from .training.lease import HoldLease, acquire_lease, is_global_rank_zero
+from .training.preemption import MODEL_FACTS, ResumableCheckpoint, cli_trainer_extras, resolve_ckpt_path, same_fact
 from .training.wandb import WandbRun, configure_wandb_loggers, finish_wandb_run, resolved_config, wandb_loggers
 
 # Noise that says nothing about the run: the srun hint fires whenever SLURM is installed, even for local runs.
@@ -55,9 +59,79 @@ class LkAblateCLI(LightningCLI):
                 self._parser(self.subcommand), self.config[self.subcommand] if self.subcommand else self.config)))
 
     def before_fit(self) -> None:
-        # `--ckpt_path auto`: resume from the newest complete checkpoint of this run, or start fresh (SLURM requeues).
+        # One run per checkpoint folder (training/lease.py), taken before anything in the folder is read.
+        if is_global_rank_zero():
+            folders = sorted({os.path.abspath(cb.dirpath) for cb in self.trainer.checkpoint_callbacks
+                              if getattr(cb, "dirpath", None)})
+            leases = []
+            try:
+                for folder in folders:
+                    leases.append(acquire_lease(folder))
+            except BaseException:
+                for lease in leases:
+                    lease.release()
+                raise
+            if leases:
+                self.trainer.callbacks.append(HoldLease(leases))
+        # `--ckpt_path auto`: resume from the newest complete checkpoint of this run, or start fresh (SLURM requeues);
+        # checkpoints of another model (kernel size, classes, ...) in the folder are skipped with a warning.
         cfg = self.config_init[self.subcommand]
-        cfg["ckpt_path"] = resolve_ckpt_path(cfg.get("ckpt_path"), self.trainer)
+        expect = {k: self.model.hparams.get(k) for k in MODEL_FACTS}
+        cfg["ckpt_path"] = resolve_ckpt_path(cfg.get("ckpt_path"), self.trainer, expect)
+
+    def _check_dataset_classes(self) -> None:
+        # validate/test/predict: a 1000-class model scored on a 4-class dataset gives a meaningless number.
+        data_classes = getattr(self.datamodule, "num_classes", None)
+        model_classes = self.model.hparams.get("num_classes")
+        if isinstance(data_classes, int) and data_classes != model_classes:
+            raise ConfigError(f"the model has {model_classes} classes but the dataset has {data_classes}: "
+                              "evaluate on the dataset the checkpoint was trained for")
+
+    before_validate = before_test = before_predict = _check_dataset_classes
+
+    def _parse_ckpt_path(self) -> None:
+        """The checkpoint decides the architecture, and says so (replaces LightningCLI's silent override).
+
+        The model facts (MODEL_FACTS) that the command line or config set to something else than the checkpoint
+        holds stop the run with one line listing them; facts left at their defaults are taken from the
+        checkpoint, and the command prints what it uses. The checkpoint is read with the safe loader.
+        """
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        ckpt_path = self.config[sub].get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("auto", "last", "hpc", "best", "registry"):
+            return
+        if not os.path.isfile(ckpt_path):
+            raise DataError(f"--ckpt_path: checkpoint not found: {ckpt_path}")
+        ckpt = load_torch_file(ckpt_path, mmap=True)
+        hparams = dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        given = self.config[sub].get("model")
+        defaults = self._parser(sub).get_defaults().get("model")
+        differ, taken = [], []
+        for key in MODEL_FACTS:
+            if key not in hparams:
+                continue
+            value, default = given.get(key) if given else None, defaults.get(key) if defaults else None
+            if same_fact(key, value, hparams[key]):
+                continue
+            if same_fact(key, value, default):
+                taken.append(f"{key}={hparams[key]!r}")
+            else:
+                differ.append(f"{key} {value!r} (checkpoint: {hparams[key]!r})")
+        if differ:
+            raise ConfigError(f"--ckpt_path {ckpt_path} holds another model than configured: {', '.join(differ)}; "
+                              "drop those model options to use the checkpoint's model, or pass the checkpoint "
+                              "of the configured one")
+        if taken:
+            print(f"lk_ablate {sub}: using the checkpoint's model ({', '.join(taken)}) from {ckpt_path}",
+                  file=sys.stderr)
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
 
 
 def build_cli(args: Sequence[str] | None, run: bool = True) -> LkAblateCLI:

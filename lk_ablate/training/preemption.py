@@ -40,8 +40,8 @@ from ..base.safe_load import UnsafeCheckpointError, load_torch_file
 from ..errors import ConfigError, DataError
 from .checkpoint_io import AtomicCheckpointIO
 
-__all__ = ["DeferredRequeue", "ResumableCheckpoint", "checkpoint_step", "cli_trainer_extras",
-           "find_resume_checkpoint", "resolve_ckpt_path", "resume_candidates"]
+__all__ = ["DeferredRequeue", "GracefulStop", "ResumableCheckpoint", "checkpoint_step", "cli_trainer_extras",
+           "find_resume_checkpoint", "resolve_ckpt_path", "resume_candidates", "stop_exit_code"]
 
 HPC_PATTERN = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
 
@@ -101,15 +101,8 @@ def checkpoint_step(path: str | os.PathLike) -> int | None:
     Read without running code (base/safe_load.py): a file that needs non-allow-listed globals raises
     UnsafeCheckpointError instead of being skipped, so a planted file is reported, not silently passed over.
     """
-    try:
-        ckpt = load_torch_file(path, mmap=True)
-    except UnsafeCheckpointError:
-        raise
-    except DataError:  # truncated, empty or foreign file: not something to resume from
-        return None
-    if not isinstance(ckpt, dict) or "global_step" not in ckpt or "state_dict" not in ckpt:
-        return None
-    return int(ckpt["global_step"])
+    meta = checkpoint_meta(path)
+    return None if meta is None else meta["global_step"]
 
 
 def resume_candidates(hpc_dirs: Iterable[str | os.PathLike], last_dirs: Iterable[str | os.PathLike]) -> list[str]:
@@ -124,24 +117,30 @@ def resume_candidates(hpc_dirs: Iterable[str | os.PathLike], last_dirs: Iterable
     return sorted({os.path.abspath(p) for p in found})
 
 
-def find_resume_checkpoint(hpc_dirs: Iterable[str | os.PathLike], last_dirs: Iterable[str | os.PathLike]) -> str | None:
+def find_resume_checkpoint(hpc_dirs: Iterable[str | os.PathLike], last_dirs: Iterable[str | os.PathLike],
+                           expect: Mapping[str, Any] | None = None) -> str | None:
     """The newest complete checkpoint to resume from (highest stored global_step, then newest file), or None.
 
-    Incomplete files (e.g. written by an older, non-atomic saver that was killed) are skipped with a warning.
+    Incomplete files (e.g. written by an older, non-atomic saver that was killed) are skipped with a warning, and
+    so are checkpoints of another model when ``expect`` (hyper-parameters: MODEL_FACTS) is given.
     """
     best: tuple[int, float, str] | None = None
     for path in resume_candidates(hpc_dirs, last_dirs):
-        step = checkpoint_step(path)
-        if step is None:
+        meta = checkpoint_meta(path)
+        if meta is None:
             rank_zero_warn(f"ignoring {path} for resumption: it is not a complete Lightning checkpoint")
             continue
-        key = (step, os.path.getmtime(path), path)
+        diff = model_differences(meta["hyper_parameters"], expect) if expect is not None else []
+        if diff:
+            rank_zero_warn(f"ignoring {path} for resumption: it holds another model ({'; '.join(diff)})")
+            continue
+        key = (meta["global_step"], os.path.getmtime(path), path)
         if best is None or key > best:
             best = key
     return None if best is None else best[2]
 
 
-def resolve_ckpt_path(ckpt_path: Any, trainer: L.Trainer) -> Any:
+def resolve_ckpt_path(ckpt_path: Any, trainer: L.Trainer, expect: Mapping[str, Any] | None = None) -> Any:
     """``fit --ckpt_path auto``: the newest complete checkpoint of this run, or None (first start).
 
     Searched: ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir`` and ``last*.ckpt`` in every ModelCheckpoint's
@@ -153,7 +152,7 @@ def resolve_ckpt_path(ckpt_path: Any, trainer: L.Trainer) -> Any:
     if any(cb.dirpath is None for cb in callbacks):
         raise ConfigError("--ckpt_path auto needs a fixed checkpoint folder: set checkpoint.dirpath (left unset, "
                           "Lightning puts checkpoints in the logger's version folder, which is new on every restart)")
-    found = find_resume_checkpoint([trainer.default_root_dir], [cb.dirpath for cb in callbacks])
+    found = find_resume_checkpoint([trainer.default_root_dir], [cb.dirpath for cb in callbacks], expect)
     where = ", ".join(dict.fromkeys([str(trainer.default_root_dir), *(str(cb.dirpath) for cb in callbacks)]))
     if found is None:
         rank_zero_info(f"--ckpt_path auto: no checkpoint in {where}; starting from scratch")
@@ -164,14 +163,16 @@ def resolve_ckpt_path(ckpt_path: Any, trainer: L.Trainer) -> Any:
 
 def cli_trainer_extras(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Trainer arguments the CLI adds to ``config`` (the parsed trainer section): AtomicCheckpointIO unless a
-    CheckpointIO is configured, and DeferredRequeue. ``overrides`` win over ``config`` and are returned extended."""
+    CheckpointIO is configured, DeferredRequeue and GracefulStop. ``overrides`` win over ``config`` and are returned extended."""
     out = dict(overrides)
     plugins = _as_list(out.get("plugins", config.get("plugins")))
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         out["plugins"] = [*plugins, AtomicCheckpointIO()]
     callbacks = _as_list(out.get("callbacks", config.get("callbacks")))
-    if not any(isinstance(c, DeferredRequeue) for c in callbacks):
-        out["callbacks"] = [*callbacks, DeferredRequeue()]
+    for kind in (DeferredRequeue, GracefulStop):
+        if not any(isinstance(c, kind) for c in callbacks):
+            callbacks = [*callbacks, kind()]
+    out["callbacks"] = callbacks
     return out
 
 
@@ -216,6 +217,7 @@ class DeferredRequeue(L.Callback):
             rank_zero_info(f"signal {signum} received: requeueing after the current optimizer step")
             self._pending = True
         else:
+            _STOP["requeued"] = True
             self._handler(signum, frame)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -257,4 +259,151 @@ class DeferredRequeue(L.Callback):
             pending = trainer.strategy.reduce_boolean_decision(pending, all=False)
         if pending:
             self._pending = False
+            _STOP["requeued"] = True
             self._handler(self._signum, None)
+
+
+# --- stopping on SIGTERM / SIGINT --------------------------------------------------------------------------------
+_STOP: dict[str, Any] = {"signal": None, "requeued": False}
+
+
+def stop_exit_code() -> int:
+    """The exit status for a run that Lightning stopped with SIGTERMException: 0 after a SLURM requeue (the job
+    goes on in its next start), else 128 + the signal (SIGTERM 143, SIGINT 130), as a shell reports a killed job."""
+    if _STOP["requeued"]:
+        return 0
+    return 128 + int(_STOP["signal"] or signal.SIGTERM)
+
+
+class GracefulStop(L.Callback):
+    """SIGTERM or a first Ctrl-C during ``fit``: finish the current optimizer step, write ``last.ckpt``, stop.
+
+    Lightning alone notices SIGTERM only at the end of the epoch (single process) and then exits with status 0;
+    here the stop happens at the next optimizer-step boundary (every rank together under DDP), after a save from
+    which the run resumes exactly, and the CLI exits 143 (SIGTERM) or 130 (SIGINT). A second Ctrl-C interrupts at
+    once (no save). A SLURM requeue (SIGUSR1, see DeferredRequeue) keeps its behaviour: exit 0.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = False
+        self._previous: dict[int, Any] = {}
+        self._step_at_start = -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning registered its handlers (its SIGTERM handler is wrapped, and called, by ours).
+        import threading
+
+        _STOP.update(signal=None, requeued=False)
+        self._trainer = trainer
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        previous = self._previous.get(signum)
+        if _STOP["requeued"]:  # the SIGTERM of `scontrol requeue`: Lightning's requeue behaviour, unchanged
+            if callable(previous):
+                previous(signum, frame)
+            return
+        _STOP["signal"] = _STOP["signal"] or signum
+        if signum == signal.SIGINT:
+            if self._pending:  # second Ctrl-C: the user wants out now
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            rank_zero_info("Ctrl-C: stopping after the current optimizer step (press again to stop at once)")
+        self._pending = True
+        if signum == signal.SIGTERM and callable(previous):
+            previous(signum, frame)  # Lightning's: kills DDP children it launched, stops outside the training batches
+        elif signum == signal.SIGINT:
+            trainer_stop = getattr(self, "_trainer", None)
+            if trainer_stop is not None:  # outside the training batches Lightning stops where it checks SIGTERM
+                trainer_stop._signal_connector.received_sigterm = True
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._step_at_start = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.global_step == self._step_at_start or _STOP["requeued"]:
+            return  # no optimizer step in this batch (gradient accumulation): not a resumable state
+        pending = self._pending
+        if trainer.world_size > 1:  # every rank must stop (and enter the save) together
+            pending = trainer.strategy.reduce_boolean_decision(pending, all=False)
+        if not pending:
+            return
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        _save_last_if_unsaved(trainer)
+        rank_zero_info(f"stopped by signal {_STOP['signal'] or signal.SIGTERM} at global step {trainer.global_step}"
+                       " after saving last.ckpt; resume with --ckpt_path auto")
+        raise SIGTERMException()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        # Lightning's own SIGTERM stops (epoch end; mid-validation, which Lightning resumes) save like its
+        # ModelCheckpoint(save_on_exception=True) would; not after a requeue (the hpc checkpoint is the resume point).
+        if (isinstance(exception, SIGTERMException) and not _STOP["requeued"] and not trainer.sanity_checking and trainer.state.fn == "fit"):
+            _STOP["signal"] = _STOP["signal"] or signal.SIGTERM
+            _save_last_if_unsaved(trainer)
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        self._previous = {}
+
+
+def _save_last_if_unsaved(trainer: L.Trainer) -> None:
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.save_last and cb._last_global_step_saved != trainer.global_step:
+            cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))
+
+
+# --- which model a checkpoint holds ------------------------------------------------------------------------------
+MODEL_FACTS = ("model_name", "kernel_size", "num_classes", "model_kwargs")
+
+
+def _norm_facts(key: str, value: Any) -> Any:
+    if key == "kernel_size" and value is not None:
+        from ..models.kernels import stage_kernel_sizes
+
+        try:  # 7 and [7, 7, 7, 7] are the same model
+            return list(stage_kernel_sizes(value, len(value) if isinstance(value, (list, tuple)) else 4))
+        except ConfigError:
+            return value
+    if key == "model_kwargs":
+        return dict(value or {})
+    return value
+
+
+def same_fact(key: str, a: Any, b: Any) -> bool:
+    return _norm_facts(key, a) == _norm_facts(key, b)
+
+
+def model_differences(checkpoint_hparams: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """``key: checkpoint X vs wanted Y`` for each architecture fact (MODEL_FACTS) that differs."""
+    return [f"{k}: checkpoint {checkpoint_hparams.get(k)!r} vs configured {wanted.get(k)!r}" for k in MODEL_FACTS
+            if not same_fact(k, checkpoint_hparams.get(k), wanted.get(k))]
+
+
+def checkpoint_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """``global_step`` and ``hyper_parameters`` of a Lightning checkpoint (memory-mapped, allow-listed unpickling),
+    None if the file is not a complete checkpoint; raises UnsafeCheckpointError for a file that needs more."""
+    try:
+        ckpt = load_torch_file(path, mmap=True)
+    except UnsafeCheckpointError:
+        raise
+    except DataError:
+        return None
+    if not isinstance(ckpt, dict) or "global_step" not in ckpt or "state_dict" not in ckpt:
+        return None
+    return {"global_step": int(ckpt["global_step"]), "hyper_parameters": dict(ckpt.get("hyper_parameters") or {})}
