@@ -20,7 +20,8 @@ from lk_ablate.analysis.features import run as run_features
 from lk_ablate.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from lk_ablate.models.replknet import RepLKNet
 
-PAPER = yaml.safe_load(open("lk_ablate/analysis/paper.yaml"))["analyses"]
+_PAPER_FILE = yaml.safe_load(open("lk_ablate/analysis/paper.yaml"))
+PAPER = _PAPER_FILE.get("analyses", _PAPER_FILE)
 
 
 def rel(a, b) -> float:
@@ -160,3 +161,60 @@ def test_feature_variance_permutations_are_the_scripts_draws_and_need_the_pool()
     assert cfg.groups() == expected
     with pytest.raises(Exception, match="pool_size is 12 but the data source yielded 10"):
         run_features(small_replknet(), cfg, _batches(torch.randn(10, 3, 32, 32)))
+
+
+# --- lesion (lession_study/main_lession_replk.py, engine.py evaluate_lession_replk) -------------------------
+def released_lesion_logits(m: RepLKNet, images: torch.Tensor, delete_index, block_nums) -> torch.Tensor:
+    """engine.py:238-256 (+ the head): units in delete_index are skipped, counted over all stages."""
+    x = m.stem[0](images)
+    for stem_layer in m.stem[1:]:
+        x = stem_layer(x)
+    i = 0
+    for stage_idx in range(len(block_nums)):
+        for block_idx in range(block_nums[stage_idx]):
+            if i not in delete_index:
+                x = m.stages[stage_idx].blocks[block_idx * 2](x)
+                x = m.stages[stage_idx].blocks[block_idx * 2 + 1](x)
+            i += 1
+        if stage_idx < len(block_nums) - 1:
+            x = m.transitions[stage_idx](x)
+    return m.forward_head(x)
+
+
+def test_paper_lesion_draws_third_stage_units_and_scores_the_released_forward():
+    from lk_ablate.analysis.lesion import LesionConfig
+    from lk_ablate.analysis.lesion import run as run_lesion
+
+    layers = (1, 1, 3, 1)
+    m = small_replknet(layers=layers)
+    torch.manual_seed(4)
+    x = torch.randn(8, 3, 64, 64)
+    with torch.no_grad():
+        y = m(x).argmax(1)
+        y[:3] = (y[:3] + 1) % 10  # some wrong labels, so the accuracy is not trivially 100
+    cfg = LesionConfig.from_dict({**PAPER["lesion"], "ns": [1, 2], "samples": 3})
+    res = run_lesion(m, cfg, [(x[:5], y[:5]), (x[5:], y[5:])])
+    assert res["candidates"] == [2, 3, 4]  # the third stage's units
+    rng = random.Random(0)
+    with torch.no_grad():
+        for point in res["points"]:
+            draws = [sorted(rng.sample(range(2, 5), point["n"])) for _ in range(3)]
+            assert point["removed"] == draws
+            expected = [100.0 * float((released_lesion_logits(m, x, d, layers).argmax(1) == y).double().mean())
+                        for d in draws]
+            assert point["accuracies"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_paper_lesion_on_replknet_31b_is_range_4_22_and_vit_keeps_every_block():
+    import timm
+
+    from lk_ablate import create_model
+    from lk_ablate.analysis.lesion import residual_units, unit_stages
+
+    with torch.device("meta"):
+        m = create_model("replknet_31b")
+    stages = unit_stages(m, residual_units(m))
+    assert [i for i, s in enumerate(stages) if s in PAPER["lesion"]["candidate_stages"]] == list(range(4, 22))
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, depth=3, embed_dim=32, num_heads=2,
+                            img_size=32, num_classes=10).eval()
+    assert unit_stages(vit, residual_units(vit)) is None  # no stages: every block is a candidate

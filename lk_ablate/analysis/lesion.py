@@ -2,8 +2,14 @@
 
 A residual unit is what ``model.blocks()`` returns: one ConvNeXt block, or for RepLKNet a (RepLKBlock, ConvFFN)
 pair (24 in RepLKNet-31B) removed together, as in the paper's ``evaluate_lession_replk``. Its fraction removed is
-n / (all units of the model). The released script draws ``random.sample(range(4, 22), n)`` 10 times: the 18
-units of RepLKNet-31B's third stage (preset ``paper_replknet``); by default every unit is a candidate.
+n / (all units of the model). The released script (LKRobust ``lession_study/main_lession_replk.py:51-55``) draws
+``random.sample(range(4, 22), n)`` 10 times: the 18 units of RepLKNet-31B's third stage. ``candidate_stages: [2]``
+(``paper.yaml``) picks the units of the third stage of any model with stages (lk_ablate RepLKNet and ConvNeXt,
+timm ConvNeXt, ResNet ``layer3``), found from the model's ``stages`` modules, not from names; for RepLKNet-31B
+exactly ``range(4, 22)``. For ConvNeXt the third stage is a project choice (no released script); a model without
+stages (ViT) keeps every unit as candidate, as the released ``engine.py`` ``evaluate_lession_vit``. The script's
+``random`` is not seeded, so its draws cannot be reproduced; lk_ablate draws ``random.Random(seed).sample``.
+By default every unit is a candidate.
 For timm models: ``stages[*].blocks[*]`` (ConvNeXt-like), ``blocks[*]`` (ViT), ResNet blocks without a
 downsample shortcut. A unit whose output shape differs from its input (it downsamples) cannot be removed.
 """
@@ -18,8 +24,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..data.transforms import EvalSpec
 from ..errors import ConfigError, DataError
-from .common import SectionConfig, accuracy, iterate_batches, model_device, new_figure, save_figure
+from ..models.registry import ModelConfig
+from .common import (SectionConfig, accuracy, iterate_batches, model_device, new_figure, save_figure,
+                     script_eval_spec)
 
 Unit = tuple[nn.Module, ...]
 
@@ -27,14 +36,18 @@ Unit = tuple[nn.Module, ...]
 @dataclasses.dataclass
 class LesionConfig(SectionConfig):
     """``ns``: numbers of units removed (empty: 0..len(candidates)); ``samples`` random draws per n;
-    ``candidates``: unit indices that may be removed (empty: all); ``max_images``: evaluate on the first N;
-    ``cache_images``: keep those images in memory between the many evaluations."""
+    ``candidates``: unit indices that may be removed (empty: all); ``candidate_stages``: only the units of these
+    stage indices (empty: all; models without stages: all); ``seed``: of ``random.Random`` drawing the units;
+    ``max_images``: evaluate on the first N; ``cache_images``: keep those images in memory between the many
+    evaluations."""
 
     SECTION = "lesion"
-    PRESETS = {"paper_replknet": {"candidates": tuple(range(4, 22)), "samples": 10}}
+    PRESETS = {"paper_replknet": {"candidates": tuple(range(4, 22)), "samples": 10},
+               "paper": {"candidate_stages": (2,), "samples": 10}}
     ns: tuple[int, ...] = ()
     samples: int = 10
     candidates: tuple[int, ...] = ()
+    candidate_stages: tuple[int, ...] = ()
     seed: int = 0
     max_images: int | None = None
     cache_images: bool = False
@@ -44,6 +57,32 @@ class LesionConfig(SectionConfig):
             raise ConfigError(f"lesion.samples must be >= 1, got {self.samples}")
         if any(n < 0 for n in self.ns):
             raise ConfigError(f"lesion.ns must be >= 0, got {list(self.ns)}")
+        if self.candidates and self.candidate_stages:
+            raise ConfigError("give lesion.candidates or lesion.candidate_stages, not both")
+
+
+def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
+    """``lession_study/utils.py:68-73`` (``get_imagenet_data``): Resize(256, bicubic), CenterCrop(224), ImageNet
+    mean/std for every model; a model whose input is not 224 px gets the same geometry scaled to its size (see
+    :func:`~lk_ablate.analysis.common.script_eval_spec`)."""
+    return script_eval_spec(cfg, "bicubic")
+
+
+def unit_stages(model: nn.Module, units: Sequence[Unit]) -> list[int] | None:
+    """The stage index of every unit (the ``stages[i]`` module, or ResNet ``layer{i+1}``, holding it), or None
+    for a model without stages."""
+    stages = getattr(model, "stages", None)
+    if isinstance(stages, (nn.ModuleList, nn.Sequential)):
+        containers = list(stages)
+    elif all(hasattr(model, f"layer{i}") for i in range(1, 5)):
+        containers = [getattr(model, f"layer{i}") for i in range(1, 5)]
+    else:
+        return None
+    owner = {id(m): i for i, c in enumerate(containers) for m in c.modules()}
+    found = [owner.get(id(u[0])) for u in units]
+    if any(s is None for s in found):
+        return None
+    return found
 
 
 def residual_units(model: nn.Module) -> list[Unit]:
@@ -107,6 +146,13 @@ def check_removable(model: nn.Module, units: Sequence[Unit], x: torch.Tensor) ->
 def run(model: nn.Module, cfg: LesionConfig, data: Any, model_config: Any = None) -> dict[str, Any]:
     units = residual_units(model)
     candidates = list(cfg.candidates) if cfg.candidates else list(range(len(units)))
+    if cfg.candidate_stages:
+        stages = unit_stages(model, units)
+        if stages is not None:
+            candidates = [i for i, s in enumerate(stages) if s in set(cfg.candidate_stages)]
+            if not candidates:
+                raise ConfigError(f"lesion.candidate_stages {list(cfg.candidate_stages)}: the model has no units "
+                                  f"there (its units are in stages {sorted(set(stages))})")
     if any(not 0 <= i < len(units) for i in candidates) or len(set(candidates)) != len(candidates):
         raise ConfigError(f"lesion.candidates must be distinct indices in [0, {len(units) - 1}], got {candidates}")
     ns = list(cfg.ns) if cfg.ns else list(range(len(candidates) + 1))
