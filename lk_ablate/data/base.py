@@ -100,6 +100,15 @@ class ClassificationDataModule(L.LightningDataModule):
         loop = self.trainer.fit_loop
         return self.trainer.current_epoch, loop.epoch_loop.batch_progress.current.processed
 
+    def _epoch_to_run(self) -> int:
+        """The epoch the fit loop runs next (the value Lightning passes to ``set_epoch``).
+
+        Lightning creates the train iterator before its first ``set_epoch`` call, and a run resumed from an
+        epoch-end checkpoint restores no loader position: a train loader must start at this epoch, or the first
+        epoch after such a resume replays epoch 0's order.
+        """
+        return self.trainer.fit_loop.epoch_progress.current.processed
+
     def _loader(self, split: str, train: bool) -> ResumableDataLoader:
         if split not in self.datasets:
             raise ConfigError(f"{type(self).__name__} has no {split!r} split")
@@ -107,6 +116,8 @@ class ClassificationDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         sampler = ShardedBatchSampler(len(ds), self.batch_size, shuffle=train, drop_last=train, seed=self.seed,
                                       rank=rank, world_size=world)
+        if train and self.trainer is not None:
+            sampler.set_epoch(self._epoch_to_run())
         if train and len(sampler) == 0:
             raise ConfigError(f"the {split} set ({len(ds)} samples) is smaller than one batch per rank "
                               f"(batch_size {self.batch_size} x {world} ranks); lower data.batch_size")

@@ -209,6 +209,8 @@ class FFCVDataModule(ClassificationDataModule):
         if train and len(loader) == 0:
             raise ConfigError(f"the train set ({info.num_samples} samples) is smaller than one batch per rank "
                               f"(batch_size {self.batch_size} x {world} ranks); lower data.batch_size")
+        if train and self.trainer is not None:
+            loader.set_epoch(self._epoch_to_run())
         old = self._loaders.pop(split, None)
         if old is not None:
             old.close()

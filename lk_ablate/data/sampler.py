@@ -45,13 +45,14 @@ class ShardedBatchSampler:
         return order[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.epoch  # order and sample tags from one epoch, even if set_epoch comes mid-iteration
         idx = self.shard()
         skip, self.skip_batches = self.skip_batches, 0
         for start in range(skip * self.batch_size, len(idx), self.batch_size):
             chunk = idx[start:start + self.batch_size]
             if self.drop_last and len(chunk) < self.batch_size:
                 break
-            yield [(i, self.epoch) for i in chunk]
+            yield [(i, epoch) for i in chunk]
 
     def __len__(self) -> int:
         per_rank = len(range(self.rank, self.num_samples, self.world_size))
