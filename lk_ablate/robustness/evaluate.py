@@ -6,7 +6,13 @@ each image once and runs it through every weight set. Per-rank partial results (
 per-image scores for ImageNet-O) are exchanged in ONE ``gather`` call, then every rank computes the same
 metrics. A failure while scoring is caught per (weights, benchmark) and travels in the same gather, so no
 rank waits on a collective that another rank never reaches; the failed entries come back as None with the
-error recorded.
+error recorded. An unreadable image is a data problem, not a model failure: under ``on_bad_image: error`` the
+rank that meets it stops scoring at once and, after the gather, every rank raises the same one-line DataError
+(the first bad image in one-process order); ``skip`` scores the rest and lists the skipped files.
+
+The input pipeline (lk_ablate.robustness.pipeline): workers read whole batches into one uint8 tensor; the
+normalisation runs here, on the scoring device, and the model gets a channels_last float32 batch whose values
+equal the per-sample PIL path (``Part.dataset``) bit for bit (``decode: cpu``).
 """
 from __future__ import annotations
 
@@ -17,65 +23,45 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..models.registry import ModelConfig
+from ..errors import DataError
 from .benchmarks import Benchmark
 from .metrics import masked_logits, msp_score, ood_aupr, summarize_imagenet_c, topk_correct
+from .pipeline import BatchImages, ShardBatches, check_options, device_decode, first_batch, normalize_nhwc
 
 __all__ = ["evaluate", "Gather"]
 
 Gather = Callable[[Any], list[Any]]
 
 
-class _Parts(Dataset):
-    """The parts of a benchmark as one dataset of (image, label, part index, index within the part)."""
+class _Fatal(Exception):
+    """An unreadable image under ``on_bad_image: error``: stops this rank's scoring at once."""
 
-    def __init__(self, datasets: Sequence[Dataset]) -> None:
-        self.datasets = list(datasets)
-        self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int]:
-        p = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        j = i - int(self.offsets[p])
-        img, label = self.datasets[p][j]
-        return img, label, p, j
-
-
-class _BatchShard(Dataset):
-    """Rank ``rank``'s share: whole batches ``rank, rank + world_size, ...`` of the benchmark in order.
-
-    Sharding by batch, not by image, keeps every image in the same batch (same size, same neighbours) whatever
-    the number of ranks, so the logits, and therefore the results, are bit-identical to a one-process run
-    with the same batch size. The last batch may be short; no image is padded or repeated.
-    """
-
-    def __init__(self, ds: Dataset, rank: int, world_size: int, batch_size: int) -> None:
-        self.ds = ds
-        n = len(ds)
-        starts = range(rank * batch_size, n, world_size * batch_size)
-        self.idx = [i for s in starts for i in range(s, min(s + batch_size, n))]
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.ds[self.idx[i]]
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 def _local_scores(models: Mapping[str, nn.Module], bench: Benchmark, cfg: ModelConfig, rank: int, world_size: int,
-                  batch_size: int, num_workers: int, device: torch.device, progress: bool,
+                  batch_size: int, num_workers: int, device: torch.device, progress: bool, decode: str,
+                  precision: str, on_bad_image: str, skipped: list[tuple[int, str]],
                   ) -> tuple[dict[str, dict], dict[str, str]]:
-    """This rank's partial results for every weight set: {weights: {part: counts or (indices, scores)}}."""
-    parts = _Parts([p.dataset(cfg) for p in bench.parts])
-    # The shard's batches are full batches of the whole set (plus at most one short last batch), so the loader's
-    # batch boundaries coincide with the one-process run's.
-    loader = DataLoader(_BatchShard(parts, rank, world_size, batch_size), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda", drop_last=False)
+    """This rank's partial results for every weight set: {weights: {part: counts or (indices, scores)}}.
+
+    Images that cannot be read are appended to ``skipped`` as (dataset index, path) under ``on_bad_image:
+    skip``; under ``error`` the first one raises ``_Fatal`` with a one-line message naming it.
+    """
+    specs = {p.spec(cfg) for p in bench.parts}
+    if len(specs) != 1:
+        raise ValueError(f"{bench.name}: its parts have different eval transforms {specs}")
+    spec = specs.pop()
+    data = BatchImages(bench.parts, spec, decode=decode)
+    # The shard's batches are full batches of the whole set (plus at most one short last batch), so the batch
+    # boundaries coincide with the one-process run's; each batch is read by one worker into one uint8 tensor.
+    loader = DataLoader(data, batch_sampler=ShardBatches(len(data), rank, world_size, batch_size),
+                        collate_fn=first_batch, num_workers=num_workers, pin_memory=device.type == "cuda")
     mask = bench.mask_tensor
     mask = None if mask is None else mask.to(device)
     keys = [p.key for p in bench.parts]
@@ -91,17 +77,38 @@ def _local_scores(models: Mapping[str, nn.Module], bench: Benchmark, cfg: ModelC
         from tqdm import tqdm
 
         it = tqdm(loader, desc=f"{bench.name} (rank {rank})", leave=False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    buffer: torch.Tensor | None = None  # the float32 input, reused from batch to batch
     with torch.inference_mode():
-        for x, y, part, idx in it:
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            part_np = part.numpy()
+        for batch in it:
+            index = batch["index"].numpy()
+            if decode == "gpu":
+                pixels, bad = device_decode(batch, spec, device, data.paths)
+            else:
+                pixels, bad = batch["pixels"].to(device, non_blocking=True), batch["bad"]
+            if bad:
+                if on_bad_image == "error":
+                    pos, reason = bad[0]
+                    raise _Fatal(int(index[pos]), f"{bench.name}: cannot read image {reason}; replace or delete the file, or set "
+                                 f"on_bad_image: skip to score without it (the results then list it)")
+                skipped += [(int(index[pos]), data.paths[index[pos]]) for pos, _ in bad]
+                keep = np.setdiff1d(np.arange(len(index)), [pos for pos, _ in bad])
+                if not len(keep):
+                    continue
+                pixels, index = pixels[torch.as_tensor(keep, device=pixels.device)], index[keep]
+            if buffer is None or buffer.numel() < pixels.numel():
+                buffer = torch.empty(pixels.numel(), dtype=torch.float32, device=device)
+            x = normalize_nhwc(pixels, spec, buffer)
+            y = torch.from_numpy(data.labels[index]).to(device, non_blocking=True)
+            part_np, idx_np = data.part[index], data.index_in_part[index]
             for w, model in models.items():
                 if w in errors:
                     continue
                 try:
-                    logits = masked_logits(model(x).float(), mask)
-                    _accumulate(acc[w], bench.kind, keys, logits, y, part_np, idx.numpy())
+                    with autocast:
+                        out = model(x)
+                    logits = masked_logits(out.float(), mask)
+                    _accumulate(acc[w], bench.kind, keys, logits, y, part_np, idx_np)
                 except Exception:  # recorded and reported; the other weight sets go on
                     errors[w] = traceback.format_exc(limit=4)
     return acc, errors
@@ -163,28 +170,43 @@ def _summarize(bench: Benchmark, merged: dict, clean_top1: float | None) -> dict
 
 def evaluate(models: Mapping[str, nn.Module], cfg: ModelConfig, benchmarks: Sequence[Benchmark], *,
              batch_size: int = 64, num_workers: int = 4, device: torch.device | str | None = None, rank: int = 0,
-             world_size: int = 1, gather: Gather | None = None, progress: bool = False,
+             world_size: int = 1, gather: Gather | None = None, progress: bool = False, decode: str = "cpu",
+             precision: str = "fp32", on_bad_image: str = "error",
              ) -> tuple[dict[str, dict[str, dict | None]], list[dict]]:
     """Score every weight set in ``models`` ({"raw": model, "ema": model}) on ``benchmarks``.
 
     ``gather(obj)`` returns the list of every rank's ``obj`` (``torch.distributed.all_gather_object``); it is
     called exactly once. Returns ({weights: {benchmark: metrics or None}}, errors), identical on all ranks.
+
+    - ``decode``: "cpu" (PIL in the loader workers, the reference) or "gpu" (JPEGs decoded, resized and cropped
+      on the CUDA device: faster, not bit-identical to PIL; see docs/robustness.md).
+    - ``precision``: "fp32" (the paper's evaluation) or "bf16" (autocast; logits differ slightly).
+    - ``on_bad_image``: "error" raises DataError at the first image that cannot be read, naming it, with no
+      results (on every rank: the failure travels in the gather); "skip" scores the other images and adds
+      ``skipped_images`` (paths) and ``n_skipped`` to every entry of the benchmark (then not comparable with
+      complete runs).
     """
     if device is None:
         device = next(next(iter(models.values())).parameters()).device
     device = torch.device(device)
+    check_options(decode, precision, on_bad_image, device)
     # Restored module by module afterwards: a submodule may be in eval mode on purpose (frozen norms, EMA).
     was_training = {w: [mod.training for mod in m.modules()] for w, m in models.items()}
-    local: dict[str, Any] = {"scores": {}, "errors": []}
+    local: dict[str, Any] = {"scores": {}, "errors": [], "skipped": {}, "fatal": None}
     try:
         for m in models.values():
             m.eval()
-        for bench in benchmarks:
+        for b, bench in enumerate(benchmarks):
+            skipped: list[tuple[int, str]] = []
             try:
                 acc, errs = _local_scores(models, bench, cfg, rank, world_size, batch_size, num_workers, device,
-                                          progress)
-            except Exception:  # e.g. an unreadable image: every weight set of this benchmark fails
+                                          progress, decode, precision, on_bad_image, skipped)
+            except _Fatal as e:  # stop now; every rank raises it after the gather
+                local["fatal"] = (b, e.index, str(e))
+                break
+            except Exception:  # e.g. a loader failure: every weight set of this benchmark fails
                 acc, errs = {}, {w: traceback.format_exc(limit=4) for w in models}
+            local["skipped"][bench.name] = skipped
             for w in models:
                 if w in errs:
                     local["errors"].append({"weights": w, "benchmark": bench.name, "rank": rank, "error": errs[w]})
@@ -195,6 +217,9 @@ def evaluate(models: Mapping[str, nn.Module], cfg: ModelConfig, benchmarks: Sequ
             for mod, flag in zip(m.modules(), was_training[w]):
                 mod.training = flag
     gathered = gather(local) if gather is not None else [local]
+    fatal = [g["fatal"] for g in gathered if g["fatal"] is not None]
+    if fatal:  # each rank stopped at its own first bad image: report the first in one-process order
+        raise DataError(min(fatal)[2])
     errors = [e for g in gathered for e in g["errors"]]
     failed = {(e["weights"], e["benchmark"]) for e in errors}
     results: dict[str, dict[str, dict | None]] = {}
@@ -214,4 +239,7 @@ def evaluate(models: Mapping[str, nn.Module], cfg: ModelConfig, benchmarks: Sequ
                                "error": traceback.format_exc(limit=4)})
             if bench.kind == "topk" and results[w][bench.name] is not None:
                 clean_top1 = results[w][bench.name]["top1"]
+            if on_bad_image == "skip" and results[w][bench.name] is not None:
+                paths = [p for _, p in sorted(s for g in gathered for s in g["skipped"][bench.name])]
+                results[w][bench.name].update(skipped_images=paths, n_skipped=len(paths))
     return results, errors
