@@ -49,9 +49,9 @@ def test_load_model_prefers_ema_and_reads_hyper_parameters(tmp_path):
 
 def test_analyze_cli_all_sections_then_report(tmp_path):
     _val_folder(tmp_path / "val")
-    cfg = {"data": {"val_dir": str(tmp_path / "val"), "batch_size": 8, "num_workers": 0},
-           "analyses": {"kernel_distance": {}, "fgsm": {"eps": [0.01, 0.1]}, "lesion": {"ns": [0, 2], "samples": 2},
-                        "feature_variance": {"max_images": 8}}}
+    cfg = {"data": {"imagenet_val": str(tmp_path / "val"), "batch_size": 8, "num_workers": 0},
+           "kernel_distance": {}, "fgsm": {"eps": [0.01, 0.1]}, "lesion": {"ns": [0, 2], "samples": 2},
+           "feature_variance": {"max_images": 8}}
     (tmp_path / "an.yaml").write_text(yaml.safe_dump(cfg))
     # k3 was scored by `lk_ablate robustness` before: its results must survive
     scored = make_results(model_name="convnext_demo", kernel_sizes=[3] * 4, num_params=1, model_config={},
@@ -62,8 +62,8 @@ def test_analyze_cli_all_sections_then_report(tmp_path):
     for k in (3, 7):
         ckpt = tmp_path / f"k{k}.ckpt"
         _checkpoint(ckpt, k, k)
-        rc = main(["analyze", "all", "--ckpt", str(ckpt), "--config", str(tmp_path / "an.yaml"),
-                   "--limit", "12", "--set", "fgsm.eps=[0.02]"])
+        rc = main(["analyze", "all", "--model.ckpt", str(ckpt), "--config", str(tmp_path / "an.yaml"),
+                   "--data.limit", "12", "--fgsm.eps", "[0.02]"])
         assert rc == 0
         results = tmp_path / f"k{k}.robustness.json"
         analyses = load_analyses(results)
@@ -74,8 +74,8 @@ def test_analyze_cli_all_sections_then_report(tmp_path):
             assert (tmp_path / f"k{k}.robustness.{name}.png").is_file()
         runs.append((f"k{k}", analyses))
     # a second call merges into the same file instead of replacing it
-    assert main(["analyze", "pgd", "--ckpt", str(tmp_path / "k3.ckpt"), "--data", str(tmp_path / "val"),
-                 "--limit", "4", "--set", "pgd.eps=[0.01]", "--set", "data.num_workers=0"]) == 0
+    assert main(["analyze", "pgd", "--model.ckpt", str(tmp_path / "k3.ckpt"), "--data.imagenet_val", str(tmp_path / "val"),
+                 "--data.limit", "4", "--pgd.eps", "[0.01]", "--data.num_workers", "0"]) == 0
     assert set(load_analyses(tmp_path / "k3.robustness.json")) >= {"pgd", "fgsm"}
     rows = summary_rows(runs)
     assert [r["run"] for r in rows] == ["k3", "k7"] and "fgsm.eps0.02" in rows[0]
@@ -102,25 +102,25 @@ def test_analyze_timm_model_and_paper_config(tmp_path):
     _val_folder(tmp_path / "val")
     torch.manual_seed(0)
     torch.save(timm.create_model("test_convnext", num_classes=10).state_dict(), tmp_path / "tc.pth")
-    assert main(["analyze", "fgsm", "--timm-model", "test_convnext", "--ckpt", str(tmp_path / "tc.pth"),
-                 "--num-classes", "10", "--data", str(tmp_path / "val"), "--limit", "4", "--workers", "0",
-                 "--set", "fgsm.eps=[0.05]"]) == 0
+    assert main(["analyze", "fgsm", "--model.timm", "test_convnext", "--model.ckpt", str(tmp_path / "tc.pth"),
+                 "--model.num_classes", "10", "--data.imagenet_val", str(tmp_path / "val"), "--data.limit", "4", "--data.num_workers", "0",
+                 "--fgsm.eps", "[0.05]"]) == 0
     res = read_results(tmp_path / "tc.robustness.json")
     assert res["model"]["source"] == "timm" and res["model"]["config"]["input_size"] == [3, 160, 160]
     assert res["analyses"]["fgsm"]["images"] == 4
     # the shipped paper settings: kernel distance needs no data
     out = tmp_path / "demo.json"
-    assert main(["analyze", "kernel_distance", "--model", "convnext_demo", "--config", "paper",
+    assert main(["analyze", "kernel_distance", "--model.name", "convnext_demo", "--preset", "paper",
                  "--results", str(out)]) == 0
-    assert read_results(out)["analyses"]["kernel_distance"]["config"]["normalize_weights"] is True
+    assert read_results(out)["analyses"]["kernel_distance"]["config"]["normalize_weights"] is False
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["analyze", "nope", "--model", "convnext_demo"], "unknown analysis"),
-    (["analyze", "fgsm", "--model", "convnext_demo"], "need validation images"),
+    (["analyze", "nope", "--model.name", "convnext_demo"], "unknown analysis"),
+    (["analyze", "fgsm", "--model.name", "convnext_demo"], "need validation images"),
     (["analyze", "kernel_distance"], "say which model"),
-    (["analyze", "kernel_distance", "--model", "convnext_demo", "--set", "kernel_distance.modules=all"], "modules"),
-    (["analyze", "occlusion", "--model", "convnext_demo", "--config", "paper", "--data", "x"], "dino_weights"),
+    (["analyze", "kernel_distance", "--model.name", "convnext_demo", "--kernel_distance.modules", "all"], "modules"),
+    (["analyze", "occlusion", "--model.name", "convnext_demo", "--preset", "paper", "--data.imagenet_val", "x"], "dino_weights"),
 ])
 def test_analyze_cli_errors_are_one_message(argv, msg, capsys):
     assert main(argv) == 2

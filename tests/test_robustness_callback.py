@@ -17,7 +17,7 @@ from lk_ablate.errors import ConfigError, DataError
 from lk_ablate.robustness import RobustnessEvaluation, read_results
 from lk_ablate.robustness.benchmarks import build_benchmarks
 from lk_ablate.robustness.evaluate import evaluate
-from lk_ablate.robustness.score import load_models
+from lk_ablate.evaluation import ModelOptions, load_for_eval
 from lk_ablate.training import ImageClassifier
 
 
@@ -79,7 +79,7 @@ def test_scores_each_epoch_writes_json_beside_checkpoints_and_logs(tmp_path, tre
         assert data["model"]["config"]["num_classes"] == 1000 and data["model"]["config"]["resize_size"] == 32
         assert set(data["weights"]) == {"raw", "ema"} and data["primary"] == "ema" and data["errors"] == []
         # The numbers are those of the weights stored in that checkpoint, scored afresh.
-        loaded = load_models(ckpt=str(path))
+        loaded = load_for_eval(ModelOptions(ckpt=str(path), weights="both"))
         fresh, errors = evaluate(loaded.models, loaded.config, build_benchmarks(**trees), batch_size=7, num_workers=0)
         assert errors == [] and fresh == data["weights"]
         assert data["weights"]["raw"]["imagenet_a"]["n"] == 201
@@ -122,25 +122,31 @@ def test_every_checkpoint_mid_epoch(tmp_path, trees):
     assert not all(torch.equal(rob.seen[0][1][k], rob.seen[1][1][k]) for k in rob.seen[0][1])
 
 
-def test_fit_end_without_checkpoint_and_a_reported_failure(tmp_path, trees):
+def test_fit_end_without_checkpoint_and_a_bad_image(tmp_path, trees):
     broken = tmp_path / "imagenet-a"
     import shutil
 
     shutil.copytree(trees["imagenet_a"], broken)
     victim = next(p for p in sorted(broken.iterdir()) if p.is_dir())
-    (next(victim.iterdir())).write_bytes(b"not a jpeg")  # passes the layout check, fails when read
+    bad = next(victim.iterdir())
+    bad.write_bytes(b"not a jpeg")  # passes the layout check, fails when read
+    # on_bad_image: error (default): fit stops with one line naming the file; no results are written.
     rob = RobustnessEvaluation(imagenet_a=str(broken), batch_size=64, num_workers=0, output_dir=str(tmp_path / "out"))
     trainer = make_trainer(tmp_path, [rob], max_epochs=1, enable_checkpointing=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with pytest.raises(DataError, match=f"imagenet_a: cannot read image {bad}: UnidentifiedImageError") as e:
         trainer.fit(make_module(ema=False), datamodule=RandomData())
+    assert "\n" not in str(e.value) and trainer.global_step == 2 and not (tmp_path / "out").exists()
+    # on_bad_image: skip: the run finishes, the results list the file.
+    rob = RobustnessEvaluation(imagenet_a=str(broken), batch_size=64, num_workers=0, on_bad_image="skip",
+                               output_dir=str(tmp_path / "out"))
+    trainer = make_trainer(tmp_path, [rob], max_epochs=1, enable_checkpointing=False)
+    trainer.fit(make_module(ema=False), datamodule=RandomData())
     assert trainer.state.finished and trainer.global_step == 2
     data = read_results(tmp_path / "out" / "epoch=0-step=2.robustness.json")
     assert data["checkpoint"] == {"path": None, "epoch": 0, "global_step": 2, "format": None}
-    assert data["weights"] == {"raw": {"imagenet_a": None}}
-    assert [(e["weights"], e["benchmark"], e["rank"]) for e in data["errors"]] == [("raw", "imagenet_a", 0)]
-    assert "UnidentifiedImageError" in data["errors"][0]["error"]
-    assert any("imagenet_a failed" in str(w.message) for w in caught)
+    entry = data["weights"]["raw"]["imagenet_a"]
+    assert data["errors"] == [] and entry["skipped_images"] == [str(bad)] and entry["n_skipped"] == 1
+    assert data["settings"]["scoring"] == {"decode": "cpu", "precision": "fp32", "on_bad_image": "skip"}
 
 
 def test_layout_error_stops_fit_before_training(tmp_path, trees):

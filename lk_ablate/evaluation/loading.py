@@ -188,8 +188,9 @@ def _load_registered(opts: ModelOptions, obj: Any) -> EvalModels:
     models = _with_sets(lambda: create_model(opts.name, kernel_size=_kernel_arg(opts.kernel_size),
                                              num_classes=opts.num_classes, **(opts.kwargs or {})), sets, load)
     first = next(iter(models.values()))
+    epoch = obj.get("epoch") if isinstance(obj, Mapping) and isinstance(obj.get("epoch"), int) else None
     return EvalModels(models, first.model_config, opts.name, _kernel_sizes(first), "lk_ablate",
-                      None if obj is None else os.fspath(opts.ckpt), None if obj is None else "official",
+                      None if obj is None else os.fspath(opts.ckpt), None if obj is None else "official", epoch,
                       meta={"random_weights": obj is None})
 
 
