@@ -31,6 +31,7 @@ from ..evaluation.options import check_protocol
 from ..training.wandb import log_robustness
 from .benchmarks import Benchmark, build_benchmarks, resolve_corruptions
 from .evaluate import evaluate
+from .pipeline import check_options
 from .results import flatten_metrics, make_results, results_path, write_results
 
 __all__ = ["RobustnessEvaluation"]
@@ -52,6 +53,11 @@ class RobustnessEvaluation(L.Callback):
         output_dir: where results go when no checkpoint holds the scored weights.
         protocol: "model" (the model's own eval config) or "paper" (the benchmark authors' transforms for
             every model; see docs/robustness.md), recorded in the results' settings.
+        decode: "cpu" (PIL in the loader workers, the reference) or "gpu" (JPEGs decoded, resized and cropped
+            on the GPU: faster, not bit-identical).
+        precision: "fp32" (the paper's evaluation) or "bf16" (autocast).
+        on_bad_image: "error" (stop at the first unreadable image with one line naming it) or "skip" (score
+            the rest; the results list the skipped files and count them).
     """
 
     def __init__(self, imagenet_val: str | None = None, imagenet_a: str | None = None,
@@ -59,7 +65,8 @@ class RobustnessEvaluation(L.Callback):
                  c_preset: str | None = "severity5", corruptions: list[str] | None = None,
                  severities: list[int] | None = None, every_n_epochs: int = 0, on_checkpoint: bool = False,
                  at_fit_end: bool = True, weights: str = "both", batch_size: int = 64, num_workers: int = 4,
-                 output_dir: str | None = None, protocol: str = "model") -> None:
+                 output_dir: str | None = None, protocol: str = "model", decode: str = "cpu",
+                 precision: str = "fp32", on_bad_image: str = "error") -> None:
         super().__init__()
         if weights not in ("both", "raw", "ema"):
             raise ConfigError(f"RobustnessEvaluation.weights must be 'both', 'raw' or 'ema', got {weights!r}")
@@ -77,6 +84,8 @@ class RobustnessEvaluation(L.Callback):
         self.weights, self.batch_size, self.num_workers = weights, batch_size, num_workers
         self.output_dir = output_dir
         self.protocol = check_protocol(protocol)
+        check_options(decode, precision, on_bad_image)
+        self.scoring = {"decode": decode, "precision": precision, "on_bad_image": on_bad_image}
         self.benchmarks: list[Benchmark] = []
         self._pending: tuple[int, int] | None = None  # (epoch, global_step) to score at the next safe point
         self._scored_steps: set[int] = set()
@@ -88,7 +97,7 @@ class RobustnessEvaluation(L.Callback):
                     protocol=self.protocol)
 
     def settings(self) -> dict[str, Any]:
-        return settings_for(self.benchmarks)
+        return settings_for(self.benchmarks, **self.scoring)
 
     # --- hooks ----------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -97,6 +106,7 @@ class RobustnessEvaluation(L.Callback):
         problem = None
         try:
             _model_contract(pl_module)
+            check_options(**self.scoring, device=trainer.strategy.root_device)  # decode: gpu needs CUDA
             self.benchmarks = build_benchmarks(**self.benchmark_kwargs())
             cfg = pl_module.model.model_config
             if self.weights == "ema" and getattr(getattr(pl_module, "ema", None), "module", None) is None:
@@ -161,7 +171,7 @@ class RobustnessEvaluation(L.Callback):
             results, errors = evaluate(models, pl_module.model.model_config, self.benchmarks,
                                        batch_size=self.batch_size, num_workers=self.num_workers, device=device,
                                        rank=trainer.global_rank, world_size=trainer.world_size,
-                                       gather=lambda obj: _all_gather(trainer, obj))
+                                       gather=lambda obj: _all_gather(trainer, obj), **self.scoring)
         finally:
             for w, m in models.items():
                 if moved[w] != device:
@@ -221,10 +231,12 @@ class RobustnessEvaluation(L.Callback):
         return Path(root) / f"epoch={epoch}-step={step}.robustness.json"
 
 
-def settings_for(benchmarks: list[Benchmark]) -> dict[str, Any]:
+def settings_for(benchmarks: list[Benchmark], decode: str = "cpu", precision: str = "fp32",
+                 on_bad_image: str = "error") -> dict[str, Any]:
     """The part of the results that records what was scored (identical for callback and standalone runs)."""
     protocols = {p.protocol for b in benchmarks for p in b.parts}
-    out: dict[str, Any] = {"benchmarks": {}, "protocol": protocols.pop() if len(protocols) == 1 else "model"}
+    out: dict[str, Any] = {"benchmarks": {}, "protocol": protocols.pop() if len(protocols) == 1 else "model",
+                           "scoring": {"decode": decode, "precision": precision, "on_bad_image": on_bad_image}}
     for b in benchmarks:
         if b.name == "imagenet_c":
             keys = [p.key.split("/") for p in b.parts]
