@@ -23,25 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from ..models.registry import ModelConfig
 from ..errors import DataError
 from .benchmarks import Benchmark
 from .metrics import masked_logits, msp_score, ood_aupr, summarize_imagenet_c, topk_correct
-from .pipeline import BatchImages, ShardBatches, check_options, device_decode, first_batch, normalize_nhwc
+from .pipeline import BadImage, ScoringInputs, check_options
 
 __all__ = ["evaluate", "Gather"]
 
 Gather = Callable[[Any], list[Any]]
-
-
-class _Fatal(Exception):
-    """An unreadable image under ``on_bad_image: error``: stops this rank's scoring at once."""
-
-    def __init__(self, index: int, message: str) -> None:
-        super().__init__(message)
-        self.index = index
 
 
 def _local_scores(models: Mapping[str, nn.Module], bench: Benchmark, cfg: ModelConfig, rank: int, world_size: int,
@@ -51,17 +42,11 @@ def _local_scores(models: Mapping[str, nn.Module], bench: Benchmark, cfg: ModelC
     """This rank's partial results for every weight set: {weights: {part: counts or (indices, scores)}}.
 
     Images that cannot be read are appended to ``skipped`` as (dataset index, path) under ``on_bad_image:
-    skip``; under ``error`` the first one raises ``_Fatal`` with a one-line message naming it.
+    skip``; under ``error`` the first one raises ``BadImage`` with a one-line message naming it.
     """
-    specs = {p.spec(cfg) for p in bench.parts}
-    if len(specs) != 1:
-        raise ValueError(f"{bench.name}: its parts have different eval transforms {specs}")
-    spec = specs.pop()
-    data = BatchImages(bench.parts, spec, decode=decode)
-    # The shard's batches are full batches of the whole set (plus at most one short last batch), so the batch
-    # boundaries coincide with the one-process run's; each batch is read by one worker into one uint8 tensor.
-    loader = DataLoader(data, batch_sampler=ShardBatches(len(data), rank, world_size, batch_size),
-                        collate_fn=first_batch, num_workers=num_workers, pin_memory=device.type == "cuda")
+    inputs = ScoringInputs(bench, cfg, batch_size=batch_size, num_workers=num_workers, device=device, rank=rank,
+                           world_size=world_size, decode=decode, on_bad_image=on_bad_image, skipped=skipped)
+    data = inputs.data
     mask = bench.mask_tensor
     mask = None if mask is None else mask.to(device)
     keys = [p.key for p in bench.parts]
@@ -72,33 +57,14 @@ def _local_scores(models: Mapping[str, nn.Module], bench: Benchmark, cfg: ModelC
         else:
             acc[w] = {k: np.zeros(3 if bench.kind == "topk" else 2, dtype=np.int64) for k in keys}
     errors: dict[str, str] = {}
-    it = loader
+    it: Any = inputs
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(loader, desc=f"{bench.name} (rank {rank})", leave=False)
+        it = tqdm(inputs, total=len(inputs), desc=f"{bench.name} (rank {rank})", leave=False)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    buffer: torch.Tensor | None = None  # the float32 input, reused from batch to batch
     with torch.inference_mode():
-        for batch in it:
-            index = batch["index"].numpy()
-            if decode == "gpu":
-                pixels, bad = device_decode(batch, spec, device, data.paths)
-            else:
-                pixels, bad = batch["pixels"].to(device, non_blocking=True), batch["bad"]
-            if bad:
-                if on_bad_image == "error":
-                    pos, reason = bad[0]
-                    raise _Fatal(int(index[pos]), f"{bench.name}: cannot read image {reason}; replace or delete the file, or set "
-                                 f"on_bad_image: skip to score without it (the results then list it)")
-                skipped += [(int(index[pos]), data.paths[index[pos]]) for pos, _ in bad]
-                keep = np.setdiff1d(np.arange(len(index)), [pos for pos, _ in bad])
-                if not len(keep):
-                    continue
-                pixels, index = pixels[torch.as_tensor(keep, device=pixels.device)], index[keep]
-            if buffer is None or buffer.numel() < pixels.numel():
-                buffer = torch.empty(pixels.numel(), dtype=torch.float32, device=device)
-            x = normalize_nhwc(pixels, spec, buffer)
+        for x, index in it:
             y = torch.from_numpy(data.labels[index]).to(device, non_blocking=True)
             part_np, idx_np = data.part[index], data.index_in_part[index]
             for w, model in models.items():
@@ -201,7 +167,7 @@ def evaluate(models: Mapping[str, nn.Module], cfg: ModelConfig, benchmarks: Sequ
             try:
                 acc, errs = _local_scores(models, bench, cfg, rank, world_size, batch_size, num_workers, device,
                                           progress, decode, precision, on_bad_image, skipped)
-            except _Fatal as e:  # stop now; every rank raises it after the gather
+            except BadImage as e:  # stop now; every rank raises it after the gather
                 local["fatal"] = (b, e.index, str(e))
                 break
             except Exception:  # e.g. a loader failure: every weight set of this benchmark fails

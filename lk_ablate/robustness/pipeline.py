@@ -20,14 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..data.transforms import EvalSpec
 from ..errors import ConfigError
-from .benchmarks import Part
+from ..models.registry import ModelConfig
+from .benchmarks import Benchmark, Part
 
-__all__ = ["BAD_IMAGE_POLICIES", "DECODERS", "PRECISIONS", "BatchImages", "ShardBatches", "check_options",
-           "device_decode", "normalize_nhwc"]
+__all__ = ["BAD_IMAGE_POLICIES", "DECODERS", "PRECISIONS", "BadImage", "BatchImages", "ScoringInputs", "ShardBatches",
+           "check_options", "device_decode", "normalize_nhwc"]
 
 BAD_IMAGE_POLICIES = ("error", "skip")
 DECODERS = ("cpu", "gpu")
@@ -296,3 +297,68 @@ def _device_geometry(img: torch.Tensor, spec: EvalSpec) -> torch.Tensor:
     if h > spec.crop[0] or w > spec.crop[1]:
         img = F.center_crop(img, [min(h, spec.crop[0]), min(w, spec.crop[1])])
     return img
+
+
+class BadImage(Exception):
+    """An unreadable image under ``on_bad_image: error``; ``index`` is its position in the benchmark."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+class ScoringInputs:
+    """One rank's model inputs for one benchmark: iterate to get (x, index) batches.
+
+    ``x``: float32 (n, 3, H, W) channels_last on ``device``, normalised there; ``index``: the images' positions
+    in ``self.data`` (labels, parts). Batches are ``ShardBatches``; bad images follow ``on_bad_image``: "error"
+    raises ``BadImage`` at the first one, "skip" drops them from the batch and appends (position, path) to
+    ``skipped``.
+    """
+
+    def __init__(self, bench: Benchmark, cfg: ModelConfig, *, batch_size: int, num_workers: int,
+                 device: torch.device, rank: int = 0, world_size: int = 1, decode: str = "cpu",
+                 on_bad_image: str = "error", skipped: list[tuple[int, str]] | None = None) -> None:
+        specs = {p.spec(cfg) for p in bench.parts}
+        if len(specs) != 1:
+            raise ValueError(f"{bench.name}: its parts have different eval transforms {specs}")
+        self.name, self.spec, self.device = bench.name, specs.pop(), device
+        self.decode, self.on_bad_image = decode, on_bad_image
+        self.skipped = skipped if skipped is not None else []
+        self.data = BatchImages(bench.parts, self.spec, decode=decode)
+        # The shard's batches are full batches of the whole set (plus at most one short last batch), so the batch
+        # boundaries coincide with the one-process run's; each batch is read by one worker into one uint8 tensor.
+        self.loader = DataLoader(self.data, batch_sampler=ShardBatches(len(self.data), rank, world_size, batch_size),
+                                 collate_fn=first_batch, num_workers=num_workers,
+                                 pin_memory=device.type == "cuda")
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        buffer: torch.Tensor | None = None  # the float32 input, reused from batch to batch
+        for batch in self.loader:
+            x, index, buffer = self.finish(batch, buffer)
+            if len(index):
+                yield x, index
+
+    def finish(self, batch: dict[str, Any], buffer: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+        """A loader batch -> (normalised x on the device, kept positions, the float buffer to reuse)."""
+        index = batch["index"].numpy()
+        if self.decode == "gpu":
+            pixels, bad = device_decode(batch, self.spec, self.device, self.data.paths)
+        else:
+            pixels, bad = batch["pixels"].to(self.device, non_blocking=True), batch["bad"]
+        if bad:
+            if self.on_bad_image == "error":
+                pos, reason = bad[0]
+                raise BadImage(int(index[pos]), f"{self.name}: cannot read image {reason}; replace or delete the "
+                                                f"file, or set on_bad_image: skip to score without it (the "
+                                                f"results then list it)")
+            self.skipped += [(int(index[pos]), self.data.paths[index[pos]]) for pos, _ in bad]
+            keep = np.setdiff1d(np.arange(len(index)), [pos for pos, _ in bad])
+            pixels, index = pixels[torch.as_tensor(keep, device=pixels.device)], index[keep]
+        if buffer is None or buffer.numel() < pixels.numel():
+            buffer = torch.empty(pixels.numel(), dtype=torch.float32, device=self.device)
+        return normalize_nhwc(pixels, self.spec, buffer), index, buffer
