@@ -94,6 +94,10 @@ def load_for_eval(opts: ModelOptions, device: torch.device | str | None = None,
         raise ConfigError("give model.name (a registered lk_ablate model) or model.timm (a timm model), not both")
     if opts.ckpt is not None and not os.path.isfile(opts.ckpt):
         raise DataError(f"checkpoint not found: {opts.ckpt}")
+    if opts.compile:
+        from ..models.compile import check_compile_options
+
+        check_compile_options(opts.compile_mode)
     if opts.timm:
         out = _load_timm(opts)
     elif opts.ckpt is None:
@@ -119,6 +123,10 @@ def load_for_eval(opts: ModelOptions, device: torch.device | str | None = None,
         m.eval()
         if device is not None:
             m.to(device)
+        if opts.compile:  # in place: the same module, parameters and state-dict keys
+            from ..models.compile import compile_model
+
+            compile_model(m, opts.compile_mode)
     out.meta["channels_last"] = bool(channels_last)
     return out
 

@@ -32,6 +32,8 @@ class ModelOptions:
         kwargs: extra keyword arguments for the model constructor (e.g. {small_kernel: null}).
         weights: auto (EMA when the checkpoint has it, else raw), raw, ema, or both (raw, plus EMA when present).
         channels_last: channels_last memory format (null: as the lk_ablate run trained; true otherwise).
+        compile: torch.compile each weight set's forward (``lk_ablate.models.compile.compile_model``).
+        compile_mode: torch.compile mode (null: default; reduce-overhead, max-autotune, ...).
     """
 
     ckpt: str | None = None
@@ -42,6 +44,8 @@ class ModelOptions:
     kwargs: dict[str, Any] | None = None
     weights: Literal["auto", "raw", "ema", "both"] = "auto"
     channels_last: bool | None = None
+    compile: bool = False
+    compile_mode: str | None = None
 
 
 @dataclass

@@ -35,7 +35,9 @@ from .results import make_results, results_path, write_results
 __all__ = ["BenchmarkOptions", "cli_main", "format_table", "load_config", "robustness_settings"]
 
 _BENCH_FLAGS = ("imagenet_val", "imagenet_a", "imagenet_r", "imagenet_c", "imagenet_o")
-_SETTING_KEYS = _BENCH_FLAGS + ("c_preset", "corruptions", "severities", "weights", "batch_size", "num_workers")
+_SCORING_KEYS = ("decode", "on_bad_image")
+_SETTING_KEYS = _BENCH_FLAGS + _SCORING_KEYS + ("c_preset", "corruptions", "severities", "weights", "batch_size",
+                                                "num_workers", "protocol", "precision")
 PRESETS_PACKAGE = "lk_ablate.robustness.presets"
 
 
@@ -51,6 +53,9 @@ class BenchmarkOptions(DataOptions):
         c_preset: severity5 (19 corruptions at severity 5, the paper's number) or full (19 x 5).
         corruptions: ImageNet-C corruptions to score (overrides the preset's).
         severities: ImageNet-C severities to score (overrides the preset's).
+        decode: cpu (PIL in the loader workers, the reference) or gpu (JPEGs decoded, resized and cropped on the
+            scoring GPU; not bit-identical, see docs/robustness.md).
+        on_bad_image: error (stop at the first unreadable image, naming it) or skip (score the rest, list them).
     """
 
     imagenet_a: str | None = None
@@ -60,6 +65,8 @@ class BenchmarkOptions(DataOptions):
     c_preset: Literal["severity5", "full"] | None = "severity5"
     corruptions: list[str] | None = None
     severities: list[int] | None = None
+    decode: Literal["cpu", "gpu"] = "cpu"
+    on_bad_image: Literal["error", "skip"] = "error"
 
 
 def _parser() -> Any:
@@ -67,6 +74,8 @@ def _parser() -> Any:
 
     p = base_parser("lk_ablate robustness", __doc__.split("\n\n")[0], default_weights="both")
     p.add_class_arguments(BenchmarkOptions, "data")
+    p.add_argument("--precision", type=Literal["fp32", "bf16"], default="fp32",
+                   help="fp32 (the paper's evaluation) or bf16 (autocast; logit differences in docs/robustness.md)")
     p.add_argument("--fit_config", type=str | None, default=None,
                    help="a `lk_ablate fit` config: its RobustnessEvaluation callback gives benchmark defaults and its "
                         "model section the architecture of official weights")
@@ -116,11 +125,12 @@ def cli_main(argv: list[str]) -> int:
             raise ConfigError(f"{loaded.name} has {loaded.config.num_classes} classes; the ImageNet benchmarks "
                               f"need a 1000-class model")
         gather = _all_gather if world > 1 else None
+        scoring = {"decode": d.decode, "precision": args.precision, "on_bad_image": d.on_bad_image}
         results, errors = evaluate(loaded.models, loaded.config, benchmarks, batch_size=d.batch_size,
                                    num_workers=d.num_workers, device=device, rank=rank, world_size=world,
-                                   gather=gather, progress=args.progress and rank == 0)
+                                   gather=gather, progress=args.progress and rank == 0, **scoring)
         data = make_results(**loaded.results_init(results),
-                            settings=dict(settings_for(benchmarks), seed=loaded.seed), errors=errors)
+                            settings=dict(settings_for(benchmarks, **scoring), seed=loaded.seed), errors=errors)
         if rank == 0:
             out = Path(args.results) if args.results else (
                 results_path(opts.ckpt) if opts.ckpt else Path(f"{loaded.name}.robustness.json"))
@@ -172,7 +182,8 @@ def fit_config_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     """Option defaults from a fit config: its RobustnessEvaluation settings and its model section."""
     out: dict[str, Any] = {}
     for key, value in robustness_settings(config).items():
-        out["model.weights" if key == "weights" else f"data.{key}"] = value
+        out[{"weights": "model.weights", "protocol": "protocol", "precision": "precision"}.get(key, f"data.{key}")] \
+            = value
     model = config.get("model")
     if isinstance(model, Mapping):
         cm = dict(model.get("init_args") or model)
