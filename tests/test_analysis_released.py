@@ -218,3 +218,98 @@ def test_paper_lesion_on_replknet_31b_is_range_4_22_and_vit_keeps_every_block():
     vit = timm.create_model("vit_base_patch16_224", pretrained=False, depth=3, embed_dim=32, num_heads=2,
                             img_size=32, num_classes=10).eval()
     assert unit_stages(vit, residual_units(vit)) is None  # no stages: every block is a candidate
+
+
+# --- TAIG (adversarial_attack/TAIG/TAIG_attack.py, TAIG_test.py) ---------------------------------------------
+def released_taig(sur: nn.Module, target: nn.Module, items, epsilon: float, niters: int, steps: int):
+    """TAIG_attack.py (r_flag False: the straight path) then TAIG_test.py's trans_hh, on (path, label) items:
+    (attacked images, saved uint8 adversarial images, target input of those, success rate %)."""
+    import numpy as np
+    import torchvision.transforms as T
+    from PIL import Image
+
+    trans = T.Compose([T.Resize((256, 256)), T.CenterCrop((224, 224)), T.ToTensor()])
+    ori_img = torch.stack([trans(Image.open(p).convert("RGB")) for p, _ in items])
+    label = torch.tensor([lab for _, lab in items])
+    model = nn.Sequential(T.Resize((224, 224)), T.Normalize(IMAGENET_MEAN, IMAGENET_STD), sur)
+    img = ori_img.clone()
+    for _ in range(niters):
+        igs = []
+        for im_i in range(img.shape[0]):
+            inputs = img[im_i].detach().numpy()
+            baseline = np.zeros(inputs.shape)
+            scaled = np.asarray([baseline + (float(i) / steps) * (inputs - baseline) for i in range(steps + 1)])
+            scaled = torch.from_numpy(scaled).to(dtype=torch.float).requires_grad_(True)
+            loss = -torch.mean(model(scaled)[:, label[im_i]])
+            loss.backward()
+            igs.append(((scaled[-1] - scaled[0]) * torch.mean(scaled.grad, dim=0)).detach().numpy())
+        img = img.data + 1. / 255 * torch.sign(torch.from_numpy(np.array(igs)))
+        img = torch.where(img > ori_img + epsilon, ori_img + epsilon, img)
+        img = torch.where(img < ori_img - epsilon, ori_img - epsilon, img)
+        img = torch.clamp(img, min=0, max=1)
+    saved = torch.round(img.data * 255).numpy().astype(np.uint8)
+    trans_hh = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC, antialias=False),
+                          T.CenterCrop(224), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    target_in = trans_hh(torch.from_numpy(saved).float() / 255)
+    with torch.no_grad():
+        pred = target(target_in).argmax(1)
+    return ori_img, torch.from_numpy(saved), target_in, round(100. * (label != pred).sum().item() / len(items), 2)
+
+
+def _tiny_net(seed: int, classes: int = 4) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 6, 8, stride=8), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(6, classes)).eval()
+
+
+def test_paper_taig_equals_released_attack_and_test_on_a_fixed_list(tmp_path):
+    from helpers import make_image_folder
+
+    from lk_ablate.analysis.attacks import (TAIGConfig, pixel_model, run_taig, taig, taig_image_list,
+                                            taig_pixel_batches, target_input)
+
+    from PIL import Image
+
+    make_image_folder(tmp_path, classes=4, per_class=4, size=40, splits=("val",))
+    val = tmp_path / "val"
+    for f in val.glob("*/*.png"):  # not square, so the attack's squash differs from a shorter-side resize
+        Image.open(f).resize((52, 34)).save(f)
+    classes = sorted(p.name for p in val.iterdir())
+    rows = [(2, 0), (0, 1), (3, 3), (1, 2), (0, 0), (2, 2)]  # (class, image): a shuffled list, as the CSV
+    csv_path = tmp_path / "selected_images.csv"
+    csv_path.write_text("class_index,class,image_name\n" + "".join(
+        f"{c},{classes[c]},val_{c}_{i}.png\n" for c, i in rows))
+    items = [(str(val / classes[c] / f"val_{c}_{i}.png"), c) for c, i in rows]
+    assert taig_image_list(val, csv_path) == items
+    sur, target = _tiny_net(0), _tiny_net(1)
+    sur_cfg = ModelConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), num_classes=4)  # a ViT-like config, overridden
+    cfg = TAIGConfig.from_dict({**PAPER["taig"], "iterations": 3, "ig_steps": 4, "variant": "S", "num_workers": 0,
+                                "batch_size": 4, "val_dir": str(val), "image_list": str(csv_path)})
+    assert cfg.eps == pytest.approx((8 / 255, 16 / 255, 0.1))
+    res = run_taig(target, cfg, None, ModelConfig(num_classes=4), surrogate=(sur, sur_cfg, "tiny"))
+    assert res["images"] == 6 and res["surrogate_mean_std"] == [list(IMAGENET_MEAN), list(IMAGENET_STD)]
+    released = [released_taig(sur, target, items, e, 3, 4) for e in cfg.eps]
+    assert [round(p["success_rate"], 2) for p in res["points"]] == [r[3] for r in released]
+    # the pieces, tensor by tensor: attacked images, adversarial images, the target's input
+    pix, labels = (torch.cat(t) for t in zip(*taig_pixel_batches(cfg)))
+    assert torch.equal(pix, released[0][0])
+    sur_fn = pixel_model(sur, sur_cfg.replace(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    for eps, (_, saved, target_in, _) in zip(cfg.eps, released):
+        adv = taig(sur_fn, pix, labels, eps, 3, 1 / 255, 4, random_path=False)
+        assert torch.equal(torch.round(adv * 255).to(torch.uint8), saved)
+        assert rel(target_input(adv, ModelConfig(num_classes=4), "resize_crop"), target_in) < 1e-6
+
+
+def test_taig_own_list_is_seeded_five_per_class(tmp_path):
+    from helpers import make_image_folder
+
+    from lk_ablate.analysis.attacks import taig_image_list
+
+    make_image_folder(tmp_path, classes=3, per_class=7, size=8, splits=("val",))
+    val = tmp_path / "val"
+    rng = random.Random(0)
+    expected = []
+    for c, d in enumerate(sorted(val.iterdir())):
+        files = sorted(p.name for p in d.iterdir())
+        expected += [(str(d / f), c) for f in rng.sample(files, 5)]
+    assert taig_image_list(val) == expected

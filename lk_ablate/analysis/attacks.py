@@ -13,23 +13,46 @@ TAIG (Huang & Kong, ICLR 2022; the paper's ``adversarial_attack/TAIG/TAIG_attack
 the true class's logit from a black baseline over ``ig_steps + 1`` points (both ends included); TAIG-R adds
 U(-eps, eps) noise to every path point. Adversarial images are rounded to 8 bits (the released code saves them
 as uint8) and scored on the target model: success rate = % misclassified.
+
+The released TAIG protocol (``taig.val_dir`` set; ``paper.yaml``): a fixed list of 5,000 validation images, 5 per
+class (LKRobust's ``adversarial_attack/TAIG/results/selected_images.csv``, given by path as ``image_list``, or the
+project's own seeded 5-per-class list), read with ``Resize((256, 256))`` (bilinear squash) + ``CenterCrop(224)``
+(``TAIG_attack.py:108-116``), attacked on a surrogate normalised with ImageNet mean/std whatever it is
+(``TAIG_attack.py:145-163``), saved as uint8 and scored on the target after ``Resize(256, bicubic)`` +
+``CenterCrop(224)`` (``TAIG_test.py:138-143``, tensors; torchvision < 0.17 did not antialias tensors, and an
+upsample barely differs).
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
-from collections.abc import Callable
+import os
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..models.registry import ModelConfig
+from ..data.transforms import EvalSpec
+from ..errors import ConfigError, DataError
+from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of,
-                     model_device, new_figure, percent, save_figure, seeded_generator, to_pixels)
+                     model_device, new_figure, percent, save_figure, script_eval_spec, seeded_generator, to_pixels)
 
 SPACES = ("pixel", "normalized")
+SURROGATE_NORMS = ("imagenet", "model")
+TARGET_TRANSFORMS = ("resize_crop", "none")
+
+
+def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
+    """FGSM / PGD (``adversarial_attack/utils.py:68-73``, ``get_imagenet_data``): Resize(256, bicubic),
+    CenterCrop(224), ImageNet mean/std for every model; a model whose input is not 224 px gets the same geometry
+    scaled to its size (:func:`~lk_ablate.analysis.common.script_eval_spec`). TAIG reads its own image list
+    (``taig.val_dir``); without it, its val batches are read with this transform too."""
+    return script_eval_spec(cfg, "bicubic")
 
 
 # --- the attacks ----------------------------------------------------------------------------------------
@@ -99,6 +122,118 @@ def pixel_model(model: nn.Module, cfg: ModelConfig) -> Callable[[torch.Tensor], 
         return model(from_pixels(z, cfg))
 
     return fn
+
+
+def target_input(pixels: torch.Tensor, cfg: ModelConfig, mode: str = "resize_crop") -> torch.Tensor:
+    """The target model's normalised input for [0, 1] (adversarial) pixels.
+
+    ``resize_crop`` (``TAIG_test.py:138-143``): bicubic resize to ``floor(s * 256 / 224)`` (256 for a 224 px
+    model), centre crop ``s`` (the model's input side), like torchvision's tensor ``Resize(256)`` +
+    ``CenterCrop(224)`` without antialiasing; ``none``: as they are (bilinear resize only if the size differs).
+    """
+    h, w = (int(v) for v in cfg.input_size[-2:])
+    if mode == "resize_crop":
+        r = (min(h, w) * 256) // 224
+        ih, iw = pixels.shape[-2:]
+        size = (r, max(r, int(r * iw / ih))) if ih <= iw else (max(r, int(r * ih / iw)), r)  # shorter side -> r
+        z = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False)
+        top, left = int(round((size[0] - h) / 2.0)), int(round((size[1] - w) / 2.0))
+        z = z[..., top:top + h, left:left + w]
+    elif mode == "none":
+        z = pixels
+        if tuple(z.shape[-2:]) != (h, w):
+            z = F.interpolate(z, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    else:
+        raise ConfigError(f"taig.target_transform must be one of {TARGET_TRANSFORMS}, got {mode!r}")
+    return from_pixels(z, cfg)
+
+
+# --- TAIG's fixed image list --------------------------------------------------------------------------------
+def _class_folders(val_dir: Path) -> list[str]:
+    if not val_dir.is_dir():
+        raise DataError(f"taig.val_dir not found: {val_dir}\n  expected layout: {val_dir}/<wnid>/<image files>")
+    classes = sorted(e.name for e in os.scandir(val_dir) if e.is_dir())
+    if not classes:
+        raise DataError(f"taig.val_dir {val_dir} has no class folders (<wnid>/<image files>)")
+    return classes
+
+
+def taig_image_list(val_dir: str | os.PathLike, image_list: str | os.PathLike | None = None,
+                    per_class: int = 5, seed: int = 0) -> list[tuple[str, int]]:
+    """(image path, label) of TAIG's fixed images. Labels are indices of the sorted class folders.
+
+    ``image_list``: a CSV with a header and rows ``class_index,class,image_name`` (LKRobust's
+    ``selected_images.csv``: 5,000 rows, 5 per class), read in its order; every ``class_index`` must equal the
+    sorted index of its ``class`` folder. None: the project's own list, ``random.Random(seed).sample`` of
+    ``per_class`` images from each class folder's sorted images, classes in sorted order.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    root = Path(val_dir)
+    classes = _class_folders(root)
+    index = {c: i for i, c in enumerate(classes)}
+    out: list[tuple[str, int]] = []
+    if image_list is not None:
+        path = Path(image_list)
+        if not path.is_file():
+            raise DataError(f"taig.image_list not found: {path} (LKRobust's adversarial_attack/TAIG/results/"
+                            "selected_images.csv, or unset for the project's own 5-per-class list)")
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or [c.strip() for c in rows[0][:3]] != ["class_index", "class", "image_name"]:
+            raise DataError(f"{path} must start with the header class_index,class,image_name")
+        for n, row in enumerate(rows[1:], start=2):
+            if not row:
+                continue
+            label, wnid, name = int(row[0]), row[1].strip(), row[2].strip()
+            if index.get(wnid) != label:
+                raise DataError(f"{path} line {n}: class {wnid} has index {label} but is folder "
+                                f"{index.get(wnid)} of {root}; give the ImageNet val folder the list was made for")
+            img = root / wnid / name
+            if not img.is_file():
+                raise DataError(f"{path} line {n}: image not found: {img}")
+            out.append((str(img), label))
+        return out
+    rng = random.Random(seed)
+    for c in classes:
+        files = sorted(p.name for p in (root / c).iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+        if len(files) < per_class:
+            raise DataError(f"taig: class folder {root / c} has {len(files)} images, fewer than "
+                            f"images_per_class {per_class}")
+        out += [(str(root / c / f), index[c]) for f in rng.sample(files, per_class)]
+    return out
+
+
+class _ImageList(torch.utils.data.Dataset):
+    """(uint8 CHW image through ``geometry``, label) for a list of (path, label)."""
+
+    def __init__(self, items: list[tuple[str, int]], geometry: Callable[[Any], torch.Tensor]) -> None:
+        self.items, self.geometry = items, geometry
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.items[i]
+        with Image.open(path) as img:
+            return self.geometry(img.convert("RGB")), label
+
+
+# the attack's geometry (TAIG_attack.py:108-112): Resize((256, 256)) (PIL bilinear, aspect ignored), CenterCrop(224)
+ATTACK_SPEC = EvalSpec(crop=(224, 224), resize=256, squash=True, interpolation="bilinear")
+
+
+def taig_pixel_batches(cfg: "TAIGConfig") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """[0, 1] pixel batches (uint8 / 255, as ToTensor) of TAIG's fixed image list, and labels."""
+    items = taig_image_list(cfg.val_dir, cfg.image_list, cfg.images_per_class, cfg.list_seed)
+    if cfg.max_images is not None:
+        items = items[:cfg.max_images]
+    loader = torch.utils.data.DataLoader(_ImageList(items, ATTACK_SPEC.geometry()), batch_size=cfg.batch_size,
+                                         shuffle=False, num_workers=cfg.num_workers)
+    for u8, y in loader:
+        yield u8.to(torch.float32).div(255), y
 
 
 def integrated_gradients(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, labels: torch.Tensor,
@@ -204,12 +339,25 @@ class TAIGConfig(SectionConfig):
     """Surrogate: a timm architecture (``surrogate_timm``, the paper uses ViT-B for ConvNets) or a registered
     model (``surrogate_model`` + ``surrogate_kernel_size``; RepLKNet-31B for ViTs), weights from
     ``surrogate_checkpoint`` (required: nothing is downloaded). ``eps`` in [0, 1] pixel units.
-    ``variant``: "R" (random path, the released code's default) or "S" (straight path)."""
+    ``variant``: "R" (random path, the released code's default) or "S" (straight path).
+
+    - ``surrogate_norm``: ``imagenet`` (ImageNet mean/std for every surrogate, as the released code) or ``model``
+      (the surrogate's own config, e.g. 0.5/0.5 for timm's ViT-B).
+    - ``val_dir``: the ImageNet val folder (``<wnid>/<images>``). Set: TAIG attacks its own fixed image list
+      (``image_list``: path of LKRobust's ``selected_images.csv``; unset: the project's seeded list of
+      ``images_per_class`` per class, seed ``list_seed``) read with the released attack transform, in batches of
+      ``batch_size`` with ``num_workers`` workers. Unset: it attacks the run's validation batches.
+    - ``target_transform``: ``resize_crop`` (the target sees the adversarial image resized to 256 bicubic and
+      centre-cropped to 224, ``TAIG_test.py``) or ``none`` (as it is).
+    """
 
     SECTION = "taig"
-    PRESETS = {"paper": {"eps": (0.03, 0.05, 0.07, 0.1), "iterations": 20, "step_size": 1 / 255,
-                         "ig_steps": 20, "variant": "R"}}
-    eps: tuple[float, ...] = (0.03, 0.05, 0.07, 0.1)
+    # Table 4's 0.03 / 0.06 columns are the script's 8/255 (TAIG_attack.py:24 default) and 16/255
+    # (attack_replk.sh); 0.1 is its third budget.
+    PRESETS = {"paper": {"eps": (8 / 255, 16 / 255, 0.1), "iterations": 20, "step_size": 1 / 255,
+                         "ig_steps": 20, "variant": "R", "surrogate_norm": "imagenet",
+                         "target_transform": "resize_crop"}}
+    eps: tuple[float, ...] = (8 / 255, 16 / 255, 0.1)
     iterations: int = 20
     step_size: float = 1 / 255
     ig_steps: int = 20
@@ -220,12 +368,29 @@ class TAIGConfig(SectionConfig):
     surrogate_model: str | None = None
     surrogate_kernel_size: Any = None
     surrogate_checkpoint: str | None = None
+    surrogate_norm: str = "model"
+    val_dir: str | None = None
+    image_list: str | None = None
+    images_per_class: int = 5
+    list_seed: int = 0
+    target_transform: str = "none"
+    batch_size: int = 50
+    num_workers: int = 2
     chunk: int = 64
     seed: int = 0
     max_images: int | None = None
 
     def validate(self) -> None:
         check_levels("taig.eps", self.eps, 0.0, 1.0, strict_lo=True)
+        if self.surrogate_norm not in SURROGATE_NORMS:
+            raise ConfigError(f"taig.surrogate_norm must be one of {SURROGATE_NORMS}, got {self.surrogate_norm!r}")
+        if self.target_transform not in TARGET_TRANSFORMS:
+            raise ConfigError(f"taig.target_transform must be one of {TARGET_TRANSFORMS}, got "
+                              f"{self.target_transform!r}")
+        if self.image_list is not None and self.val_dir is None:
+            raise ConfigError("taig.image_list needs taig.val_dir: the ImageNet val folder its images are in")
+        if self.images_per_class < 1 or self.batch_size < 1 or self.num_workers < 0:
+            raise ConfigError("taig.images_per_class and batch_size must be >= 1, num_workers >= 0")
         if self.variant not in ("R", "S"):
             raise ConfigError(f"taig.variant must be 'R' or 'S', got {self.variant!r}")
         if self.iterations < 1 or self.ig_steps < 1 or self.step_size <= 0 or self.chunk < 1:
@@ -285,22 +450,29 @@ def run_taig(model: nn.Module, cfg: TAIGConfig, data: Any, model_config: ModelCo
              surrogate: tuple[nn.Module, ModelConfig, str] | None = None) -> dict[str, Any]:
     """``surrogate``: (model, config, label) to use instead of loading the one the config names."""
     sur, sur_cfg, sur_label = surrogate or load_surrogate(cfg)
-    sur.to(model_device(model))
+    if cfg.surrogate_norm == "imagenet":
+        sur_cfg = sur_cfg.replace(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    device = model_device(model)
+    sur.to(device)
     sur_fn = pixel_model(sur, sur_cfg)
     g = seeded_generator(cfg.seed)
     clean_err, total = 0, 0
     fooled = [0] * len(cfg.eps)
     fooled_sur = [0] * len(cfg.eps)
-    for x, y in iterate_batches(data, cfg.max_images):
-        x, y = x.to(model_device(model)), y.to(model_device(model))
+    if cfg.val_dir is not None:
+        source: Any = taig_pixel_batches(cfg)
+    else:  # the run's normalised val batches, back to pixels
+        source = ((to_pixels(x, model_config).clamp(0, 1), y) for x, y in iterate_batches(data, cfg.max_images))
+    for pix, y in source:
+        pix, y = pix.to(device), y.to(device)
         total += y.shape[0]
-        clean_err += y.shape[0] - count_correct(logits_of(model, x), y)
-        pix = to_pixels(x, model_config).clamp(0, 1)
+        clean_err += y.shape[0] - count_correct(logits_of(model, target_input(pix, model_config,
+                                                                              cfg.target_transform)), y)
         for i, eps in enumerate(cfg.eps):
             adv = taig(sur_fn, pix, y, eps, cfg.iterations, cfg.step_size, cfg.ig_steps, cfg.variant == "R",
                        cfg.targeted, cfg.quantize, g, cfg.chunk)
             with torch.no_grad():
-                pred = model(from_pixels(adv, model_config)).argmax(1)
+                pred = model(target_input(adv, model_config, cfg.target_transform)).argmax(1)
                 pred_sur = sur_fn(adv).argmax(1)
             hit = (pred == y) if cfg.targeted else (pred != y)
             hit_sur = (pred_sur == y) if cfg.targeted else (pred_sur != y)
@@ -308,7 +480,8 @@ def run_taig(model: nn.Module, cfg: TAIGConfig, data: Any, model_config: ModelCo
             fooled_sur[i] += int(hit_sur.sum())
     points = [{"eps": e, "success_rate": percent(f, total), "surrogate_success_rate": percent(fs, total)}
               for e, f, fs in zip(cfg.eps, fooled, fooled_sur)]
-    return {"analysis": "taig", "config": cfg.to_dict(), "surrogate": sur_label, "images": total,
+    return {"analysis": "taig", "config": cfg.to_dict(), "surrogate": sur_label,
+            "surrogate_mean_std": [list(sur_cfg.mean), list(sur_cfg.std)], "images": total,
             "clean_error": percent(clean_err, total), "points": points}
 
 
@@ -369,5 +542,5 @@ def summary_pgd(result: dict[str, Any]) -> dict[str, float]:
 
 
 def summary_taig(result: dict[str, Any]) -> dict[str, float]:
-    return {f"taig.eps{p['eps']}": p["success_rate"] for p in result["points"]}
+    return {f"taig.eps{p['eps']:.4g}": p["success_rate"] for p in result["points"]}
 
