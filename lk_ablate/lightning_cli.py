@@ -71,13 +71,20 @@ class LkAblateCLI(LightningCLI):
                 for lease in leases:
                     lease.release()
                 raise
-            if leases:
-                self.trainer.callbacks.append(HoldLease(leases))
+        else:
+            leases = []
+        if leases:
+            self.trainer.callbacks.append(HoldLease(leases))
         # `--ckpt_path auto`: resume from the newest complete checkpoint of this run, or start fresh (SLURM requeues);
         # checkpoints of another model (kernel size, classes, ...) in the folder are skipped with a warning.
         cfg = self.config_init[self.subcommand]
         expect = {k: self.model.hparams.get(k) for k in MODEL_FACTS}
-        cfg["ckpt_path"] = resolve_ckpt_path(cfg.get("ckpt_path"), self.trainer, expect)
+        try:
+            cfg["ckpt_path"] = resolve_ckpt_path(cfg.get("ckpt_path"), self.trainer, expect)
+        except BaseException:
+            for lease in leases:  # fit will not run: its teardown would not release them
+                lease.release()
+            raise
 
     def _check_dataset_classes(self) -> None:
         # validate/test/predict: a 1000-class model scored on a 4-class dataset gives a meaningless number.

@@ -127,11 +127,13 @@ def _is_zip(path: str) -> bool:
 def _first_line(e: BaseException) -> str:
     # torch's errors are paragraphs (the weights_only ones advise weights_only=False): keep the first sentence.
     text = str(e).strip()
+    if isinstance(e, KeyError) or "Unsupported operand" in text:  # pickle's "invalid load key" is KeyError(101)
+        return "not a torch file (unreadable pickle)"
     for marker in ("WeightsUnpickler error:", "Trying to load"):
         if marker in text:
-            text = text[text.index(marker):]
+            text = text[text.index(marker) + (len(marker) if marker.endswith(":") else 0):]
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     line = line.split(". ")[0][:200]
-    if isinstance(e, KeyError) or len(line) < 8:  # pickle's "invalid load key" surfaces as KeyError(101)
+    if len(line) < 8:
         return "not a torch file (unreadable pickle)"
     return line
