@@ -313,3 +313,57 @@ def test_taig_own_list_is_seeded_five_per_class(tmp_path):
         files = sorted(p.name for p in d.iterdir())
         expected += [(str(d / f), c) for f in rng.sample(files, 5)]
     assert taig_image_list(val) == expected
+
+
+# --- frequency noise (Park & Kim, how-do-vits-work ops/adversarial.py Random + FreqAttack) -------------------
+def released_freq_attack(xs: torch.Tensor, noise_sign: torch.Tensor, eps: float, f: float, s: float) -> torch.Tensor:
+    """FreqAttack(Random(eps), f=f, s=s)(xs): the Random attack's eps * sign(randn), then _fourier_mask."""
+    b, c, h, w = xs.shape
+    xs_adv = xs + eps * noise_sign
+
+    def center_mask(w1, w2):
+        w1 = w2 if w1 > w2 else w1
+        w1 = 0 if w1 < 0 else w1
+        return F.pad(torch.ones([1, c, w1, w1]), [int((w2 - w1) / 2)] * 4)
+
+    x = torch.roll(torch.fft.fft2(xs_adv - xs), shifts=(int(h / 2), int(w / 2)), dims=(2, 3))
+    mask = center_mask(int(((f + s) * h) / (2 * math.pi)) * 2, h) - center_mask(int(((f - s) * h) / (2 * math.pi)) * 2, h)
+    x = (mask * x.abs()) * torch.exp(torch.complex(torch.zeros(b, c, h, w), torch.ones(b, c, h, w)) * x.angle())
+    x = torch.fft.ifft2(torch.roll(x, shifts=(int(h / 2), int(w / 2)), dims=(2, 3)))
+    return xs + x.real
+
+
+def test_paper_frequency_bands_are_freq_attacks_centred_from_0_to_pi():
+    from lk_ablate.analysis.frequency import FrequencyNoiseConfig
+    from lk_ablate.analysis.frequency import run as run_frequency
+
+    cfg = FrequencyNoiseConfig.from_dict({**PAPER["frequency"], "seed": 5})
+    assert list(cfg.centers) == pytest.approx([0.1 * i for i in range(11)]) and 0.7 in cfg.centers
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 32 * 32, 10)).eval()
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    out = run_frequency(model, cfg, [(x[:10], y[:10]), (x[10:], y[10:])], ModelConfig(input_size=(3, 32, 32)))
+    ref = torch.Generator().manual_seed(5)
+    correct = [0] * 11
+    for xb, yb in [(x[:10], y[:10]), (x[10:], y[10:])]:
+        for k, c in enumerate(cfg.centers):
+            sign = torch.randn(tuple(xb.shape), generator=ref).sign()
+            noisy = released_freq_attack(xb, sign, cfg.amplitude, c * math.pi, cfg.window / 2 * math.pi)
+            with torch.no_grad():
+                correct[k] += int((model(noisy).argmax(1) == yb).sum())
+    assert [b["accuracy"] for b in out["bands"]] == pytest.approx([100.0 * k / 16 for k in correct], abs=1e-9)
+    assert [b["center"] for b in out["bands"]] == list(cfg.centers)
+    assert len({b["accuracy"] for b in out["bands"]}) > 2  # the bands differ, so the comparison means something
+    # the noise itself, norm-wise, for the 224 px images of the paper
+    from lk_ablate.analysis.frequency import masked_noise
+
+    for c in (0.0, 0.7, 1.0):
+        g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+        ours = masked_noise((2, 3, 224, 224), FrequencyNoiseConfig(layout="centered", centers=(c,)).masks(224, 224)[0],
+                            0.1, "pre_filter", g1)
+        z = torch.zeros(2, 3, 224, 224)
+        theirs = released_freq_attack(z, torch.randn((2, 3, 224, 224), generator=g2).sign(), 0.1, c * math.pi,
+                                      0.05 * math.pi)
+        assert rel(ours, theirs) < 1e-5
