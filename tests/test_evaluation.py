@@ -1,0 +1,62 @@
+"""The one evaluation path: `robustness` and `analyze` load a checkpoint through ``load_for_eval`` and feed its
+model the same tensors (same logits); the loader's weight-set choice, shared structure and channels_last."""
+from __future__ import annotations
+
+import pytest
+import torch
+from test_protocol import _demo_ckpt, random_tree, recorded  # noqa: F401  (fixture)
+from test_robustness_support import imagenet_wnids
+
+from lk_ablate.cli import main
+from lk_ablate.errors import ConfigError, DataError
+from lk_ablate.evaluation import ModelOptions, load_for_eval, weight_sets
+
+
+def test_robustness_and_analyze_feed_the_model_the_same_tensors(tmp_path, recorded):  # noqa: F811
+    random_tree(tmp_path / "val", imagenet_wnids(), size=(41, 37), seed=5)  # 1000 classes, one image each
+    ckpt = _demo_ckpt(tmp_path / "run.ckpt")
+    common = ["--model.ckpt", str(ckpt), "--model.weights", "ema", "--data.imagenet_val", str(tmp_path / "val"),
+              "--data.batch_size", "50", "--data.num_workers", "0", "--device", "cpu"]
+    assert main(["robustness", *common, "--results", str(tmp_path / "r.json")]) == 0
+    n_rob = len(recorded)
+    assert n_rob == 20  # 1000 images in batches of 50, EMA weights only
+    assert main(["analyze", "fgsm", *common, "--fgsm.eps", "[0.01]", "--fgsm.max_images", "100",
+                 "--results", str(tmp_path / "a.json")]) == 0
+    analyze = recorded[n_rob:]
+    assert len(analyze) == 6  # per batch: clean, attack, adversarial
+    for b, (w, x, logits) in enumerate(analyze[::3]):  # the clean forwards of the first two batches
+        assert w == "ema"
+        assert torch.equal(x, recorded[b][1]) and torch.equal(logits, recorded[b][2])
+
+
+def test_weight_sets_is_one_rule():
+    assert weight_sets("auto", True) == ["ema"] and weight_sets("auto", False) == ["raw"]
+    assert weight_sets("both", True) == ["raw", "ema"] and weight_sets("both", False) == ["raw"]
+    assert weight_sets("raw", True) == ["raw"] and weight_sets("ema", True) == ["ema"]
+    with pytest.raises(DataError, match="weights ema: .*no EMA"):
+        weight_sets("ema", False, "no EMA here")
+    with pytest.raises(ConfigError, match="weights must be one of"):
+        weight_sets("best", True)
+
+
+def test_loader_sets_share_one_structure_and_keep_their_weights(tmp_path):
+    from lk_ablate.training import ImageClassifier
+
+    ckpt = _demo_ckpt(tmp_path / "run.ckpt")
+    sd = torch.load(ckpt, weights_only=False)["state_dict"]
+    em = load_for_eval(ModelOptions(ckpt=str(ckpt), weights="both"))
+    assert list(em.models) == ["raw", "ema"] and em.models["raw"] is not em.models["ema"]
+    for w, prefix in (("raw", "model."), ("ema", "ema.module.")):
+        m = em.models[w]
+        assert not m.training and m.model_config == em.config
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, sd[prefix + k]), (w, k)
+    assert em.meta["channels_last"] is ImageClassifier(model_name="convnext_demo").hparams.channels_last
+    assert em.label == "convnext_demo k3" and (em.epoch, em.global_step) == (1, 5)
+    cl = load_for_eval(ModelOptions(ckpt=str(ckpt), weights="raw", channels_last=True)).models["raw"]
+    conv = next(p for p in cl.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ConfigError, match="random weights"):
+        load_for_eval(ModelOptions(name="convnext_demo"))
+    with pytest.raises(ConfigError, match="drop --model.name"):
+        load_for_eval(ModelOptions(ckpt=str(ckpt), name="convnext_tiny"))
