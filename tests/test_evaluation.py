@@ -60,3 +60,22 @@ def test_loader_sets_share_one_structure_and_keep_their_weights(tmp_path):
         load_for_eval(ModelOptions(name="convnext_demo"))
     with pytest.raises(ConfigError, match="drop --model.name"):
         load_for_eval(ModelOptions(ckpt=str(ckpt), name="convnext_tiny"))
+
+
+@pytest.mark.parametrize("name", ["convnext_tiny", "replknet_xl", "replknet_31l", "convnext_demo"])
+def test_ffcv_val_crop_keeps_what_the_eval_transform_keeps(name):
+    """FFCV's val decoder crops ``ratio x shorter side`` of the source; EvalSpec resizes the shorter side to
+    R = floor(S / crop_pct) and keeps S of it, i.e. S / R of the source side. The two must agree."""
+    import math
+
+    from lk_ablate.data.ffcv import val_crop_ratio
+    from lk_ablate.models.registry import get_model_config
+
+    cfg = get_model_config(name)
+    s = cfg.input_size[-1]
+    r = math.floor(s / cfg.crop_pct)
+    assert val_crop_ratio(cfg) == s / r
+    for short in (333, 500, 517, 1024):  # the decoder's integer box equals the floored source box of the spec
+        assert int(val_crop_ratio(cfg) * short) == math.floor(s * short / r)
+    if name == "replknet_xl":  # 320 / 365, no longer crop_pct 0.875 (a 500 px side: 438 px kept, not 437)
+        assert int(val_crop_ratio(cfg) * 500) == 438 and int(cfg.crop_pct * 500) == 437

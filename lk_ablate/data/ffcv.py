@@ -2,8 +2,9 @@
 
 Train: RandomResizedCrop (scale 0.08-1, decoded and resized by FFCV), flip, RandAugment
 rand-m9-mstd0.5-inc1 (or colour jitter when RandAugment is off), normalise, random erasing 0.25, all per
-sample and seeded by (seed, epoch, sample index) (``ffcv_augment``). Val: centre crop of ``crop_pct`` x the
-shorter side (``crop_mode`` "squash": of each side), resized to the model's input size, normalised. Image size,
+sample and seeded by (seed, epoch, sample index) (``ffcv_augment``). Val: centre crop of ``input / floor(input /
+crop_pct)`` x the shorter side, what EvalSpec keeps (``crop_mode`` "squash": of each side), resized to the
+model's input size, normalised. Image size,
 crop ratio and mode and mean/std come from the model's config unless set here. Output: float32 NCHW in channels_last memory format, int64 labels.
 
 Order: QUASI_RANDOM on one process (FFCV's page-aware shuffle, fewer disk reads when the data does not fit in
@@ -32,6 +33,13 @@ FFCV_INSTALL_HINT = ("FFCV is not installed. Install the `ffcv` extra: `make set
                      "`pip install -e '.[ffcv]'`. Or use the ImageFolder fallback: "
                      "--data configs/base/data_imagenet_folder.yaml")
 ORDERS = ("quasi_random", "random")
+
+
+def val_crop_ratio(cfg: ModelConfig) -> float:
+    """The share of the shorter side the validation centre crop keeps: ``input / resize`` with timm's floor resize
+    (EvalSpec's rule), not ``crop_pct``, so FFCV validation crops what ImageFolder validation and the robustness
+    benchmarks crop (XL: 320 / 365, not 0.875)."""
+    return cfg.image_size / cfg.resize_size
 
 
 def require_ffcv() -> None:
@@ -199,7 +207,7 @@ class FFCVDataModule(ClassificationDataModule):
         if train:
             decoder = SeededRandomResizedCrop((size, size), self.scale, self.ratio)
         else:
-            decoder = CenterCrop((size, size), cfg.crop_pct, squash=cfg.crop_mode == "squash")
+            decoder = CenterCrop((size, size), val_crop_ratio(cfg), squash=cfg.crop_mode == "squash")
         order = self.order if train and world == 1 else "random"
         loader = FFCVLoader(info.path, decoder, SeededAugment(params, ops, train), batch_size=self.batch_size,
                             train=train, order=order, seed=self.seed, rank=rank, world_size=world,
