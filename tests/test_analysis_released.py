@@ -367,3 +367,83 @@ def test_paper_frequency_bands_are_freq_attacks_centred_from_0_to_pi():
         theirs = released_freq_attack(z, torch.randn((2, 3, 224, 224), generator=g2).sign(), 0.1, c * math.pi,
                                       0.05 * math.pi)
         assert rel(ours, theirs) < 1e-5
+
+
+# --- ImageNet-P (hendrycks/robustness ImageNet-P/test.py) ---------------------------------------------------
+def hendrycks_flip_prob(predictions, noise_perturbation: bool, difficulty: int) -> float:
+    """test.py:257-272."""
+    import numpy as np
+
+    result = 0
+    step_size = 1 if noise_perturbation else difficulty
+    for vid_preds in predictions:
+        result_for_vid = []
+        for i in range(step_size):
+            prev_pred = vid_preds[i]
+            for pred in vid_preds[i::step_size][1:]:
+                result_for_vid.append(int(prev_pred != pred))
+                if not noise_perturbation:
+                    prev_pred = pred
+        result += np.mean(result_for_vid) / len(predictions)
+    return result
+
+
+def hendrycks_top5(ranks, noise_perturbation: bool, difficulty: int) -> float:
+    """test.py:215-254 (mode top5)."""
+    import numpy as np
+
+    cum_sum_top5 = np.cumsum(np.asarray([0] + [1] * 5 + [0] * (ranks.shape[-1] - 1 - 5)))
+    result = 0
+    step_size = 1 if noise_perturbation else difficulty
+    for vid_ranks in ranks:
+        result_for_vid = []
+        for i in range(step_size):
+            perm1 = vid_ranks[i]
+            perm1_inv = np.argsort(perm1)
+            for rank in vid_ranks[i::step_size][1:]:
+                sigma = rank[perm1_inv]
+                result_for_vid.append(np.sum(np.abs(cum_sum_top5[:5] - cum_sum_top5[sigma - 1][:5])))
+                if not noise_perturbation:
+                    perm1 = rank
+                    perm1_inv = np.argsort(perm1)
+        result += np.mean(result_for_vid) / len(ranks)
+    return result
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3])
+@pytest.mark.parametrize("noise", [False, True])
+def test_imagenet_p_metrics_equal_hendrycks_at_every_difficulty(difficulty, noise):
+    import numpy as np
+    from scipy.stats import rankdata
+
+    from lk_ablate.analysis.imagenet_p import flip_rate, top5_distance
+
+    g = torch.Generator().manual_seed(difficulty)
+    videos = [torch.randn(11, 20, generator=g).cumsum(0) for _ in range(4)]  # drifting logits: some flips
+    stride = 1 if noise else difficulty
+    fp = sum(flip_rate(v.argmax(1), noise, stride) for v in videos) / len(videos)
+    t5 = sum(top5_distance(v, noise, stride) for v in videos) / len(videos)
+    preds = [v.argmax(1).numpy() for v in videos]
+    ranks = np.asarray([[rankdata(-f, method="ordinal").astype(np.int64) for f in v.numpy()] for v in videos])
+    assert fp == pytest.approx(hendrycks_flip_prob(preds, noise, difficulty), abs=1e-12)
+    assert t5 == pytest.approx(hendrycks_top5(ranks, noise, difficulty), abs=1e-12)
+    assert 0 < fp < 1
+
+
+def test_imagenet_p_run_uses_the_difficulty_as_frame_stride():
+    from lk_ablate.analysis.imagenet_p import ImageNetPConfig
+    from lk_ablate.analysis.imagenet_p import run as run_p
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 10)).eval()
+    g = torch.Generator().manual_seed(1)
+    vids = [torch.randint(0, 256, (9, 16, 16, 3), generator=g, dtype=torch.uint8) for _ in range(3)]
+    cfg = ModelConfig(input_size=(3, 16, 16), num_classes=10)
+    res = run_p(model, ImageNetPConfig.from_dict({"root": "unused", "perturbations": ["translate"], "difficulty": 2}),
+                None, cfg, videos={"translate": vids})
+    with torch.no_grad():
+        preds = [model(((v.permute(0, 3, 1, 2).float() / 255) - torch.tensor(cfg.mean).view(1, 3, 1, 1))
+                       / torch.tensor(cfg.std).view(1, 3, 1, 1)).argmax(1).numpy() for v in vids]
+    expected = hendrycks_flip_prob(preds, False, 2)
+    assert res["perturbations"]["translate"]["flip_probability"] == pytest.approx(expected, abs=1e-12)
+    assert expected != pytest.approx(hendrycks_flip_prob(preds, False, 1))

@@ -3,7 +3,9 @@
 Formulas as in hendrycks/robustness ``ImageNet-P/test.py`` (difficulty 1, as recorded by Paul & Chen):
 
 - flip probability FP: per video, the fraction of frames whose top-1 prediction differs from the previous frame's
-  (from frame 0's for the noise sequences, whose frames are independent draws); mean over videos.
+  (from frame 0's for the noise sequences, whose frames are independent draws); mean over videos. At difficulty
+  d > 1 the non-noise sequences compare frame j with frame j - d (``test.py:234-270``: ``step_size =
+  difficulty``, chains ``i, i + d, ...``), reading the same videos; the noise sequences read ``<p>_<d>/``.
 - top-5 distance T5D: per compared frame pair, with ``sigma_i`` the rank (1-based, ties in class order) in the
   later frame of the class ranked i-th in the reference frame, ``d = sum_{i=1..5} |(i - 1) - min(sigma_i - 1, 5)|``;
   mean over pairs per video, then over videos.
@@ -28,8 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.transforms import EvalSpec
 from ..errors import ConfigError, DataError
-from ..models.registry import ModelConfig
+from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from ..robustness.results import read_json
 from .common import SectionConfig, model_device, new_figure, save_figure
 
@@ -41,7 +44,8 @@ DECODERS = ("av", "cv2")
 
 @dataclasses.dataclass
 class ImageNetPConfig(SectionConfig):
-    """``perturbations``: the 10 of the benchmark by default; ``difficulty``: 1..3 (noise sequences only);
+    """``perturbations``: the 10 of the benchmark by default; ``difficulty``: 1..3 (noise: the ``<p>_<d>``
+    videos; the others: frame stride d);
     ``baselines``: JSON with AlexNet's FP and T5D per perturbation; ``max_videos``: per perturbation."""
 
     SECTION = "imagenet_p"
@@ -72,12 +76,21 @@ def is_noise(perturbation: str) -> bool:
 
 
 # --- metrics --------------------------------------------------------------------------------------------
-def flip_rate(preds: torch.Tensor, noise: bool) -> float:
-    """Fraction of flips in one video's top-1 predictions (T,): vs frame 0 (noise) or vs the previous frame."""
-    if preds.numel() < 2:
-        raise DataError("a perturbation sequence needs at least 2 frames")
-    ref = preds[:1] if noise else preds[:-1]
-    return float((preds[1:] != ref).double().mean())
+def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
+    """Hendrycks' ``ImageNet-P/test.py:195-207``: the 224 px frames as they are (ToTensor), ImageNet mean/std for
+    every model; a model whose input is not 224 px gets the frames resized to it (bilinear)."""
+    return EvalSpec(crop=tuple(int(v) for v in cfg.input_size[-2:]), resize=None, interpolation="bilinear",
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def flip_rate(preds: torch.Tensor, noise: bool, stride: int = 1) -> float:
+    """Fraction of flips in one video's top-1 predictions (T,): vs frame 0 (noise) or vs the frame ``stride``
+    before (the difficulty, for the non-noise sequences)."""
+    if preds.numel() < 1 + (1 if noise else stride):
+        raise DataError(f"a perturbation sequence needs at least {1 + (1 if noise else stride)} frames")
+    if noise:
+        return float((preds[1:] != preds[:1]).double().mean())
+    return float((preds[stride:] != preds[:-stride]).double().mean())
 
 
 def ranks(logits: torch.Tensor) -> torch.Tensor:
@@ -99,12 +112,13 @@ def top5_distances(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tens
     return (i - (sigma - 1).clamp(max=5)).abs().sum(dim=1)
 
 
-def top5_distance(logits: torch.Tensor, noise: bool) -> float:
-    """Mean top-5 distance over one video's frames (T, K): vs frame 0 (noise) or vs the previous frame."""
-    if logits.shape[0] < 2:
-        raise DataError("a perturbation sequence needs at least 2 frames")
-    ref = logits[:1].expand(logits.shape[0] - 1, -1) if noise else logits[:-1]
-    return float(top5_distances(ref, logits[1:]).double().mean())
+def top5_distance(logits: torch.Tensor, noise: bool, stride: int = 1) -> float:
+    """Mean top-5 distance over one video's frames (T, K): vs frame 0 (noise) or vs the frame ``stride`` before."""
+    if logits.shape[0] < 1 + (1 if noise else stride):
+        raise DataError(f"a perturbation sequence needs at least {1 + (1 if noise else stride)} frames")
+    if noise:
+        return float(top5_distances(logits[:1].expand(logits.shape[0] - 1, -1), logits[1:]).double().mean())
+    return float(top5_distances(logits[:-stride], logits[stride:]).double().mean())
 
 
 # --- data -----------------------------------------------------------------------------------------------
@@ -185,15 +199,16 @@ def load_baselines(path: str | os.PathLike) -> dict[str, Any]:
 # --- run ------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def perturbation_metrics(model: nn.Module, videos: Any, cfg: ModelConfig, noise: bool,
-                         batch_frames: int = 128) -> dict[str, float]:
-    """FP and T5D over an iterable of uint8 videos (T, H, W, 3)."""
+                         batch_frames: int = 128, stride: int = 1) -> dict[str, float]:
+    """FP and T5D over an iterable of uint8 videos (T, H, W, 3); ``stride``: the frame step of the non-noise
+    comparisons (the difficulty)."""
     device = model_device(model)
     fps, t5ds = [], []
     for frames in videos:
         x = _frames_to_input(frames, cfg)
         logits = torch.cat([model(c.to(device)).float().cpu() for c in x.split(batch_frames)])
-        fps.append(flip_rate(logits.argmax(dim=1), noise))
-        t5ds.append(top5_distance(logits, noise))
+        fps.append(flip_rate(logits.argmax(dim=1), noise, stride))
+        t5ds.append(top5_distance(logits, noise, stride))
     if not fps:
         raise DataError("no videos were evaluated")
     return {"flip_probability": sum(fps) / len(fps), "top5_distance": sum(t5ds) / len(t5ds), "videos": len(fps)}
@@ -219,7 +234,8 @@ def run(model: nn.Module, cfg: ImageNetPConfig, data: Any = None, model_config: 
                 ds = torch.utils.data.Subset(ds, range(min(cfg.max_videos, len(ds))))
             loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.num_workers)
             source = (frames for frames, _ in loader)
-        per[p] = perturbation_metrics(model, source, model_config, is_noise(p), cfg.batch_frames)
+        per[p] = perturbation_metrics(model, source, model_config, is_noise(p), cfg.batch_frames,
+                                      1 if is_noise(p) else cfg.difficulty)
     out: dict[str, Any] = {"analysis": "imagenet_p", "config": cfg.to_dict(), "perturbations": per}
     if baselines is not None:
         for p, m in per.items():
