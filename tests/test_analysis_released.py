@@ -447,3 +447,29 @@ def test_imagenet_p_run_uses_the_difficulty_as_frame_stride():
     expected = hendrycks_flip_prob(preds, False, 2)
     assert res["perturbations"]["translate"]["flip_probability"] == pytest.approx(expected, abs=1e-12)
     assert expected != pytest.approx(hendrycks_flip_prob(preds, False, 1))
+
+
+# --- per-analysis paper transforms ---------------------------------------------------------------------------
+def test_paper_eval_specs_equal_the_released_transforms_for_every_model():
+    import numpy as np
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from lk_ablate.analysis import attacks, features, frequency, imagenet9, imagenet_p, lesion, occlusion
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 410, 3), dtype=np.uint8))
+    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    bicubic = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
+                         norm])  # adversarial_attack/utils.py, lession_study/utils.py get_imagenet_data
+    bilinear = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])  # feature variance, occlusion
+    vit = ModelConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9)  # timm ViT-B's own config
+    for module, released in [(features, bilinear), (occlusion, bilinear), (lesion, bicubic), (attacks, bicubic),
+                             (frequency, bicubic)]:
+        for cfg in (ModelConfig(), vit):
+            assert torch.equal(module.paper_eval_spec(cfg).transform()(img), released(img)), module.__name__
+    frames = Image.fromarray(np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    for module in (imagenet_p, imagenet9):  # Hendrycks / MadryLab: ToTensor + ImageNet Normalize, no resize
+        assert torch.equal(module.paper_eval_spec(vit).transform()(frames), T.Compose([T.ToTensor(), norm])(frames))
+    # a 384 px model (31L, 384 fine-tunes): the scripts' 256/224 geometry scaled to 384, not squashed
+    big = features.paper_eval_spec(ModelConfig(input_size=(3, 384, 384), crop_pct=1.0, crop_mode="squash"))
+    assert (big.resize, big.crop, big.squash) == (438, (384, 384), False)

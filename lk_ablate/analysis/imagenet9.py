@@ -21,9 +21,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..data.transforms import EvalSpec
 from ..errors import ConfigError, DataError
-from ..models.registry import ModelConfig
+from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from .common import SectionConfig, logits_of, new_figure, percent, save_figure
+
+
+def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
+    """MadryLab/backgrounds_challenge (``tools/datasets.py:94-96``, ``tools/model_utils.py:30``): the 224 px test
+    images as they are (ToTensor), normalised with ImageNet mean/std for an ImageNet-trained model; a model whose
+    input is not 224 px gets them resized to it."""
+    return EvalSpec(crop=tuple(int(v) for v in cfg.input_size[-2:]), resize=None, interpolation="bilinear",
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 IN9_CLASSES = ("dog", "bird", "vehicle", "reptile", "carnivore", "insect", "instrument", "primate", "fish")
 VARIATIONS = ("original", "mixed_same", "mixed_rand", "mixed_next", "only_fg", "no_fg", "only_bg_b", "only_bg_t")

@@ -26,12 +26,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.transforms import EvalSpec
 from ..errors import ConfigError, DataError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of,
-                     model_device, new_figure, percent, save_figure, seeded_generator, to_pixels)
+                     model_device, new_figure, percent, save_figure, script_eval_spec, seeded_generator, to_pixels)
 
 MODES = ("random", "salient", "non_salient")
+
+
+def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
+    """``occlusion_invariance/evaluate.py:51-52,69-73``: Resize(256) (bilinear), CenterCrop(224), ImageNet
+    mean/std for every model; a model whose input is not 224 px gets the same geometry scaled to its size
+    (:func:`~lk_ablate.analysis.common.script_eval_spec`)."""
+    return script_eval_spec(cfg, "bilinear")
 
 
 @dataclasses.dataclass
