@@ -473,3 +473,28 @@ def test_paper_eval_specs_equal_the_released_transforms_for_every_model():
     # a 384 px model (31L, 384 fine-tunes): the scripts' 256/224 geometry scaled to 384, not squashed
     big = features.paper_eval_spec(ModelConfig(input_size=(3, 384, 384), crop_pct=1.0, crop_mode="squash"))
     assert (big.resize, big.crop, big.squash) == (438, (384, 384), False)
+
+
+# --- kernel attention distance (kernel_attention_pattern/kernel_atten_dis.py) -------------------------------
+def test_paper_kernel_distance_equals_released_script():
+    import numpy as np
+
+    from lk_ablate.analysis.kernels import KernelDistanceConfig
+    from lk_ablate.analysis.kernels import run as run_kernels
+
+    m = small_replknet(layers=(1, 1, 2, 1))
+    ours = run_kernels(m, KernelDistanceConfig.from_dict(PAPER["kernel_distance"]))
+    expected = []
+    for stage, n_blocks in enumerate((1, 1, 2, 1)):  # kernel_atten_dis.py:45-68 with this model's depths
+        for n in range(n_blocks):
+            a = np.array(m.stages[stage].blocks[n * 2].large_kernel.lkb_origin.conv.weight.data.squeeze(1))
+            R = (a.shape[-1] - 1) // 2  # rs = [15, 14, 13, 6] for kernels 31, 29, 27, 13
+            distances = np.zeros_like(a)
+            for i in range(a.shape[0]):
+                for j in range(a.shape[1]):
+                    for k in range(a.shape[2]):
+                        distances[i, j, k] = np.sqrt((j - R) ** 2 + (k - R) ** 2) / (R * np.sqrt(2))
+            expected.append(np.sort(np.sum(np.multiply(distances, np.abs(a)), axis=(1, 2))))
+    assert len(ours["layers"]) == len(expected) == 5
+    for layer, exp in zip(ours["layers"], expected):
+        assert rel(layer["sorted"], exp) < 1e-6

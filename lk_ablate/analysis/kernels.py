@@ -7,10 +7,11 @@ the normalised tap distance ``d_ij = |(i, j) - c| / R`` lies in [0, 1]):
     released script:        D = sum_ij |w_ij| d_ij                     (``normalize_weights: false``)
 
 The normalised form is an |w|-weighted mean distance, the analogue of a ViT's mean attention distance: it does
-not grow with the kernel's overall scale, so layers and models with different weight norms compare. The paper's
-released script (LKRobust ``kernel_attention_pattern/kernel_atten_dis.py``) sums without dividing by
-``sum |w|``, which also scales with the kernel's magnitude; ``normalize_weights: false`` reproduces it (for
-square kernels its ``max_dis = R * sqrt(2)`` is our ``R``). It reads only RepLKNet's large branch
+not grow with the kernel's overall scale, so layers and models with different weight norms compare (a project
+option). The paper's released script (LKRobust ``kernel_attention_pattern/kernel_atten_dis.py:45-66``) sums
+without dividing by ``sum |w|``, which also scales with the kernel's magnitude; ``normalize_weights: false``
+reproduces it and is what ``paper.yaml`` sets (for square kernels its ``max_dis = R * sqrt(2)`` is our ``R``).
+The script read RepLKNet-31B's ImageNet-1K 224 px checkpoint. It reads only RepLKNet's large branch
 (``lkb_origin.conv``), whose scale is arbitrary because a BatchNorm follows it (another reason to normalise);
 ``reparameterize: true`` analyses the merged inference kernels instead (BN folded, the 5x5 small kernel added at
 the centre), for models with a ``reparameterize`` method (RepLKNet). ``modules`` selects the kernels.
