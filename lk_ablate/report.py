@@ -75,12 +75,25 @@ def _kernel_x(sizes: Sequence[int] | None) -> float:
     return float(max(sizes)) if sizes else float("nan")
 
 
+def tagged(name: str, protocol: str | None) -> str:
+    """A benchmark or analysis name as a report key: ``protocol: model`` (the default, and what entries without a
+    protocol were scored under) untagged, any other ``name@protocol``, so entries scored under different
+    protocols are separate columns and plots, never averaged together."""
+    return name if protocol in (None, "model") else f"{name}@{protocol}"
+
+
+def bench_label(bench: str) -> str:
+    """``imagenet_a`` -> ``IN-A``; ``imagenet_a@paper`` -> ``IN-A [paper]``."""
+    base, _, protocol = bench.partition("@")
+    return BENCH_LABELS.get(base, base) + (f" [{protocol}]" if protocol else "")
+
+
 def column_label(key: str) -> str:
     """``imagenet_a/top1`` -> ``IN-A top-1``; analysis scalars keep their own names."""
     if key.startswith(ANALYSIS_PREFIX):
         return key[len(ANALYSIS_PREFIX):]
     bench, _, metric = key.partition("/")
-    return f"{BENCH_LABELS.get(bench, bench)} {METRIC_LABELS.get(metric, metric)}"
+    return f"{bench_label(bench)} {METRIC_LABELS.get(metric, metric)}"
 
 
 # --- reading ----------------------------------------------------------------------------------------------
@@ -120,6 +133,7 @@ class Run(_ModelKernel):
     metrics: dict[str, Metric]
     analyses: dict[str, Any]
     errors: list[dict[str, Any]]
+    protocol: str = "model"  # the benchmarks' (settings.protocol); each analysis entry records its own
 
     @property
     def label(self) -> str:
@@ -229,19 +243,25 @@ def load_run(path: Path, weights: str = "primary") -> Run | None:
     if benches is None and not analyses:
         return None
     metrics: dict[str, Metric] = {}
+    protocol = (data.get("settings") or {}).get("protocol") or "model"
     for bench, m in (benches or {}).items():
         if isinstance(m, Mapping):
-            metrics.update(benchmark_metrics(bench, m))
+            metrics.update(benchmark_metrics(tagged(bench, protocol), m))
     if analyses:
         from .analysis.report import summary_rows
 
-        row = summary_rows([("run", analyses)])[0]
-        metrics.update({f"{ANALYSIS_PREFIX}{k}": Metric(float(v)) for k, v in row.items() if k != "run" and _number(v)})
+        for name, entry in analyses.items():
+            p = entry.get("protocol") if isinstance(entry, Mapping) else None
+            row = summary_rows([("run", {name: entry})])[0]
+            for k, v in row.items():
+                if k != "run" and _number(v):
+                    key = tagged(name, p) + k[len(name):] if k.startswith(name) else tagged(k, p)
+                    metrics[f"{ANALYSIS_PREFIX}{key}"] = Metric(float(v))
     ks = data["model"].get("kernel_sizes")
     ckpt = data.get("checkpoint") or {}
     return Run(path=path, model=data["model"]["name"], kernel_sizes=None if ks is None else tuple(int(k) for k in ks),
                seed=_seed_of(data), epoch=ckpt.get("epoch"), step=ckpt.get("global_step"), weights=which,
-               metrics=metrics, analyses=analyses, errors=list(data.get("errors") or []))
+               metrics=metrics, analyses=analyses, errors=list(data.get("errors") or []), protocol=protocol)
 
 
 def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary") -> tuple[list[Run], list[str]]:
@@ -255,7 +275,8 @@ def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary") -> t
         if run is None:
             notes.append(f"{path}: no {weights} weights scored; left out")
             continue
-        key = (run.model, run.kernel_sizes, run.seed) if run.seed is not None else ("folder", str(path.parent.resolve()))
+        key = (run.model, run.kernel_sizes, run.seed, run.protocol) if run.seed is not None \
+            else ("folder", str(path.parent.resolve()), run.protocol)
         # newest step first; of equal steps prefer the uniquely named file over last.* (same weights)
         rank = (run.step if run.step is not None else -1, not path.stem.startswith("last"))
         old = latest.get(key)
@@ -415,7 +436,7 @@ def write_markdown(path: Path, rows: Sequence[Row], runs: Sequence[Run], notes: 
     for bench, corruptions in corruption_benchmarks(rows).items():
         keys = [f"{bench}/corruption_top1/{c}" for c in corruptions]
         d = _decimals(r.stats[k] for r in rows for k in keys if k in r.stats)
-        lines += [f"## {BENCH_LABELS.get(bench, bench)}: top-1 per corruption (mean over severities, then seeds)", ""]
+        lines += [f"## {bench_label(bench)}: top-1 per corruption (mean over severities, then seeds)", ""]
         lines += _md_table(["model", "kernel", *corruptions],
                            [[r.model, r.kernel, *(f"{r.stats[k].mean:.{d}f}" if k in r.stats else "–" for k in keys)]
                             for r in rows if any(k in r.stats for k in keys)])
@@ -555,7 +576,7 @@ def plot_metrics(rows: Sequence[Row], out: Path) -> dict[str, Path]:
             ax.tick_params(labelsize=6)
         for j in range(len(corruptions), nrows * ncols):
             axes[j // ncols][j % ncols].set_visible(False)
-        fig.suptitle(f"{BENCH_LABELS.get(bench, bench)}: top-1 (%) per corruption vs kernel size", fontsize=10)
+        fig.suptitle(f"{bench_label(bench)}: top-1 (%) per corruption vs kernel size", fontsize=10)
         fig.text(0.99, 0.005, caption, ha="right", va="bottom", fontsize=6, color="0.4")
         fig.tight_layout(rect=(0, 0.02, 1, 1))
         written[f"corruptions:{bench}"] = out / f"{bench}_corruptions.png"
@@ -565,12 +586,20 @@ def plot_metrics(rows: Sequence[Row], out: Path) -> dict[str, Path]:
 
 def plot_analyses(runs: Sequence[Run], out: Path) -> dict[str, Path]:
     """The analyses' curves (lesion, occlusion, ...) of every run overlaid, from lk_ablate.analysis.report."""
-    with_analyses = [(r.label, r.analyses) for r in runs if r.analyses]
-    if not with_analyses:
-        return {}
     from .analysis.report import plot_across_runs
 
-    return {f"analysis:{p.stem}": p for p in plot_across_runs(with_analyses, out)}
+    written: dict[str, Path] = {}
+    by_protocol: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for r in runs:  # curves of different protocols are never drawn together: one set of plots per protocol
+        per: dict[str, dict[str, Any]] = {}
+        for name, entry in r.analyses.items():
+            per.setdefault((entry.get("protocol") if isinstance(entry, Mapping) else None) or "model", {})[name] = entry
+        for p, analyses in per.items():
+            by_protocol.setdefault(p, []).append((r.label, analyses))
+    for p, runs_p in by_protocol.items():
+        folder = out if p == "model" else out / f"protocol_{p}"
+        written.update({tagged(f"analysis:{f.stem}", p): f for f in plot_across_runs(runs_p, folder)})
+    return written
 
 
 # --- W&B --------------------------------------------------------------------------------------------------

@@ -254,3 +254,37 @@ def test_fit_config_as_config_and_unknown_preset(tmp_path, capsys):
     assert main(["robustness", "--protocol", "papr"]) == 2
     assert "protocol" in capsys.readouterr().err
 
+
+
+def test_report_keeps_protocols_apart(tmp_path):
+    """Two seeds scored under `model` and one under `paper`: the paper numbers are their own column and plot
+    (never averaged with the model-protocol ones); entries without a protocol read as `model`."""
+    from lk_ablate.report import build_report, column_label
+    from lk_ablate.robustness.results import make_results, write_results
+
+    def write(name, seed, top1, protocol, analysis_protocol):
+        settings = {"seed": seed} if protocol is None else {"seed": seed, "protocol": protocol}
+        data = make_results(model_name="convnext_tiny", kernel_sizes=[7] * 4, num_params=1, model_config={},
+                            weights={"raw": {"imagenet_a": {"top1": top1, "correct": int(top1), "n": 100}}},
+                            settings=settings, errors=[])
+        fgsm = {"points": [{"eps": 0.1, "accuracy": top1 / 2}]}
+        if analysis_protocol is not None:
+            fgsm["protocol"] = analysis_protocol
+        data["analyses"] = {"fgsm": fgsm}
+        (tmp_path / name).mkdir()
+        write_results(tmp_path / name / "last.robustness.json", data)
+
+    write("s0", 0, 10.0, None, None)
+    write("s1", 1, 20.0, "model", "model")
+    write("p0", 0, 40.0, "paper", "paper")
+    out = build_report([tmp_path], tmp_path / "report")
+    (row,) = out["rows"]
+    model, paper = row.stats["imagenet_a/top1"], row.stats["imagenet_a@paper/top1"]
+    assert (model.n, model.mean, paper.n, paper.mean) == (2, 15.0, 1, 40.0)
+    assert column_label("imagenet_a@paper/top1") == "IN-A [paper] top-1"
+    fgsm = {k: s for k, s in row.stats.items() if k.startswith("analysis/fgsm")}
+    assert {k: (s.n, s.mean) for k, s in fgsm.items()} == {"analysis/fgsm.eps0.1": (2, 7.5),
+                                                          "analysis/fgsm@paper.eps0.1": (1, 20.0)}
+    names = {p.relative_to(tmp_path / "report").as_posix() for p in out["plots"]}
+    assert {"analysis_fgsm.png", "protocol_paper/analysis_fgsm.png"} <= names
+    assert "IN-A [paper] top-1" in (tmp_path / "report" / "report.md").read_text()

@@ -10,9 +10,11 @@ Everything downstream (``lk_ablate report``, the analyses) reads only these file
                      "format": "lightning" | "official" | "timm" | "pretrained" | null},
       "weights": {"raw": {<benchmark>: {...} | null, ...}, "ema": {...}},   # the weight sets that were scored
       "primary": "ema" | "raw",            # the set headline numbers use: EMA when it was scored
-      "settings": {"benchmarks": {<benchmark>: path}, "imagenet_c": {"corruptions": [...], "severities": [...]}},
+      "settings": {"benchmarks": {<benchmark>: path}, "imagenet_c": {"corruptions": [...], "severities": [...]},
+                   "protocol": "model" | "paper"},   # the benchmarks' eval protocol; missing = "model"
       "errors": [{"weights", "benchmark", "rank", "error"}, ...],
-      "analyses": {<name>: {...}}          # added later with update_results(path, "analyses.<name>", {...})
+      "analyses": {<name>: {..., "protocol": "model" | "paper"}}   # added later with update_results(path,
+                                           # "analyses.<name>", {...}); each analysis's protocol, missing = "model"
     }
 
 Benchmark entries (accuracies, mCE and AUPR in %, counts are numbers of images):
