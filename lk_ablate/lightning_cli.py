@@ -12,8 +12,9 @@ from .data.base import ClassificationDataModule
 from .training.module import ImageClassifier
 from .base.safe_load import load_torch_file
 from .errors import ConfigError, DataError
-from .training.lease import HoldLease, acquire_lease, is_global_rank_zero
-from .training.preemption import MODEL_FACTS, ResumableCheckpoint, cli_trainer_extras, resolve_ckpt_path, same_fact
+from .training.lease import acquire_lease, is_global_rank_zero
+from .training.preemption import (MODEL_FACTS, HoldLease, ResumableCheckpoint, cli_trainer_extras, resolve_ckpt_path,
+                                  same_fact)
 from .training.wandb import WandbRun, configure_wandb_loggers, finish_wandb_run, resolved_config, wandb_loggers
 
 # Noise that says nothing about the run: the srun hint fires whenever SLURM is installed, even for local runs.

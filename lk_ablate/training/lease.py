@@ -30,13 +30,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import lightning as L
-
 from ..base.files import atomic_write_text
 from ..errors import ConfigError
 
-__all__ = ["LEASE_NAME", "HoldLease", "Lease", "LeaseHeld", "acquire_lease", "is_global_rank_zero", "lease_timings",
-           "read_lease"]
+__all__ = ["LEASE_NAME", "Lease", "LeaseHeld", "acquire_lease", "is_global_rank_zero", "lease_timings", "read_lease"]
 
 LEASE_NAME = ".lk_ablate.lease"
 
@@ -214,25 +211,3 @@ def is_global_rank_zero() -> bool:
     node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
     return getattr(rank_zero_only, "rank", 0) == 0 and node == "0"
 
-
-class HoldLease(L.Callback):
-    """Lightning callback that stops the run if its lease was taken and releases it at the end."""
-
-    def __init__(self, leases: list[Lease]) -> None:
-        super().__init__()
-        self.leases = leases
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        for lease in self.leases:
-            lease.check()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self.release()
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.release()
-
-    def release(self) -> None:
-        for lease in self.leases:
-            lease.release()

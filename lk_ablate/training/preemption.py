@@ -39,8 +39,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from ..base.safe_load import UnsafeCheckpointError, load_torch_file
 from ..errors import ConfigError, DataError
 from .checkpoint_io import AtomicCheckpointIO
+from .lease import Lease
 
-__all__ = ["DeferredRequeue", "GracefulStop", "ResumableCheckpoint", "checkpoint_step", "cli_trainer_extras",
+__all__ = ["DeferredRequeue", "GracefulStop", "HoldLease", "ResumableCheckpoint", "checkpoint_step", "cli_trainer_extras",
            "find_resume_checkpoint", "resolve_ckpt_path", "resume_candidates", "stop_exit_code"]
 
 HPC_PATTERN = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
@@ -407,3 +408,27 @@ def checkpoint_meta(path: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(ckpt, dict) or "global_step" not in ckpt or "state_dict" not in ckpt:
         return None
     return {"global_step": int(ckpt["global_step"]), "hyper_parameters": dict(ckpt.get("hyper_parameters") or {})}
+
+
+# --- the checkpoint folder's lease (training/lease.py) -------------------------------------------------------------
+class HoldLease(L.Callback):
+    """Lightning callback that stops the run if its lease was taken and releases it at the end."""
+
+    def __init__(self, leases: list[Lease]) -> None:
+        super().__init__()
+        self.leases = leases
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        for lease in self.leases:
+            lease.check()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.release()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.release()
+
+    def release(self) -> None:
+        for lease in self.leases:
+            lease.release()
