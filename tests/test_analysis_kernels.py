@@ -118,10 +118,22 @@ def test_feature_variance_on_timm_vit_tokens():
     import timm
 
     vit = timm.create_model("test_vit").eval()
-    out = run_features(vit, FeatureVarianceConfig.from_dict({"max_images": 2}),
-                       [(torch.randn(2, 3, 160, 160), torch.zeros(2))])
-    # patch + position embedding, then each block's attention and MLP residual outputs
-    assert len(out["layers"]) == 1 + 2 * len(vit.blocks) and all(lay["variance"] > 0 for lay in out["layers"])
+    x = torch.randn(2, 3, 160, 160)
+    out = run_features(vit, FeatureVarianceConfig.from_dict({"max_images": 2}), [(x, torch.zeros(2))])
+    # patch + position embedding, then each block's attention and MLP residual outputs, recomputed here from the
+    # block's formula (h + ls(attn(norm(h))), h + ls(mlp(norm(h)))); variance over the patch tokens (class token
+    # left out), unbiased, mean over channels and images
+    with torch.no_grad():
+        h = vit._pos_embed(vit.patch_embed(x))
+        states = [h]
+        for blk in vit.blocks:
+            h = h + blk.ls1(blk.attn(blk.norm1(h)))
+            states.append(h)
+            h = h + blk.ls2(blk.mlp(blk.norm2(h)))
+            states.append(h)
+    expected = [s[:, vit.num_prefix_tokens:].var(dim=1).mean().item() for s in states]
+    assert len(out["layers"]) == 1 + 2 * len(vit.blocks)
+    assert [lay["variance"] for lay in out["layers"]] == pytest.approx(expected, rel=1e-5)
 
 
 def test_feature_variance_config_errors():

@@ -6,9 +6,9 @@ import torch.nn as nn
 
 import lk_ablate
 from lk_ablate.analysis import run_analyses
-from lk_ablate.analysis.common import from_pixels
-from lk_ablate.analysis.occlusion import (OcclusionConfig, cls_attention, load_dino, random_patch_mask,
-                                          saliency_keep_mask)
+from lk_ablate.analysis.common import from_pixels, to_pixels
+from lk_ablate.analysis.occlusion import (OcclusionConfig, cls_attention, dino_patch_attention, load_dino,
+                                          random_patch_mask, saliency_keep_mask)
 from lk_ablate.errors import ConfigError, DataError
 
 ATTN = torch.tensor([[0.5, 0.1, 0.25, 0.15]])  # ascending: p1 0.1, p3 0.15, p2 0.25, p0 0.5; cumsum .1 .25 .5 1
@@ -98,7 +98,14 @@ def test_occlusion_run_all_modes(tmp_path):
     is_black = torch.isclose(half, black.expand_as(half), atol=1e-6).all(dim=1)
     assert is_black.float().mean().item() == 0.5
     assert all(p["dropped_fraction"] == 1.0 for p in (out["curves"]["salient"][1],))
-    assert 0.0 <= out["curves"]["non_salient"][0]["dropped_fraction"] <= 1.0
+    # non-salient at 0.5: the patches of the DINO grid (4 x 4 at 64 px, 8 px each on the 32 px input) holding the
+    # least-attended half of the mass; the dropped fraction is their share of the grid
+    dcfg = OcclusionConfig.from_dict({"dino_weights": str(tmp_path / "dino.pth"), "dino_img_size": 64})
+    attn, grid = dino_patch_attention(load_dino(tmp_path / "dino.pth", img_size=64), to_pixels(x, cfg), dcfg)
+    keep = saliency_keep_mask(attn, 0.5, "non_salient")
+    assert grid == (4, 4) and 0 < int((keep == 0).sum()) < 48
+    assert out["curves"]["non_salient"][0]["dropped_fraction"] == pytest.approx(float((keep == 0).float().mean()),
+                                                                                rel=1e-6)
 
 
 def test_occlusion_config_errors():

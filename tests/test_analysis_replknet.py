@@ -1,4 +1,7 @@
 """The analyses on a (small) RepLKNet: (RepLKBlock, ConvFFN) units, its layers, its large kernels."""
+import math
+
+import pytest
 import torch
 
 from lk_ablate.analysis import run_analyses
@@ -63,9 +66,21 @@ def test_kernel_distance_reads_the_large_kernels_raw_or_merged():
     assert all(lay["name"].endswith("large_kernel.lkb_origin.conv") for lay in raw["layers"])
     merged = run_analyses(m, {"kernel_distance": {"reparameterize": True}}, None, CFG)["kernel_distance"]
     assert [lay["name"].endswith("lkb_reparam") for lay in merged["layers"]] == [True] * 5
-    # the merged kernel adds the 3x3 small kernel at the centre: a different, still normalised distance
-    assert merged["layers"][0]["sorted"] != raw["layers"][0]["sorted"]
-    assert all(0.0 <= v <= 1.0 for lay in merged["layers"] for v in lay["sorted"])
+    # the merged kernel, built here: each branch's BN folded (w gamma / sqrt(var + eps)), the 3x3 small kernel added
+    # at the centre of the 7x7; distance per channel = sum |w| d / sum |w|, d = |tap - centre| / |corner - centre|
+    lk = m.stages[0].blocks[0].large_kernel
+
+    def folded(unit):
+        return unit.conv.weight[:, 0].double() * (unit.bn.weight / (unit.bn.running_var + unit.bn.eps).sqrt()
+                                                  ).double()[:, None, None]
+
+    w = folded(lk.lkb_origin)
+    w[:, 2:5, 2:5] += folded(lk.small_conv)
+    d = torch.tensor([[math.hypot(i - 3, j - 3) / math.hypot(3, 3) for j in range(7)] for i in range(7)],
+                     dtype=torch.float64)
+    expected = sorted(((w.abs() * d).sum((1, 2)) / w.abs().sum((1, 2))).tolist())
+    assert merged["layers"][0]["sorted"] == pytest.approx(expected, rel=1e-5)
+    assert merged["layers"][0]["sorted"] != pytest.approx(raw["layers"][0]["sorted"], rel=1e-3)
     assert m.form == "train"  # the analysed model itself is left as it was
 
 

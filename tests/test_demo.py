@@ -65,13 +65,24 @@ def test_demo_end_to_end(tmp_path, capsys):
     table = out[out.index("Fashion-MNIST, clean top-1"):]
     rows = [line.split() for line in table.splitlines()[2:4]]
     assert [r[0] for r in rows] == ["3", "5"] and all(len(r) == 4 + 15 for r in rows)
-    assert rows[0][3] == "100.0"  # rel. mCE of the baseline kernel
+    results = {k: json.loads((tmp_path / f"k{k}" / "last.robustness.json").read_text())["weights"]["raw"]
+               for k in (3, 5)}
+    # rel. mCE of k=5, from its and the baseline's per-cell top-1: mean over c of sum_s E5 / sum_s E3, in %
+    t5, t3 = (results[k]["fashion_mnist_c"]["top1"] for k in (5, 3))
+    ce = [sum(100 - t5[c][s] for s in t5[c]) / sum(100 - t3[c][s] for s in t3[c]) for c in t3]
+    assert len(ce) == 15 and rows[1][3] == f"{100 * sum(ce) / 15:.1f}"
+    for row, k in zip(rows, (3, 5)):  # clean and mean-C columns are the JSON's numbers
+        cells = [v for by in results[k]["fashion_mnist_c"]["top1"].values() for v in by.values()]
+        assert len(cells) == 75 and row[2] == f"{sum(cells) / 75:.2f}"
+        assert row[1] == f"{results[k]['fashion_mnist']['top1']:.2f}"
     for name in ("train convnext_demo k=3", "train convnext_demo k=5", "Fashion-MNIST-C", "ablation report", "total"):
         assert name in out[out.index("stage times:"):]
     for k in (3, 5):
         data = json.loads((tmp_path / f"k{k}" / "last.robustness.json").read_text())
         assert data["model"]["kernel_sizes"] == [k] * 4
         fm = data["weights"]["raw"]
-        assert fm["fashion_mnist_c"]["n"] == 20 and 0 <= fm["fashion_mnist"]["top1"] <= 100
+        # each corrupted cell's top-1 is a count of its 20 images, in %
+        assert fm["fashion_mnist_c"]["n"] == 20
+        assert all(float(v / 5).is_integer() for by in fm["fashion_mnist_c"]["top1"].values() for v in by.values())
         assert len(fm["fashion_mnist_c"]["top1"]) == 15
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "report.csv").is_file()

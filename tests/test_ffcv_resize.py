@@ -36,7 +36,7 @@ def random_crop(rnd, h, w):
 def test_equals_ffcv_resize_within_one_level(out):
     rng, rnd = np.random.default_rng(0), random.Random(0)
     dst, ref = np.empty((*out, 3), np.uint8), np.empty((*out, 3), np.uint8)
-    kinds = {}
+    kinds, fractions = {}, []
     for _ in range(60):
         h, w = (int(v) for v in rng.integers(out[0] // 2, 3 * out[0], 2))
         img = smooth_image(rng, h, w)
@@ -46,12 +46,16 @@ def test_equals_ffcv_resize_within_one_level(out):
         resize_crop(img, top, top + ch, left, left + cw, ref)
         diff = np.abs(dst.astype(int) - ref.astype(int))
         assert diff.max() <= 1, (h, w, top, left, ch, cw)
-        # OpenCV sums in 11-bit fixed point when an axis grows: off-by-one where the sum sits near x.5
-        assert (diff > 0).mean() < 0.2
+        # OpenCV sums in 11-bit fixed point when an axis grows: off-by-one where the sum sits near x.5. The
+        # correct code is off on at most 13.2% of the values of an image (5.2% on average over the 60, norm-wise
+        # 2.7e-3); the bounds leave that little room, so a rounding or weighting slip shows.
+        fractions.append((diff > 0).mean())
+        assert fractions[-1] < 0.14
         a, b = dst.astype(np.float64), ref.astype(np.float64)
-        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 5e-3
+        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 3e-3
         kind = "shrink" if ch >= out[0] and cw >= out[1] else "grow" if ch < out[0] and cw < out[1] else "mixed"
         kinds[kind] = kinds.get(kind, 0) + 1
+    assert np.mean(fractions) < 0.06
     assert set(kinds) == {"shrink", "grow", "mixed"}  # every branch of OpenCV's rule was exercised
 
 
