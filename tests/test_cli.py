@@ -27,7 +27,7 @@ def test_convnext_configs_resolve_to_the_120_epoch_recipe(k, capsys):
     assert m["model_name"] == "convnext_tiny" and m["kernel_size"] == k
     assert m["drop_path_rate"] == 0.1 and m["ema_decay"] == 0.9999
     assert m["mixup_alpha"] == 0.8 and m["cutmix_alpha"] == 1.0 and m["label_smoothing"] == 0.1
-    assert m["warmup_epochs"] == 8 and m["min_lr"] == 1e-6 and m["weight_decay"] == 0.05
+    assert m["warmup_epochs"] == 20 and m["min_lr"] == 1e-6 and m["weight_decay"] == 0.05
     global_batch = d["batch_size"] * t["devices"] * t["num_nodes"] * t["accumulate_grad_batches"]
     assert global_batch == 4096
     # The module's rule: lr = base_lr * global / base_batch -> the recipe's 4e-3 at 4096.
@@ -86,3 +86,18 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("fit", "validate", "test", "predict", "demo", "reparam", "robustness", "analyze", "data", "report"):
         assert cmd in out
+
+
+def test_commands_import_only_what_they_use():
+    """`fit` never imports FFCV/numba or the evaluation commands' code; `robustness` never imports the analyses."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lk_ablate.cli, lk_ablate.lightning_cli\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('ffcv', 'numba') or m.startswith(("
+            "'lk_ablate.analysis', 'lk_ablate.evaluation', 'lk_ablate.robustness'))]\n"
+            "assert not bad, bad\n"
+            "import lk_ablate.robustness.score\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('ffcv', 'numba') or m.startswith('lk_ablate.analysis')]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
