@@ -12,8 +12,13 @@ runs two steps (``--memory``); on CUDA it is ``torch.cuda.max_memory_allocated``
 
 CPU: float32, NCHW, batch 8, 224x224. CUDA: bfloat16 autocast, channels_last, batch 64, cudnn.benchmark.
 
+``--compile`` runs BOTH contenders under torch.compile (``lk_ablate.models.compile.compile_model``, in place;
+``--compile-mode``, ``--compile-backend``): like is compared with like. The first warm-up step includes the
+compilation; its seconds are reported as ``<contender>_first_s``.
+
     python benchmarks/bench_models.py --device cpu --memory --out docs/bench_cpu.md
     python benchmarks/bench_models.py --device cuda --out bench_cuda.md
+    python benchmarks/bench_models.py --device cuda --compile --kernels 7,51 --models convnext_tiny
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BASELINE = {"convnext_tiny": "timm", "replknet_31b": "direct"}
+RELEASED = {"31B": ((31, 29, 27, 13), 5), "3B": ((3, 3, 3, 3), None)}  # RepLKNet's own kernels, small kernel
 
 
 def build(family: str, contender: str, kernel: str, device: str, channels_last: bool) -> nn.Module:
@@ -48,9 +54,9 @@ def build(family: str, contender: str, kernel: str, device: str, channels_last: 
         else:
             model = lk_ablate.create_model("convnext_tiny", kernel_size=int(kernel))
     elif family == "replknet_31b":
-        ks = (31, 29, 27, 13) if kernel == "31B" else (int(kernel),) * 4
         # The parallel 5x5 needs large kernels > 5; below that the model is RepLKNet-3B-like (no small kernel).
-        model = lk_ablate.create_model("replknet_31b", kernel_size=list(ks), small_kernel=5 if min(ks) > 5 else None)
+        ks, small = RELEASED.get(kernel) or ((int(kernel),) * 4, 5 if int(kernel) > 5 else None)
+        model = lk_ablate.create_model("replknet_31b", kernel_size=list(ks), small_kernel=small)
         if contender == "direct":
             for m in model.modules():
                 if isinstance(m, LargeKernelDWConv):
@@ -63,6 +69,15 @@ def build(family: str, contender: str, kernel: str, device: str, channels_last: 
     return model
 
 
+def compiled(model: nn.Module, args: argparse.Namespace) -> nn.Module:
+    """``model`` under torch.compile when ``--compile`` (the same call for both contenders)."""
+    if not getattr(args, "compile", False):
+        return model
+    from lk_ablate.models.compile import compile_model
+
+    return compile_model(model, args.compile_mode, args.compile_backend)
+
+
 class Runner:
     """One contender's model, optimizer and batch; ``step()`` runs one timed train step or inference forward."""
 
@@ -70,7 +85,7 @@ class Runner:
         self.device, self.train = args.device, train
         self.clock = time.process_time if args.clock == "cpu" else time.perf_counter
         self.cuda = args.device == "cuda"
-        self.model = build(family, contender, kernel, args.device, channels_last=self.cuda)
+        self.model = compiled(build(family, contender, kernel, args.device, channels_last=self.cuda), args)
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
         self.x = x.to(args.device, memory_format=torch.channels_last if self.cuda else torch.contiguous_format)
@@ -116,6 +131,9 @@ def child(spec: str, args: argparse.Namespace) -> int:
 def peak_memory(spec: str, args: argparse.Namespace) -> float:
     cmd = [sys.executable, __file__, "--child", spec, "--device", args.device, "--batch", str(args.batch),
            "--size", str(args.size), "--threads", str(torch.get_num_threads()), "--clock", args.clock]
+    if args.compile:
+        cmd += ["--compile", "--compile-backend", args.compile_backend] + (
+            ["--compile-mode", args.compile_mode] if args.compile_mode else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return json.loads(out.stdout.strip().splitlines()[-1])["vmhwm_mib"]
 
@@ -125,14 +143,17 @@ def compare(family: str, kernel: str, train: bool, args: argparse.Namespace) -> 
     contenders = ["lk_ablate", BASELINE[family]]
     runners = {}
     peak_gpu = {}
+    first = {}
     for c in contenders:
         if args.device == "cuda":  # peak above what the other contender already holds
             torch.cuda.empty_cache()
             before = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         runners[c] = Runner(family, c, kernel, train, args)
-        for _ in range(args.warmup):
+        t0 = time.perf_counter()
+        for _ in range(max(1, args.warmup)):
             runners[c].step()
+            first.setdefault(c, time.perf_counter() - t0)  # wall seconds of the first step (compilation included)
         if args.device == "cuda":
             peak_gpu[c] = (torch.cuda.max_memory_allocated() - before) / 2**20
     times: dict[str, list[float]] = {c: [] for c in contenders}
@@ -143,9 +164,11 @@ def compare(family: str, kernel: str, train: bool, args: argparse.Namespace) -> 
             times[c].append(runners[c].step())
         if i + 1 >= args.min_steps and time.perf_counter() > t_budget:
             break
-    row = {"model": family, "k": kernel, "pass": "train" if train else "infer", "steps": len(times[contenders[0]])}
+    row = {"model": family, "k": kernel, "pass": "train" if train else "infer", "steps": len(times[contenders[0]]),
+           "compiled": bool(args.compile)}
     for c in contenders:
         row[c] = statistics.median(times[c])
+        row[c + "_first_s"] = round(first[c], 3)
         if args.device == "cuda":
             row[c + "_gpu_mib"] = round(peak_gpu[c], 1)
     row["baseline"] = BASELINE[family]
@@ -172,7 +195,9 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
                 head += ["lk_ablate img/s", f"{base} img/s", "lk_ablate GPU MiB", f"{base} GPU MiB"]
             if any("lk_ablate_mib" in r for r in sel):
                 head += ["lk_ablate peak MiB", f"{base} peak MiB", "lk_ablate MiB / own k7"]
-            out += [f"\n{family}, {mode}, batch {args.batch}, {args.size}x{args.size}, {args.device}\n",
+            how = f", torch.compile ({args.compile_backend}, mode {args.compile_mode or 'default'})" if args.compile \
+                else ""
+            out += [f"\n{family}, {mode}, batch {args.batch}, {args.size}x{args.size}, {args.device}{how}\n",
                     "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for r in sel:
                 cells = [r["k"], f"{r['lk_ablate']:.3f}", f"{r[base]:.3f}", f"{r['lk_ablate'] / r[base]:.2f}",
@@ -192,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--models", default="convnext_tiny,replknet_31b")
-    ap.add_argument("--kernels", default="3,7,13,31,51", help="comma list; '31B' is RepLKNet's own (31,29,27,13)")
+    ap.add_argument("--kernels", default="3,7,13,31,51",
+                    help="comma list; '31B' is RepLKNet-31B's own (31,29,27,13), '3B' RepLKNet-3B (3, no small kernel)")
     ap.add_argument("--passes", default="train,infer")
     ap.add_argument("--batch", type=int, default=None, help="default 8 on cpu, 64 on cuda")
     ap.add_argument("--size", type=int, default=224)
@@ -206,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                     help="cpu: process CPU time (with --threads 1 it ignores time other processes take on a busy "
                          "machine; with more threads it also counts OpenMP spinning)")
+    ap.add_argument("--compile", action="store_true", help="both contenders under torch.compile (like with like)")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode (default, reduce-overhead, max-autotune)")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     ap.add_argument("--out", default=None, help="write the markdown tables (and a .json of the rows) here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -225,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     t_end = time.time() + args.deadline
     for family in args.models.split(","):
         for kernel in args.kernels.split(","):
-            if kernel == "31B" and family != "replknet_31b":
+            if kernel in RELEASED and family != "replknet_31b":
                 continue
             for mode in args.passes.split(","):
                 if time.time() > t_end:
