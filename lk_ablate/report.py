@@ -29,6 +29,7 @@ import math
 import os
 import statistics
 import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,14 +265,25 @@ def load_run(path: Path, weights: str = "primary") -> Run | None:
                metrics=metrics, analyses=analyses, errors=list(data.get("errors") or []), protocol=protocol)
 
 
-def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary") -> tuple[list[Run], list[str]]:
-    """The latest results file of every run under ``paths``, and notes on the files left out."""
+def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary",
+              strict: bool = False) -> tuple[list[Run], list[str]]:
+    """The latest results file of every run under ``paths``, and notes on the files left out.
+
+    A file that fails the results schema (types, ranges, finite values: ``validate_results``) is left out whole,
+    never half-counted, with a note naming it and the problem; ``strict`` makes any such file an error that lists
+    them all (one line each).
+    """
     if weights not in ("primary", "raw", "ema"):
         raise ConfigError(f"--weights must be primary, raw or ema, got {weights!r}")
     notes: list[str] = []
+    bad: list[str] = []
     latest: dict[tuple, Run] = {}
     for path in find_results(paths):
-        run = load_run(path, weights)
+        try:
+            run = load_run(path, weights)
+        except DataError as e:
+            bad.append(str(e) if str(path) in str(e) else f"{path}: {e}")
+            continue
         if run is None:
             notes.append(f"{path}: no {weights} weights scored; left out")
             continue
@@ -288,6 +300,12 @@ def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary") -> t
         latest[key] = keep
         if keep.step != drop.step:
             notes.append(f"{drop.path}: superseded by the later {keep.path.name} (step {keep.step}) of the same run")
+    if bad and strict:
+        raise DataError(f"{len(bad)} bad results file(s) (--strict):\n  " + "\n  ".join(bad))
+    if bad:
+        warnings.warn(f"skipped {len(bad)} bad results file(s) (left out of every statistic; --strict makes this an "
+                      "error):\n  " + "\n  ".join(bad), stacklevel=2)
+    notes = [f"skipped, bad results file: {b}" for b in bad] + notes
     runs = sorted(latest.values(), key=lambda r: (r.family, _kernel_x(r.kernel_sizes), r.kernel_sizes or (), r.model,
                                                   -1 if r.seed is None else r.seed, str(r.path)))
     return runs, notes
@@ -640,9 +658,10 @@ def log_to_wandb(rows: Sequence[Row], runs: Sequence[Run], plots: Mapping[str, P
 # --- entry points -----------------------------------------------------------------------------------------
 def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, weights: str = "primary",
                  wandb_project: str | None = None, wandb_entity: str | None = None,
-                 wandb_group: str | None = None, wandb_dir: str | None = None) -> dict[str, Any]:
-    """Read the runs, write report.md / report.csv / runs.csv / PNGs into ``out``; returns what was written."""
-    runs, notes = load_runs(paths, weights)
+                 wandb_group: str | None = None, wandb_dir: str | None = None, strict: bool = False) -> dict[str, Any]:
+    """Read the runs, write report.md / report.csv / runs.csv / PNGs into ``out``; returns what was written.
+    ``strict``: a results file that fails validation is an error (by default it is skipped with a warning)."""
+    runs, notes = load_runs(paths, weights, strict=strict)
     if not runs:
         raise DataError(f"no results file under {', '.join(map(str, paths))} holds {weights} weights")
     out = Path(out)
@@ -671,9 +690,13 @@ def cli_main(argv: list[str]) -> int:
     p.add_argument("--wandb-entity", default=None)
     p.add_argument("--wandb-group", default=None, help="default: <family>-kernel")
     p.add_argument("--no-wandb", action="store_true", help="never log to W&B")
+    p.add_argument("--strict", action="store_true",
+                   help="stop on a results file with bad values (default: skip it, with a warning naming it)")
     args = p.parse_args(argv)
-    written = build_report(args.runs, args.out, args.weights, None if args.no_wandb else args.wandb_project,
-                           args.wandb_entity, args.wandb_group)
+    with warnings.catch_warnings():  # skipped files are printed below, one "note:" line each
+        warnings.filterwarnings("ignore", message=r"skipped \d+ bad results file")
+        written = build_report(args.runs, args.out, args.weights, None if args.no_wandb else args.wandb_project,
+                               args.wandb_entity, args.wandb_group, strict=args.strict)
     rows = written["rows"]
     print(f"{len(written['runs'])} run(s) in {len(rows)} (model, kernel) row(s) -> {written['markdown']}, "
           f"{written['csv']}, {len(written['plots'])} plot(s)")

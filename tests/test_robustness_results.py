@@ -79,7 +79,7 @@ def test_update_results_merges_sections(tmp_path):
 def test_failed_write_keeps_the_old_file(tmp_path):
     path = write_results(tmp_path / "r.json", _results())
     before = path.read_text()
-    with pytest.raises(ValueError):  # NaN is not JSON
+    with pytest.raises(DataError, match=r"analyses.bad.x is nan \(not finite\)"):  # refused before writing
         update_results(path, "analyses.bad", {"x": float("nan")})
     assert path.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.json.lock"]

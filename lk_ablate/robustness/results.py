@@ -27,16 +27,17 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..base.files import atomic_write_text
 from ..errors import DataError
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "flatten_metrics", "make_results", "read_results", "results_path",
-           "update_results", "validate_results", "write_results"]
+           "update_results", "validate_results", "value_problems", "write_results"]
 
 SCHEMA = "lk_ablate.robustness"
 SCHEMA_VERSION = 1
@@ -95,7 +96,97 @@ def validate_results(data: Any, source: str = "results") -> dict[str, Any]:
         raise DataError(f"{source}: 'weights' must hold some of {WEIGHT_SETS}, got {sorted(data['weights'])}")
     if data["primary"] not in data["weights"]:
         raise DataError(f"{source}: primary weights {data['primary']!r} were not scored")
+    problems = value_problems(data)
+    if problems:  # one line: the report lists one line per bad file
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise DataError(f"{source}: {'; '.join(problems[:3])}{more}")
     return data
+
+
+# Value rules (type, range, finite). Percentages: accuracies and AUPR; counts: images.
+_PERCENT_KEYS = {"aupr"}
+_INT_KEYS = _COUNT_KEYS | {"correct", "correct_top1", "correct_top5"}
+_NUMBER_KEYS = {"ce", "mce", "relative_mce"}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_leaves(value: Any, where: str, rule: str, out: list[str]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_leaves(v, f"{where}.{k}", rule, out)
+        return
+    if rule == "any":
+        if _is_number(value) and not math.isfinite(value):
+            out.append(f"{where} is {value} (not finite)")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                _check_leaves(v, f"{where}[{i}]", rule, out)
+        return
+    if value is None:
+        return  # a metric that could not be computed (e.g. no images of that class) is recorded as null
+    if not _is_number(value):
+        out.append(f"{where} is {type(value).__name__} {value!r:.40}, expected a number")
+    elif not math.isfinite(value):
+        out.append(f"{where} is {value} (not finite)")
+    elif rule == "percent" and not 0.0 <= value <= 100.0:
+        out.append(f"{where} is {value:.6g}, outside [0, 100]")
+    elif rule == "count" and (not float(value).is_integer() or value < 0):
+        out.append(f"{where} is {value!r}, expected a count (integer >= 0)")
+    elif rule == "count" and value > 1e12:
+        out.append(f"{where} is {value:.6g}, not a plausible number of images")
+
+
+def _metric_rule(key: str) -> str:
+    if key in _INT_KEYS:
+        return "count"
+    if key in _PERCENT_KEYS or "top1" in key or "top5" in key:
+        return "percent"
+    if key in _NUMBER_KEYS:
+        return "number"
+    return "any"
+
+
+def value_problems(data: Mapping[str, Any]) -> list[str]:
+    """Every value a reader computes with, checked for type, range and finiteness ("where: what" each)."""
+    out: list[str] = []
+    model, ckpt = data["model"], data["checkpoint"]
+    if not isinstance(model.get("name"), str) or not model.get("name"):
+        out.append(f"model.name is {model.get('name')!r}, expected a model name")
+    ks = model.get("kernel_sizes")
+    if ks is not None and not (isinstance(ks, list) and ks and all(
+            isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 10_000 for k in ks)):
+        out.append(f"model.kernel_sizes is {ks!r:.60}, expected null or a list of kernel sizes")
+    n_params = model.get("num_params")
+    if n_params is not None and not (isinstance(n_params, int) and not isinstance(n_params, bool) and n_params >= 0):
+        out.append(f"model.num_params is {n_params!r:.40}, expected an integer >= 0")
+    for key in ("epoch", "global_step"):
+        v = ckpt.get(key)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            out.append(f"checkpoint.{key} is {v!r:.40}, expected null or an integer >= 0")
+    seed = (data.get("settings") or {}).get("seed")
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool)):
+        out.append(f"settings.seed is {seed!r:.40}, expected null or an integer")
+    for w, benches in data["weights"].items():
+        if not isinstance(benches, Mapping):
+            out.append(f"weights.{w} is {type(benches).__name__}, expected an object of benchmarks")
+            continue
+        for bench, entry in benches.items():
+            if entry is None:
+                continue  # failed benchmark (listed in errors)
+            if not isinstance(entry, Mapping):
+                out.append(f"weights.{w}.{bench} is {type(entry).__name__}, expected an object of metrics")
+                continue
+            for k, v in entry.items():
+                _check_leaves(v, f"weights.{w}.{bench}.{k}", _metric_rule(k), out)
+    analyses = data.get("analyses")
+    if analyses is not None and not isinstance(analyses, Mapping):
+        out.append(f"analyses is {type(analyses).__name__}, expected an object")
+    elif analyses:
+        _check_leaves(analyses, "analyses", "any", out)
+    return out
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
@@ -196,18 +287,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    # fsync + rename, and the permissions of a plain open() (0644 under umask 022), like checkpoints
+    atomic_write_text(path, text)
 
 
 @contextlib.contextmanager
