@@ -90,7 +90,7 @@ def test_model_input_is_bit_identical_to_the_pil_path(tmp_path, cfg, workers):
     expected = reference_batches(part, cfg, 5)
     assert [x.shape for x in model.seen] == [x.shape for x in expected]
     for seen, ref in zip(model.seen, expected):
-        assert seen.dtype == torch.float32 and seen.is_contiguous(memory_format=torch.channels_last)
+        assert seen.dtype == torch.float32 and seen.is_contiguous()
         assert torch.equal(seen, ref)
 
 
@@ -116,7 +116,10 @@ def test_normalize_equals_eval_spec_normalize():
     u8 = torch.arange(256, dtype=torch.uint8).repeat(2 * 7 * 3).view(2, 3, 16, 112)  # every value, every channel
     nhwc = u8.permute(0, 2, 3, 1).contiguous()
     out = torch.full((nhwc.numel() + 5,), float("nan"))
-    assert torch.equal(normalize_nhwc(nhwc, spec, out), spec.normalize(u8))
+    for channels_last in (False, True):
+        x = normalize_nhwc(nhwc, spec, out, channels_last)
+        assert x.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        assert torch.equal(x, spec.normalize(u8))
 
 
 # --- bad images ------------------------------------------------------------------------------------------------
@@ -257,6 +260,7 @@ def test_cuda_scoring_matches_the_cpu_path(tmp_path, cfg):
         assert errors == [] and results["raw"]["imagenet_a"]["n"] == len(ref)
         seen = torch.cat([x.cpu() for x in model.seen])
         if tol is None:
+            assert all(x.is_contiguous(memory_format=torch.channels_last) for x in model.seen)
             assert (seen - ref).abs().max().item() <= 2 * torch.finfo(torch.float32).eps * 4
         else:
             assert ((seen - ref).norm() / ref.norm()).item() < tol
