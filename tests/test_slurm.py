@@ -143,7 +143,10 @@ def test_hard_requeue_resumes_from_the_last_periodic_checkpoint(sweep):
     assert sweep["requeue_last_step"] == 6  # periodic, mid-epoch (epoch 1 has steps 5..9)
     assert starts(folder) == ["0", "1"]
     log = (folder / "train.slurm.out").read_text()
-    assert f"--ckpt_path auto: resuming from {folder / 'checkpoints' / 'last.ckpt'} (global step 6)" in log
+    # scontrol requeue's SIGTERM stops the run at the step where it waits (7) after saving last.ckpt (issue 13);
+    # the requeued start resumes there, and the stopped start reported exit status 143
+    assert f"--ckpt_path auto: resuming from {folder / 'checkpoints' / 'last.ckpt'} (global step 7)" in log
+    assert "stopped by a signal, exit status 143" in log
     assert log.count("starting from scratch") == 1 and not list(folder.glob("hpc_ckpt_*.ckpt"))
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..base.files import atomic_path, atomic_write_text
 from ..errors import ConfigError, DataError
 from .folder import check_image_folder
 from .seeding import derive_seed
@@ -189,26 +190,23 @@ def write_atomic(out: str | Path, dataset, fields: dict, meta: dict, page_size: 
     from ffcv.writer import DatasetWriter
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    meta_tmp = Path(f"{tmp}.json")
     t0 = time.perf_counter()
     try:
-        DatasetWriter(str(tmp), fields, page_size=page_size, num_workers=num_workers).from_indexed_dataset(
-            dataset, chunksize=chunk_size)
-        if failed_log is not None and failed_log.is_file() and failed_log.stat().st_size:
-            lines = failed_log.read_text().splitlines()
-            raise DataError(f"{len(lines)} file(s) could not be read while writing {out} although they passed the "
-                            f"check (did the files change?); first: {lines[0]}")
+        # The one atomic writer (base/files.py): fsync, rename into place, umask permissions; the .json metadata
+        # is published after the .beton, so a .json always describes a complete file.
+        with atomic_path(out) as tmp:
+            DatasetWriter(tmp, fields, page_size=page_size, num_workers=num_workers).from_indexed_dataset(
+                dataset, chunksize=chunk_size)
+            if failed_log is not None and failed_log.is_file() and failed_log.stat().st_size:
+                lines = failed_log.read_text().splitlines()
+                raise DataError(f"{len(lines)} file(s) could not be read while writing {out} although they passed "
+                                f"the check (did the files change?); first: {lines[0]}")
         meta = {**meta, "seconds": round(time.perf_counter() - t0, 1)}
-        meta_tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, out)
-        os.replace(meta_tmp, meta_path(out))
+        atomic_write_text(meta_path(out), json.dumps(meta, indent=1))
         return meta
     finally:
-        for p in (tmp, meta_tmp, failed_log):
-            if p is not None:
-                p.unlink(missing_ok=True)
+        if failed_log is not None:
+            failed_log.unlink(missing_ok=True)
 
 
 def write_beton(scan: FolderScan, out: str | Path, cfg: WriterConfig, source: str = "") -> dict:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..base.files import atomic_torch_save
 from ..errors import ConfigError, DataError
 
 FORMS = ("train", "kernels", "full")
@@ -233,22 +233,9 @@ def check_equivalence(sd: Mapping[str, torch.Tensor], merged: Mapping[str, torch
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file beside ``path``, then os.replace: readers never see a partial file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path) + ".")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions of a plain save
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """torch.save through the one atomic writer (base/files.py): readers never see a partial file, and the file
+    gets the umask's permissions like every checkpoint."""
+    atomic_torch_save(obj, path)
 
 
 def _read_weights(path: str, weights: str) -> dict[str, torch.Tensor]:
@@ -283,9 +270,12 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument("--no-check", action="store_true",
                         help="skip building both networks and comparing their outputs on a random batch")
     parser.add_argument("--check-size", type=int, default=64, help="image size of the check batch (default 64)")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = parser.parse_args(argv)
     if os.path.abspath(args.out) == os.path.abspath(args.ckpt):
         raise ConfigError("--out must differ from --ckpt: keep the training-form checkpoint")
+    if os.path.exists(args.out) and not args.force:
+        raise ConfigError(f"--out {args.out} exists; pass --force to overwrite it, or choose another file")
     sd = _read_weights(args.ckpt, args.weights)
     form = state_dict_form(sd)
     merged = reparam_state_dict(sd, args.mode)

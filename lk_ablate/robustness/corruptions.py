@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..base.files import atomic_path, atomic_write_text
 from ..errors import ConfigError
 from ..models.registry import ModelConfig
 from .metrics import ALL_CORRUPTIONS, CORRUPTIONS, SEVERITIES
@@ -194,8 +195,9 @@ def corrupt_images(images: np.ndarray, corruptions: Sequence[str] = CORRUPTIONS,
         folder.mkdir(parents=True, exist_ok=True)
         meta = folder / "meta.json"
         if not meta.exists():
-            meta.write_text(json.dumps({"shape": list(images.shape), "seed": int(seed), "impl_version": IMPL_VERSION,
-                                        "imagecorruptions": _package_version()}) + "\n")
+            atomic_write_text(meta, json.dumps({"shape": list(images.shape), "seed": int(seed),
+                                                "impl_version": IMPL_VERSION,
+                                                "imagecorruptions": _package_version()}) + "\n")
     arrays: dict[str, dict[int, np.ndarray]] = {c: {} for c in corruptions}
     todo = []
     for c in corruptions:
@@ -228,10 +230,9 @@ def corrupt_images(images: np.ndarray, corruptions: Sequence[str] = CORRUPTIONS,
 
 def _store(todo: list, results: Any, arrays: dict) -> None:
     for (c, s, path), arr in zip(todo, results):
-        if path is not None:
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-            np.save(tmp, arr)
-            os.replace(tmp, path)
+        if path is not None:  # the one atomic writer (base/files.py): fsync, rename, umask permissions
+            with atomic_path(path, suffix=".npy") as tmp:
+                np.save(tmp, arr)
         arrays[c][s] = arr
 
 
