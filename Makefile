@@ -8,3 +8,8 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest tests
+
+# Mutation check (a developer tool, not part of `make test`): every listed one-line bug must be caught.
+.PHONY: mutants
+mutants: setup
+	.venv/bin/python scripts/mutants.py

@@ -160,7 +160,8 @@ def test_frequency_drops_equal_a_recount_with_the_same_noise():
     with torch.no_grad():
         y = model(x).argmax(1)
     cfg = ModelConfig(input_size=(3, 16, 16), num_classes=10)
-    out = run_analyses(model, {"frequency": {"amplitude": 2.0, "window": 0.25, "seed": 9}}, [(x, y)], cfg)["frequency"]
+    out = run_analyses(model, {"frequency": {"amplitude": 2.0, "window": 0.25, "layout": "consecutive",
+                                                "seed": 9}}, [(x, y)], cfg)["frequency"]
     ref = torch.Generator().manual_seed(9)
     expected = []
     for lo, hi in [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]:
