@@ -163,3 +163,16 @@ def test_report_tables_and_plots_every_analysis(tmp_path):
     assert rows[1]["lesion.n1.mean"] == 101.0 and rows[0]["occlusion.salient.mean"] == 30.0
     written = plot_across_runs(runs, tmp_path)
     assert len(written) == 10 and all(p.stat().st_size > 0 for p in written)
+
+
+def test_sections_are_parsed_by_jsonargparse(capsys):
+    """The Python API (dict sections) and the CLI (option groups) type-check sections the same way."""
+    from lk_ablate.analysis.occlusion import OcclusionConfig
+    from lk_ablate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="config section 'occlusion'.*patch_size"):
+        OcclusionConfig.from_dict({"patch_size": "big"})
+    assert OcclusionConfig.from_dict({"levels": [0.1, 0.5], "modes": ["random"]}).levels == (0.1, 0.5)
+    assert main(["analyze", "occlusion", "--model.name", "convnext_demo", "--occlusion.patch_size", "big"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "occlusion.patch_size" in err[0]

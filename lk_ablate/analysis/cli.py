@@ -119,8 +119,7 @@ def sections_of(args: Any, names: Sequence[str]) -> dict[str, Any]:
 
     out = {}
     for n in names:
-        values = {k: v for k, v in vars(getattr(args, n)).items() if k != "preset"}
-        out[n] = ANALYSES[n].config.from_dict(values)
+        out[n] = ANALYSES[n].config.from_parsed(vars(getattr(args, n)))  # parsed by jsonargparse, then validated
     return out
 
 

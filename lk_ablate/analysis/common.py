@@ -31,7 +31,8 @@ C = TypeVar("C", bound="SectionConfig")
 # --- config sections ------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class SectionConfig:
-    """Base of every analysis config: built from one YAML/dict section with unknown keys refused.
+    """Base of every analysis config: one jsonargparse group of ``lk_ablate analyze`` (``--occlusion.levels
+    [0.1,0.5]``), or built from one dict section (``from_dict``) with unknown keys refused.
 
     Subclasses may define ``PRESETS`` (name -> field values) selected by a ``preset`` key; explicit keys
     override the preset's values. ``validate`` raises ConfigError for values out of range.
@@ -42,6 +43,8 @@ class SectionConfig:
 
     @classmethod
     def from_dict(cls: type[C], section: Mapping[str, Any] | None) -> C:
+        """A section from a mapping (the Python API; the CLI parses the same groups with jsonargparse): the
+        ``preset`` key first, explicit keys over it, values type-checked by jsonargparse, then ``validate``."""
         section = dict(section or {})
         values: dict[str, Any] = {}
         preset = section.pop("preset", None)
@@ -56,7 +59,13 @@ class SectionConfig:
             raise ConfigError(f"unknown key(s) {unknown} in config section {cls.SECTION!r}; valid keys: "
                               f"{sorted(names | ({'preset'} if cls.PRESETS else set()))}")
         values.update(section)
+        return cls.from_parsed(_section_parser(cls).parse_values(cls, values))
+
+    @classmethod
+    def from_parsed(cls: type[C], values: Mapping[str, Any]) -> C:
+        """A section from values jsonargparse has parsed (lists of tuple-typed fields become tuples), validated."""
         types = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k in types}
         for k, v in list(values.items()):
             # YAML gives lists; sequences are stored as tuples so configs stay hashable and printable.
             if isinstance(v, list) and "tuple" in str(types[k]):
@@ -70,6 +79,37 @@ class SectionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(dataclasses.asdict(self))
+
+
+class _SectionParser:
+    """jsonargparse's type checking of one section's values (one parser per section class, built once)."""
+
+    def __init__(self, cls: type) -> None:
+        from jsonargparse import ArgumentParser
+
+        self.parser = ArgumentParser(exit_on_error=False, default_meta=False)
+        self.parser.add_class_arguments(cls, cls.SECTION or "section")
+
+    def parse_values(self, cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+        import argparse
+
+        key = cls.SECTION or "section"
+        try:
+            ns = self.parser.parse_object({key: dict(values)})
+        except argparse.ArgumentError as e:
+            from ..evaluation.cli import one_line
+
+            raise ConfigError(f"config section {key!r}: {one_line(e)}") from e
+        return dict(vars(getattr(ns, key)))
+
+
+_PARSERS: dict[type, _SectionParser] = {}
+
+
+def _section_parser(cls: type) -> _SectionParser:
+    if cls not in _PARSERS:
+        _PARSERS[cls] = _SectionParser(cls)
+    return _PARSERS[cls]
 
 
 def check_levels(name: str, values: Sequence[float], lo: float, hi: float, *, strict_lo: bool = False) -> None:

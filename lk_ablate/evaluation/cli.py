@@ -114,9 +114,13 @@ def parse(parser: Any, argv: Sequence[str]) -> argparse.Namespace:
     try:
         return parser.parse_args(list(argv))
     except argparse.ArgumentError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        msg = "; ".join(dict.fromkeys(lines[:3]))
-        raise ConfigError(f"{msg} (see `{parser.prog} --help`)") from e
+        raise ConfigError(f"{one_line(e)} (see `{parser.prog} --help`)") from e
+
+
+def one_line(e: BaseException) -> str:
+    """jsonargparse's multi-line error as one line: its first distinct lines, joined."""
+    lines = [ln.strip().rstrip(":") for ln in str(e).splitlines() if ln.strip()]
+    return ": ".join(dict.fromkeys(lines[:3]))
 
 
 def config_files(argv: Sequence[str]) -> list[str]:
