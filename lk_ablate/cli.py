@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import LkAblateError
+from .errors import ConfigError, LkAblateError
 
 # Extra subcommands: name -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 # Imported lazily so `lk_ablate fit` never pays for (or depends on) another feature's imports.
@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if from_argv:
             sys.argv[1:] = args
     try:
+        check_yaml_files(args)
         if args[0] in EXTRA_COMMANDS:
             module, func = EXTRA_COMMANDS[args[0]][0].split(":")
             return int(getattr(importlib.import_module(module), func)(args[1:]) or 0)
@@ -66,8 +67,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         ours = _our_error(e)
         if ours is None:
             raise
-        print(f"lk_ablate: error: {ours}", file=sys.stderr)
+        print(f"lk_ablate: error: {_message(ours)}", file=sys.stderr)
         return 2
+
+
+def check_yaml_files(args: Sequence[str]) -> None:
+    """Every YAML file named on the command line parses; a syntax error is one line naming the file and place
+    (jsonargparse reports it without the file name)."""
+    import yaml
+
+    for arg in args:
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        if not value.lower().endswith((".yaml", ".yml")) or not os.path.isfile(value):
+            continue
+        try:
+            with open(value) as f:
+                yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"YAML syntax error in {value}{where}: {problem}") from None
+
+
+def _message(e: LkAblateError) -> str:
+    """The error's own text; a DataLoader worker re-raises it as 'Caught X in DataLoader worker ... Original
+    Traceback ...': keep only the original message (the last traceback line onwards)."""
+    text = str(e)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        name = f"{type(e).__module__}.{type(e).__qualname__}: "
+        if name in text:
+            text = text[text.rindex(name) + len(name):].strip()
+    return text
 
 
 def _stopped_exit_code(e: SystemExit) -> int | None:

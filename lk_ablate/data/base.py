@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models.registry import CROP_MODES, ModelConfig, get_model_config
 from .sampler import ResumableDataLoader, ShardedBatchSampler
 from .seeding import STREAM_SAMPLE, derive_seed, global_seed, seeded_rng
@@ -25,11 +25,25 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int] | int) -> tuple[Any, int]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        image, label = self.base[index]
+        try:
+            image, label = self.base[index]
+        except Exception as e:  # noqa: BLE001 - any decode failure: name the file, never skip it
+            raise DataError(self._unreadable(index, e)) from None
         if self.transform is not None:
             with seeded_rng(derive_seed(self.seed, STREAM_SAMPLE, epoch, index)):
                 image = self.transform(image)
         return image, label
+
+
+    def _unreadable(self, index: int, e: BaseException) -> str:
+        # Skipping would change the batch count (DDP ranks must agree) and break exact resumption: stop, name it.
+        samples = getattr(self.base, "samples", None)
+        path = samples[index][0] if samples is not None else f"sample {index}"
+        root = getattr(self.base, "root", None)
+        check = f"`lk_ablate data check {root}`" if root else "`lk_ablate data check <folder>`"
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        return (f"cannot read image {path} ({reason}); training never skips images (exact resume and DDP batch "
+                f"counts depend on every one): replace or remove it, and run {check} to list every unreadable file")
 
 
 class ClassificationDataModule(L.LightningDataModule):

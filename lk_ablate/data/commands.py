@@ -1,9 +1,11 @@
-"""``lk_ablate data ...``: prepare-imagenet-val (flat official val folder -> class folders) and write-ffcv
-(ImageFolder trees -> .beton files with ffcv-imagenet's parameters)."""
+"""``lk_ablate data ...``: prepare-imagenet-val (flat official val folder -> class folders), write-ffcv
+(ImageFolder trees -> .beton files with ffcv-imagenet's parameters) and check (decode every image of a folder once,
+list the unreadable ones)."""
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from .ffcv_writer import WriterConfig
 
@@ -38,11 +40,46 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--no-verify", action="store_true", help="skip decoding every file before writing")
     w.add_argument("--seed", type=int, default=d.seed, help="which images are stored as JPEG")
     w.add_argument("--overwrite", action="store_true", help="replace existing .beton files")
+
+    c = sub.add_parser("check", help="decode every image of an ImageFolder tree once and list unreadable files",
+                       description="Decode every image under FOLDER/<class>/ (or under each split FOLDER/train, "
+                                   "FOLDER/val, ... when FOLDER holds splits) and list the files that cannot be "
+                                   "read. Training stops at the first unreadable image; fix them all at once with "
+                                   "this list. Exit status 1 when any file is bad.")
+    c.add_argument("folders", nargs="+", metavar="FOLDER", help="dataset root or class-folder tree")
+    c.add_argument("--num-workers", type=int, default=d.num_workers, help="processes (default: all cores)")
     return p
+
+
+def _trees(folder: Path) -> list[Path]:
+    """The class-folder trees of ``folder``: its split folders (train, val, ...) when it holds them, else itself."""
+    splits = [folder / s for s in ("train", "val", "test") if (folder / s).is_dir()]
+    return splits or [folder]
+
+
+def check_folders(folders: list[str], num_workers: int = -1) -> int:
+    """``lk_ablate data check``: one line per unreadable file, a summary per tree; 1 when any file is bad."""
+    from .ffcv_writer import check_files, list_image_folder
+
+    bad = 0
+    for folder in folders:
+        for tree in _trees(Path(folder)):
+            scan = list_image_folder(tree, "image")
+            checked = check_files(scan, WriterConfig(num_workers=num_workers, verify=True), f"decode {tree}",
+                                  allow_all_bad=True)
+            for path, err in checked.skipped:
+                print(f"bad: {path}: {err}")
+            bad += len(checked.skipped)
+            print(f"{tree}: {len(scan.files)} images in {len(scan.classes)} classes, "
+                  f"{len(checked.skipped)} unreadable" + (f", {scan.ignored} non-image files ignored"
+                                                          if scan.ignored else ""))
+    return 1 if bad else 0
 
 
 def cli_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "check":
+        return check_folders(args.folders, args.num_workers)
     if args.command == "prepare-imagenet-val":
         from .imagenet_val import prepare_imagenet_val
 

@@ -115,8 +115,9 @@ def _check_chunk(args: tuple[list[str], bool]) -> list[tuple[int, int, str | Non
     return [_check_file(p, decode) for p in paths]
 
 
-def check_files(scan: FolderScan, cfg: WriterConfig, desc: str) -> FolderScan:
-    """Drop unreadable files (recorded in ``skipped``) and note the largest side, using every core."""
+def check_files(scan: FolderScan, cfg: WriterConfig, desc: str, allow_all_bad: bool = False) -> FolderScan:
+    """Drop unreadable files (recorded in ``skipped``) and note the largest side, using every core.
+    ``allow_all_bad``: return even when no file is readable (``lk_ablate data check`` lists them)."""
     chunks = [scan.files[i:i + 256] for i in range(0, len(scan.files), 256)]
     results: list[tuple[int, int, str | None]] = []
     with ProcessPoolExecutor(cfg.workers()) as pool, tqdm(total=len(scan.files), desc=desc, unit="img") as bar:
@@ -131,7 +132,7 @@ def check_files(scan: FolderScan, cfg: WriterConfig, desc: str) -> FolderScan:
             max_side = max(max_side, w, h)
         else:
             skipped.append((path, err))
-    if not keep_files:
+    if not keep_files and not allow_all_bad:
         raise DataError(f"none of the {len(scan.files)} image files could be read; first error: {skipped[0][1]} "
                         f"({skipped[0][0]})")
     return FolderScan(scan.classes, keep_files, keep_labels, skipped, scan.ignored, max_side)

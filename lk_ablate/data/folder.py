@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import DataError
 from ..models.registry import ModelConfig
@@ -24,7 +25,17 @@ def check_image_folder(path: Path, what: str, hint: str) -> list[str]:
     if not classes:
         raise DataError(f"{what} folder {path} has no class sub-folders\n  expected layout: {path}/<class>/<images>"
                         f"\n  {hint}")
+    empty = [c for c in classes if not _has_image(path / c)]
+    if empty:  # torchvision's ImageFolder would fail later with a traceback
+        raise DataError(f"{what} folder {path}: {len(empty)} class folder(s) hold no image files "
+                        f"({', '.join(IMG_EXTENSIONS)}): {', '.join(str(path / c) for c in empty[:3])}"
+                        f"{' ...' if len(empty) > 3 else ''}; remove them or add their images")
     return classes
+
+
+def _has_image(folder: Path) -> bool:
+    with os.scandir(folder) as it:  # stops at the first image: cheap on ImageNet's 1000 folders
+        return any(e.name.lower().endswith(IMG_EXTENSIONS) and e.is_file() for e in it)
 
 
 class ImageFolderDataModule(ClassificationDataModule):
