@@ -2,6 +2,7 @@
 
 State-dict keys equal timm's ``convnext_*`` (stem.0, stages.i.downsample, stages.i.blocks.j.conv_dw, mlp.fc1,
 head.norm, head.fc, ...); official facebookresearch checkpoints are converted on load (checkpoints.py).
+Implements the model contract (:class:`lk_ablate.models.contract.AblationModel`).
 """
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from timm.layers import DropPath, LayerNorm, LayerNorm2d, Mlp, NormMlpClassifierHead, trunc_normal_
 
 from ..errors import ConfigError
 from .kernels import KernelSpec, stage_kernel_sizes
 from .layers import LargeKernelDWConv
 from .registry import ModelConfig, register_model
+
+StateDict = dict[str, torch.Tensor]
 
 __all__ = ["ConvNeXt", "ConvNeXtBlock", "convnext_tiny", "convnext_demo"]
 
@@ -56,13 +60,22 @@ class ConvNeXtStage(nn.Module):
             ConvNeXtBlock(out_chs, kernel_size, ls_init_value=ls_init_value, drop_path=drop_path_rates[j])
             for j in range(depth)
         ])
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
+        x = self.downsample(x)
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return self.blocks(x)
+        for blk in self.blocks:  # recompute each block in the backward pass instead of keeping its activations
+            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+        return x
 
 
 class ConvNeXt(nn.Module):
     """ConvNeXt whose depthwise kernel is set per stage (``kernel_size``: odd int or list of 4)."""
+
+    model_config: ModelConfig | None = None  # set by create_model
+    model_name: str | None = None
 
     def __init__(self, kernel_size: KernelSpec = 7, depths: Sequence[int] = (3, 3, 9, 3),
                  dims: Sequence[int] = (96, 192, 384, 768), num_classes: int = 1000, in_chans: int = 3,
@@ -103,12 +116,54 @@ class ConvNeXt(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
+    # --- lk_ablate model contract (contract.AblationModel) ---------------------------------------
     def blocks(self) -> list[nn.Module]:
-        """The residual blocks in order (one ConvNeXt block each), for lesion studies."""
+        """The residual units in forward order: one ConvNeXt block each (18 for ConvNeXt-T)."""
         return [b for s in self.stages for b in s.blocks]
 
-    @staticmethod
-    def convert_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def block_stages(self) -> list[int]:
+        """The stage index of each of ``blocks()``."""
+        return [i for i, s in enumerate(self.stages) for _ in s.blocks]
+
+    def large_kernel_convs(self) -> list[LargeKernelDWConv]:
+        """The ablated depthwise convs in forward order (each block's ``conv_dw``)."""
+        return [b.conv_dw for b in self.blocks()]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass (torch.utils.checkpoint) to save activation memory."""
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @property
+    def num_layer_decay_ids(self) -> int:
+        """Number of layer-decay groups: 14 for a 27-block third stage (as the official code), 8 for ConvNeXt-T."""
+        return self._third_stage_last_id() + 3
+
+    def layer_decay_id(self, param_name: str) -> int:
+        """The fine-tuning layer-decay group of a parameter (official ``get_num_layer_for_convnext``, our keys).
+
+        stem 0; stage 0 1; stage 1 (and its downsample) 2; stage 2 (its downsample with the first group) in groups
+        of 3 blocks from 3; stage 3 (and its downsample) next; head last. The official function hard-codes the
+        (3, 3, 27, 3) depths (stage 3 is group 12 whatever the depth); the groups here follow the third stage's
+        depth, so they are the official ones for 27 blocks and contiguous for ConvNeXt-T's 9 (8 groups, not
+        ids 0-5 then 12-13).
+        """
+        parts = param_name.split(".")
+        last2 = self._third_stage_last_id()
+        if parts[0] == "stem":
+            return 0
+        if parts[0] == "stages":
+            stage = int(parts[1])
+            block = int(parts[3]) if parts[2] == "blocks" else 0  # downsample: with the stage's first group
+            return stage + 1 if stage < 2 else (3 + block // 3 if stage == 2 else last2 + 1)
+        return last2 + 2  # norm_pre, head
+
+    def _third_stage_last_id(self) -> int:
+        if len(self.stages) != 4:
+            raise ConfigError("the official layer-decay groups are defined for 4 stages")
+        return 3 + (len(self.stages[2].blocks) - 1) // 3
+
+    def convert_state_dict(self, sd: StateDict) -> StateDict:
         """Rename official facebookresearch/ConvNeXt keys to ours (timm's); other layouts pass through."""
         if "downsample_layers.0.0.weight" not in sd:
             return sd

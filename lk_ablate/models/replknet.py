@@ -9,6 +9,8 @@ Forms (``deploy``): ``False`` is the training form; ``True`` / ``"kernels"`` is 
 re-parameterization (``lkb_origin`` + ``small_conv`` and their BNs merged into ``large_kernel.lkb_reparam``);
 ``"full"`` additionally folds every BatchNorm into its neighbouring conv / linear layer (no BN left). See
 :mod:`lk_ablate.models.reparam` for the arithmetic and the ``lk_ablate reparam`` command.
+Implements the model contract (:class:`lk_ablate.models.contract.AblationModel`); a residual unit is one
+(RepLKBlock, ConvFFN) pair.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch.utils.checkpoint
 from timm.layers import DropPath
 
 from ..errors import ConfigError, DataError
+from .contract import ResidualUnit
 from .kernels import KernelSpec, stage_kernel_sizes
 from .layers import LargeKernelDWConv
 from .registry import ModelConfig, register_model
@@ -142,7 +145,12 @@ class ConvFFN(nn.Module):
 
 
 class RepLKNetStage(nn.Module):
-    """``depth`` (RepLKBlock, ConvFFN) pairs in one ModuleList; both blocks of a pair share a drop-path rate."""
+    """``depth`` (RepLKBlock, ConvFFN) pairs in one ModuleList; both blocks of a pair share a drop-path rate.
+
+    ``blocks`` holds the parameters (the official keys ``blocks.2i`` / ``blocks.2i+1``); the forward runs the
+    pairs through ``units``, unregistered :class:`ResidualUnit` views of them, so that a unit's hooks fire and a
+    unit whose ``forward`` is shadowed (lesion study) is bypassed whole.
+    """
 
     def __init__(self, channels: int, depth: int, kernel_size: int, drop_path_rates: Sequence[float],
                  small_kernel: int | None, dw_ratio: float = 1.0, ffn_ratio: float = 4.0, form: str = "train") -> None:
@@ -153,15 +161,17 @@ class RepLKNetStage(nn.Module):
                                      drop_path_rates[i], form=form))
             blocks.append(ConvFFN(channels, int(channels * ffn_ratio), drop_path_rates[i], form=form))
         self.blocks = nn.ModuleList(blocks)
+        # A plain tuple attribute: nn.Module does not register it, so state-dict keys and parameters are unchanged.
+        self.units = tuple(ResidualUnit(blocks[i], blocks[i + 1]) for i in range(0, len(blocks), 2))
         self.norm = nn.Identity()  # the official BN here exists only for XL's downstream (detection) heads
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for blk in self.blocks:
+        for unit in self.units:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(unit, x, use_reentrant=False)
             else:
-                x = blk(x)
+                x = unit(x)
         return x
 
 
@@ -172,6 +182,9 @@ class RepLKNet(nn.Module):
     or None. ``deploy``: False (training form), True / "kernels" (official re-parameterized form) or "full".
     Plain BatchNorm everywhere; SyncBatchNorm comes from Lightning's ``trainer.sync_batchnorm``.
     """
+
+    model_config: ModelConfig | None = None  # set by create_model
+    model_name: str | None = None
 
     def __init__(self, kernel_size: KernelSpec = (31, 29, 27, 13), layers: Sequence[int] = (2, 2, 18, 2),
                  channels: Sequence[int] = (128, 256, 512, 1024), small_kernel: int | None = 5,
@@ -233,13 +246,18 @@ class RepLKNet(nn.Module):
         if grad_checkpointing:
             self.set_grad_checkpointing(True)
 
-    # --- lk_ablate model interface -----------------------------------------------------------------
-    def blocks(self) -> list[tuple[RepLKBlock, ConvFFN]]:
-        """The residual units in order: (RepLKBlock, ConvFFN) pairs, 24 for the 31B/31L/XL depths.
+    # --- lk_ablate model contract (contract.AblationModel) -------------------------------------------
+    def blocks(self) -> list[nn.Module]:
+        """The residual units in forward order: one :class:`ResidualUnit` per (RepLKBlock, ConvFFN) pair, 24 for
+        the 31B/31L/XL depths; ``unit[0]`` is the RepLKBlock, ``unit[1]`` the ConvFFN (``contract.unit_parts``).
 
-        Both members are residual (``x + f(x)``); removing a unit means bypassing both.
+        Both members are residual (``x + f(x)``); the stage's forward calls the unit, so bypassing it bypasses both.
         """
-        return [(s.blocks[i], s.blocks[i + 1]) for s in self.stages for i in range(0, len(s.blocks), 2)]
+        return [u for s in self.stages for u in s.units]
+
+    def block_stages(self) -> list[int]:
+        """The stage index of each of ``blocks()``."""
+        return [i for i, s in enumerate(self.stages) for _ in s.units]
 
     def large_kernel_convs(self) -> list[LargeKernelDWConv]:
         """The ablated large depthwise convs in order (``lkb_origin.conv`` or ``lkb_reparam``)."""
