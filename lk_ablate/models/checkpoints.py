@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from ..base.safe_load import load_torch_file
 from ..errors import DataError
+from .contract import AblationModel
 
 
 def unwrap_state_dict(obj: Mapping[str, Any], prefer_ema: bool = False) -> dict[str, torch.Tensor]:
@@ -69,16 +70,15 @@ def load_timm_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool =
 
 def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], strict: bool = True,
                     prefer_ema: bool = False, drop_head: bool = False) -> nn.Module:
-    """Load weights into ``model``; foreign key names are converted by ``model.convert_state_dict`` when defined.
+    """Load weights into ``model``; a contract model converts foreign keys/forms (``model.convert_state_dict``).
 
     ``drop_head``: fine-tuning to a new number of classes: classifier weights (``model.get_classifier()``)
     whose shape differs are left at their initialisation; every other key must still match exactly.
     """
     obj = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
     sd = unwrap_state_dict(obj, prefer_ema=prefer_ema)
-    convert = getattr(model, "convert_state_dict", None)
-    if convert is not None:
-        sd = convert(sd)
+    if isinstance(model, AblationModel):
+        sd = model.convert_state_dict(sd)
     own = model.state_dict()
     kept_head: list[str] = []
     if drop_head:

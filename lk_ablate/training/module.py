@@ -17,6 +17,7 @@ from ..data.seeding import STREAM_STEP, derive_seed, global_seed, seeded_rng
 from ..errors import ConfigError
 from ..models.checkpoints import load_checkpoint
 from ..models.compile import check_compile_options, compile_model, is_compiled
+from ..models.contract import AblationModel
 from ..models.layers import set_module_impl
 from ..models.registry import ModelConfig, create_model
 from .schedule import scaled_lr, warmup_cosine_factor
@@ -164,8 +165,9 @@ class ImageClassifier(L.LightningModule):
         hp = self.hparams
         if hp.layer_decay is None:
             return param_groups_weight_decay(self.model, hp.weight_decay)
-        if not hasattr(self.model, "layer_decay_id"):
-            raise ConfigError(f"model.layer_decay needs a model with layer ids; {hp.model_name} has none")
+        if not isinstance(self.model, AblationModel):
+            raise ConfigError(f"model.layer_decay needs a model with layer ids (the model contract); "
+                              f"{hp.model_name} has none")
         n_ids = self.model.num_layer_decay_ids
         groups: dict[tuple[int, bool], dict[str, Any]] = {}
         for name, p in self.model.named_parameters():
