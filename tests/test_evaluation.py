@@ -12,11 +12,13 @@ from lk_ablate.errors import ConfigError, DataError
 from lk_ablate.evaluation import ModelOptions, load_for_eval, weight_sets
 
 
-def test_robustness_and_analyze_feed_the_model_the_same_tensors(tmp_path, recorded):  # noqa: F811
+@pytest.mark.parametrize("channels_last", ["null", "true"])  # as trained (contiguous here), and channels_last
+def test_robustness_and_analyze_feed_the_model_the_same_tensors(tmp_path, recorded, channels_last):  # noqa: F811
     random_tree(tmp_path / "val", imagenet_wnids(), size=(41, 37), seed=5)  # 1000 classes, one image each
     ckpt = _demo_ckpt(tmp_path / "run.ckpt")
     common = ["--model.ckpt", str(ckpt), "--model.weights", "ema", "--data.imagenet_val", str(tmp_path / "val"),
-              "--data.batch_size", "50", "--data.num_workers", "0", "--device", "cpu"]
+              "--data.batch_size", "50", "--data.num_workers", "0", "--device", "cpu",
+              "--model.channels_last", channels_last]
     assert main(["robustness", *common, "--results", str(tmp_path / "r.json")]) == 0
     n_rob = len(recorded)
     assert n_rob == 20  # 1000 images in batches of 50, EMA weights only
@@ -79,3 +81,15 @@ def test_ffcv_val_crop_keeps_what_the_eval_transform_keeps(name):
         assert int(val_crop_ratio(cfg) * short) == math.floor(s * short / r)
     if name == "replknet_xl":  # 320 / 365, no longer crop_pct 0.875 (a 500 px side: 438 px kept, not 437)
         assert int(val_crop_ratio(cfg) * 500) == 438 and int(cfg.crop_pct * 500) == 437
+
+
+def test_compile_option_compiles_every_weight_set(tmp_path, monkeypatch):
+    import lk_ablate.models.compile as compile_mod
+
+    calls = []
+    monkeypatch.setattr(compile_mod, "compile_model", lambda m, mode=None: calls.append((m, mode)) or m)
+    ckpt = _demo_ckpt(tmp_path / "run.ckpt")
+    em = load_for_eval(ModelOptions(ckpt=str(ckpt), weights="both", compile=True, compile_mode="max-autotune"))
+    assert calls == [(em.models["raw"], "max-autotune"), (em.models["ema"], "max-autotune")]
+    with pytest.raises(ConfigError, match="compile_mode must be one of"):
+        load_for_eval(ModelOptions(ckpt=str(ckpt), compile=True, compile_mode="fastest"))

@@ -152,7 +152,8 @@ def test_robustness_preset_paper_end_to_end(tmp_path, a_tree, recorded):
     common = ["--model.ckpt", str(ckpt), "--model.weights", "raw", "--data.imagenet_a", str(root),
               "--data.num_workers", "0", "--data.batch_size", "200", "--device", "cpu"]
     assert main(["robustness", *common, "--results", str(tmp_path / "model.json")]) == 0
-    assert main(["robustness", "--preset", "paper", *common, "--results", str(tmp_path / "paper.json")]) == 0
+    assert main(["robustness", "--preset", "paper", *common, "--results", str(tmp_path / "paper.json"),
+                 "--data.on_bad_image", "skip"]) == 0
     (_, x_model, _), (_, x_paper, _) = recorded
     # convnext_demo: 32 px, crop_pct 1.0, bilinear, its own mean/std; paper: 36/32 bilinear, ImageNet mean/std
     cfg = get_model_config("convnext_demo")
@@ -162,6 +163,7 @@ def test_robustness_preset_paper_end_to_end(tmp_path, a_tree, recorded):
     assert torch.equal(x_model, oracle(files, own)) and torch.equal(x_paper, oracle(files, paper))
     m, p = read_results(tmp_path / "model.json"), read_results(tmp_path / "paper.json")
     assert m["settings"]["protocol"] == "model" and p["settings"]["protocol"] == "paper"
+    assert (m["settings"]["scoring"]["on_bad_image"], p["settings"]["scoring"]["on_bad_image"]) == ("error", "skip")
     assert p["weights"]["raw"]["imagenet_a"]["n"] == 200
 
 
