@@ -52,6 +52,8 @@ def base_parser(prog: str, description: str, default_weights: str = "auto") -> A
     --device."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
+    description += ("\n\n--preset NAME loads a preset shipped with lk_ablate (paper: the paper's settings and "
+                    "protocol paper) before any --config file and option.")
     p = ArgumentParser(prog=prog, description=description, exit_on_error=False, default_meta=False)
     p.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options (stacked in order)")
     p.add_argument("--protocol", type=Protocol, default="model",
