@@ -130,18 +130,19 @@ def feature_points(model: nn.Module, drop_final_block: bool = False) -> list[Poi
     out = lambda mods: [(names.get(id(m), "?"), m, "out") for m in mods]  # noqa: E731
     if callable(getattr(model, "blocks", None)) and not isinstance(model.blocks, nn.Module):
         # lk_ablate models: stem, residual blocks (pairs split), downsample / transition layers, in forward order.
-        units = model.blocks()
+        from .lesion import unit_members
+
+        units = [unit_members(model, u) for u in model.blocks()]
         mods = _stem_units(getattr(model, "stem", None))
         for unit in units:
-            mods += list(unit) if isinstance(unit, (tuple, list)) else [unit]
+            mods += list(unit)
         for name, m in model.named_modules():
             if name.endswith(".downsample") and not isinstance(m, nn.Identity):
                 mods.append(m)
         for t in getattr(model, "transitions", []) or []:
             mods += list(t) if isinstance(t, nn.Sequential) else [t]
         if drop_final_block and units:
-            last = units[-1][-1] if isinstance(units[-1], (tuple, list)) else units[-1]
-            mods = [m for m in mods if m is not last]
+            mods = [m for m in mods if m is not units[-1][-1]]
         return out(mods)
     if _is_vit(model):
         points: list[Point] = [("pos_embed", model.pos_drop, "out")]

@@ -69,8 +69,14 @@ def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
 
 
 def unit_stages(model: nn.Module, units: Sequence[Unit]) -> list[int] | None:
-    """The stage index of every unit (the ``stages[i]`` module, or ResNet ``layer{i+1}``, holding it), or None
-    for a model without stages."""
+    """The stage index of every unit (the model's ``block_stages()`` where it has one; else the ``stages[i]``
+    module, or ResNet ``layer{i+1}``, holding it), or None for a model without stages."""
+    declared = getattr(model, "block_stages", None)
+    if callable(declared) and not isinstance(declared, nn.Module):
+        found = list(declared())
+        if len(found) != len(units):
+            raise ConfigError(f"{type(model).__name__}.block_stages() lists {len(found)} units, blocks() {len(units)}")
+        return found
     stages = getattr(model, "stages", None)
     if isinstance(stages, (nn.ModuleList, nn.Sequential)):
         containers = list(stages)
@@ -81,15 +87,26 @@ def unit_stages(model: nn.Module, units: Sequence[Unit]) -> list[int] | None:
     owner = {id(m): i for i, c in enumerate(containers) for m in c.modules()}
     found = [owner.get(id(u[0])) for u in units]
     if any(s is None for s in found):
-        return None
+        raise ConfigError(f"cannot tell the stage of every residual unit of {type(model).__name__}; give "
+                          "lesion.candidates (unit indices) instead of lesion.candidate_stages")
     return found
+
+
+def unit_members(model: nn.Module, unit: Any) -> Unit:
+    """The modules the model's forward calls for one unit of ``blocks()``: a tuple / list's members, or the members
+    of a Sequential view the model does not own (a RepLKNet (RepLKBlock, ConvFFN) pair), else the unit itself."""
+    if isinstance(unit, (tuple, list)):
+        return tuple(unit)
+    if isinstance(unit, nn.Sequential) and not any(m is unit for m in model.modules()):
+        return tuple(unit)
+    return (unit,)
 
 
 def residual_units(model: nn.Module) -> list[Unit]:
     """The model's removable residual units in forward order."""
     blocks = getattr(model, "blocks", None)
     if callable(blocks) and not isinstance(blocks, nn.Module):
-        return [tuple(u) if isinstance(u, (tuple, list)) else (u,) for u in blocks()]
+        return [unit_members(model, u) for u in blocks()]
     if hasattr(model, "stages") and all(hasattr(s, "blocks") for s in model.stages):
         return [(b,) for s in model.stages for b in s.blocks]
     if isinstance(blocks, nn.Sequential):
