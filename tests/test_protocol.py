@@ -165,6 +165,10 @@ def test_robustness_preset_paper_end_to_end(tmp_path, a_tree, recorded):
     assert m["settings"]["protocol"] == "model" and p["settings"]["protocol"] == "paper"
     assert (m["settings"]["scoring"]["on_bad_image"], p["settings"]["scoring"]["on_bad_image"]) == ("error", "skip")
     assert p["weights"]["raw"]["imagenet_a"]["n"] == 200
+    from lk_ablate.robustness.results import flatten_metrics  # W&B / logger keys: never the same for two protocols
+
+    assert "robust/imagenet_a/top1" in flatten_metrics(m)
+    assert {k.split("/")[1] for k in flatten_metrics(p)} == {"imagenet_a@paper"}
 
 
 def test_analyze_protocol_paper_reads_each_analysis_transform(tmp_path, recorded):

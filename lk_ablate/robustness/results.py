@@ -241,19 +241,22 @@ def update_results(path: str | os.PathLike, key: str, value: Any) -> dict[str, A
 def flatten_metrics(results: Mapping[str, Any], prefix: str = "robust") -> dict[str, float]:
     """Scalar metrics as ``<prefix>/<benchmark>/<metric>``; EMA weights get the suffix ``_ema``.
 
-    ImageNet-C cells become ``top1_<corruption>_<severity>``.
+    ImageNet-C cells become ``top1_<corruption>_<severity>``. Benchmarks scored under a protocol other than
+    ``model`` are named ``<benchmark>@<protocol>`` (never logged under the same key as the model protocol's).
     """
     out: dict[str, float] = {}
+    protocol = (results.get("settings") or {}).get("protocol") or "model"
     for w, benches in results["weights"].items():
         suffix = "_ema" if w == "ema" else ""
-        for bench, m in benches.items():
+        for name, m in benches.items():
             if not m:
                 continue
+            bench = name if protocol == "model" else f"{name}@{protocol}"
             for k, v in m.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _COUNT_KEYS \
                         and not k.startswith("correct"):
                     out[f"{prefix}/{bench}/{k}{suffix}"] = float(v)
-            if bench == "imagenet_c":
+            if name == "imagenet_c":
                 for c, by_sev in m["top1"].items():
                     for s, v in by_sev.items():
                         out[f"{prefix}/{bench}/top1_{c}_{s}{suffix}"] = float(v)
