@@ -294,3 +294,17 @@ def test_report_keeps_protocols_apart(tmp_path):
     names = {p.relative_to(tmp_path / "report").as_posix() for p in out["plots"]}
     assert {"analysis_fgsm.png", "protocol_paper/analysis_fgsm.png"} <= names
     assert "IN-A [paper] top-1" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_callback_takes_the_protocol():
+    from lk_ablate.errors import ConfigError
+    from lk_ablate.robustness import RobustnessEvaluation
+    from lk_ablate.robustness.callback import settings_for
+
+    cb = RobustnessEvaluation(imagenet_a="/a", protocol="paper")
+    benches = build_benchmarks(**cb.benchmark_kwargs())
+    assert {p.protocol for b in benches for p in b.parts} == {"paper"}
+    assert settings_for(benches)["protocol"] == "paper"
+    assert settings_for(build_benchmarks(imagenet_a="/a"))["protocol"] == "model"
+    with pytest.raises(ConfigError, match="protocol must be one of model, paper"):
+        RobustnessEvaluation(imagenet_a="/a", protocol="hendrycks")
