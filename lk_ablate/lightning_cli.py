@@ -5,6 +5,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Optional, Union
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -25,6 +26,8 @@ for _message in (r".*The `srun` command is available on your system but is not u
                  r".*module\(s\) in eval mode at the start of training.*"):
     warnings.filterwarnings("ignore", message=_message)
 
+INT_OR_FRACTION = {f"trainer.limit_{s}_batches" for s in ("train", "val", "test", "predict")}
+
 TRAINER_DEFAULTS = {
     "default_root_dir": "checkpoints",
     # Our DataModules shard by rank themselves (no duplicates in evaluation); Lightning must not re-wrap them.
@@ -34,6 +37,11 @@ TRAINER_DEFAULTS = {
 
 class LkAblateCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Trainer's limit_*_batches are typed Union[float, int]: jsonargparse tries float first, so `1` (one batch)
+        # became 1.0 (all batches). int first keeps YAML's and the command line's distinction.
+        for action in parser._actions:
+            if action.dest in INT_OR_FRACTION and hasattr(action, "_typehint"):
+                action._typehint = Optional[Union[int, float]]
         # ModelCheckpoint whose every_n_train_steps refreshes last.ckpt only (top-k after validation), see preemption.py
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({

@@ -23,6 +23,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -92,6 +93,54 @@ class ResumableCheckpoint(ModelCheckpoint):
     def _save_last_if_unsaved(self, trainer: L.Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Top-k files this callback does not track: written by a start that was killed before its next last.ckpt
+        # (so the resumed run rolled back past them), or between saving a new best and deleting the old one.
+        # A resumed run owns the folder (lease) and removes them; a fresh start only names them.
+        super().on_train_start(trainer, pl_module)
+        if not trainer.is_global_zero or self.monitor is None or self.save_top_k < 0 or not self.dirpath:
+            return
+        stale = self.untracked_top_k(trainer)
+        if not stale:
+            return
+        if trainer.ckpt_path:
+            for path in stale:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            rank_zero_info(f"removed {len(stale)} top-k checkpoint(s) the resumed state does not track (left by a "
+                           f"killed start): {', '.join(os.path.basename(p) for p in stale)}")
+        else:
+            rank_zero_warn(f"{self.dirpath} holds {len(stale)} top-k checkpoint(s) of an earlier run "
+                           f"({', '.join(os.path.basename(p) for p in stale[:3])}{' ...' if len(stale) > 3 else ''}): "
+                           "this run's save_top_k does not count them; move them away or use another "
+                           "checkpoint.dirpath")
+
+    def untracked_top_k(self, trainer: L.Trainer) -> list[str]:
+        """Files in the folder named by this callback's ``filename`` template that no ModelCheckpoint tracks."""
+        template = self.filename or "{epoch}-{step}"
+        if self.auto_insert_metric_name:
+            template = re.sub(r"\{([^}:]+)(:[^}]*)?\}", lambda m: f"{m[1]}{self.CHECKPOINT_EQUALS_CHAR}{m[0]}",
+                              template)
+        pattern, pos = "", 0
+        for m in re.finditer(r"\{([^}:]+)(?::([^}]*))?\}", template):
+            pattern += re.escape(template[pos:m.start()])
+            pattern += r"-?\d+" if (m[2] or "").endswith("d") or m[1] in ("epoch", "step") else \
+                r"[-+0-9.eEnaif]+"
+            pos = m.end()
+        pattern += re.escape(template[pos:])
+        rx = re.compile(rf"^{pattern}(-v\d+)?{re.escape(self.FILE_EXTENSION)}$")
+        tracked = set()
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint):
+                tracked |= {os.path.abspath(p) for p in (*cb.best_k_models, cb.best_model_path, cb.last_model_path)
+                            if p}
+        folder = os.fspath(self.dirpath)
+        if not os.path.isdir(folder):
+            return []
+        return sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                      if rx.match(n) and not n.startswith(self.CHECKPOINT_NAME_LAST or "last")
+                      and os.path.abspath(os.path.join(folder, n)) not in tracked)
 
 
 # --- resumption --------------------------------------------------------------------------------------------------
