@@ -94,10 +94,11 @@ class _FixedClassFolder(ImageFolder):
 
 # `protocol: paper`, the benchmark authors' evaluation scripts, for every model:
 # - ImageNet-A, hendrycks/natural-adv-examples eval.py:16-20 (commit 2f866f5), ImageNet-R and its ImageNet-200
-#   val images, hendrycks/imagenet-r eval.py:27-31 (44d3a1d), clean val, hendrycks/robustness ImageNet-C/test.py
-#   (29b1753, `clean_loader`): Resize(256) (torchvision's default, bilinear), CenterCrop(224), ToTensor,
+#   val images, hendrycks/imagenet-r eval.py:27-31 (44d3a1d), clean val, hendrycks/robustness ImageNet-C/test.py:209-211
+#   (8190fe3, `clean_loader`): Resize(256) (torchvision's default, bilinear), CenterCrop(224), ToTensor,
 #   Normalize(ImageNet mean, std). ImageNet-O is scored with the same transform (natural-adv-examples).
-# - ImageNet-C, ImageNet-C/test.py `show_performance`: CenterCrop(224), ToTensor, Normalize(ImageNet); no resize.
+# - ImageNet-C, ImageNet-C/test.py:244 (`show_performance`): CenterCrop(224), ToTensor, Normalize(ImageNet); no
+#   resize.
 # A model whose input is not 224 px (RepLKNet-31L and the 384 px fine-tunes; XL at 320) gets the same recipe at
 # its own size: resize to floor(S * 256 / 224), centre crop S, bilinear, ImageNet mean/std (the paper scored 31L
 # at 384, but no released script says how: this scaling is the project's choice). ImageNet-C's 224 px images are
