@@ -93,10 +93,11 @@ class _FixedClassFolder(ImageFolder):
 
 
 # `protocol: paper`, the benchmark authors' evaluation scripts, for every model:
-# - ImageNet-A, hendrycks/natural-adv-examples eval.py:16-20 (commit 2f866f5), ImageNet-R and its ImageNet-200
-#   val images, hendrycks/imagenet-r eval.py:27-31 (44d3a1d), clean val, hendrycks/robustness ImageNet-C/test.py:209-211
+# - ImageNet-A, hendrycks/natural-adv-examples eval.py:16-20 (commit 0777070), ImageNet-O and its val images,
+#   eval_many_models.py:31 (0777070), ImageNet-R and its ImageNet-200 val images, hendrycks/imagenet-r
+#   eval.py:27-31 (3131cac), clean val, hendrycks/robustness ImageNet-C/test.py:209-211
 #   (8190fe3, `clean_loader`): Resize(256) (torchvision's default, bilinear), CenterCrop(224), ToTensor,
-#   Normalize(ImageNet mean, std). ImageNet-O is scored with the same transform (natural-adv-examples).
+#   Normalize(ImageNet mean, std).
 # - ImageNet-C, ImageNet-C/test.py:244 (`show_performance`): CenterCrop(224), ToTensor, Normalize(ImageNet); no
 #   resize.
 # A model whose input is not 224 px (RepLKNet-31L and the 384 px fine-tunes; XL at 320) gets the same recipe at
