@@ -319,7 +319,8 @@ class ScoringInputs:
 
     ``x``: float32 (n, 3, H, W) on ``device``, normalised there (channels_last on CUDA, where convolutions
     prefer it and the normalisation is free; contiguous on the CPU, see ``normalize_nhwc``); ``index``: the images' positions
-    in ``self.data`` (labels, parts). Batches are ``ShardBatches``; bad images follow ``on_bad_image``: "error"
+    in ``self.data`` (labels, parts). ``x`` lives in a float buffer that the next batch reuses: clone what you
+    keep. Batches are ``ShardBatches``; bad images follow ``on_bad_image``: "error"
     raises ``BadImage`` at the first one, "skip" drops them from the batch and appends (position, path) to
     ``skipped``.
     """
