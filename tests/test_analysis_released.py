@@ -218,6 +218,12 @@ def test_paper_lesion_on_replknet_31b_is_range_4_22_and_vit_keeps_every_block():
     vit = timm.create_model("vit_base_patch16_224", pretrained=False, depth=3, embed_dim=32, num_heads=2,
                             img_size=32, num_classes=10).eval()
     assert unit_stages(vit, residual_units(vit)) is None  # no stages: every block is a candidate
+    from lk_ablate.analysis.lesion import LesionConfig
+    from lk_ablate.analysis.lesion import run as run_lesion
+
+    cfg = LesionConfig.from_dict({**PAPER["lesion"], "ns": [1], "samples": 2})
+    res = run_lesion(vit, cfg, [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))])
+    assert res["candidates"] == [0, 1, 2]  # as the released evaluate_lession_vit: any block
 
 
 # --- TAIG (adversarial_attack/TAIG/TAIG_attack.py, TAIG_test.py) ---------------------------------------------
