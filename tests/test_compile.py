@@ -328,3 +328,34 @@ def test_gpu_bench_runs_on_cpu(tmp_path, monkeypatch, capsys) -> None:
     assert out.count("| convnext_tiny | 7 | infer |") == 2 and "| compiled |" in out
     assert "PASS: ConvNeXt-T k7 infer" in out or "FAIL: ConvNeXt-T k7 infer" in out
     assert (tmp_path / "gpu_bench.md").read_text().strip() in out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_inductor_matches_eager() -> None:
+    """On the GPU: inductor with every implementation mixed in one small ConvNeXt, channels_last: float32 (TF32 off)
+    within 1e-5 of eager; under bf16 autocast one graph, no breaks, and the same logits as eager bf16 within 1e-2."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        torch.manual_seed(0)
+        model = _tiny_convnext().cuda().to(memory_format=torch.channels_last).train()
+        assign(model, "cycle")
+        x = torch.randn(4, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+        y = torch.arange(4, device="cuda") % 10
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            explained = torch._dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0 and explained.graph_count == 1
+        torch._dynamo.reset()
+        ref = _loss_and_grads(model, x, y, seed=5)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            ref_bf16 = _loss_and_grads(model, x, y, seed=5)
+        compile_model(model)
+        got = _loss_and_grads(model, x, y, seed=5)
+        for what, a, b in zip(("logits", "grads"), got, ref):
+            assert rel(a, b) < TOL, (what, rel(a, b))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got_bf16 = _loss_and_grads(model, x, y, seed=5)
+        assert rel(got_bf16[0], ref_bf16[0]) < 1e-2
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
