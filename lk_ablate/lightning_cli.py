@@ -5,7 +5,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -105,6 +105,10 @@ class LkAblateCLI(LightningCLI):
 
     before_validate = before_test = before_predict = _check_dataset_classes
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
         """The checkpoint decides the architecture, and says so (replaces LightningCLI's silent override).
 
@@ -127,6 +131,7 @@ class LkAblateCLI(LightningCLI):
             return
         given = self.config[sub].get("model")
         defaults = self._parser(sub).get_defaults().get("model")
+        explicit = _explicit_model_keys(getattr(self, "_argv", []))
         differ, taken = [], []
         for key in MODEL_FACTS:
             if key not in hparams:
@@ -134,7 +139,7 @@ class LkAblateCLI(LightningCLI):
             value, default = given.get(key) if given else None, defaults.get(key) if defaults else None
             if same_fact(key, value, hparams[key]):
                 continue
-            if same_fact(key, value, default):
+            if key not in explicit and same_fact(key, value, default):
                 taken.append(f"{key}={hparams[key]!r}")
             else:
                 differ.append(f"{key} {value!r} (checkpoint: {hparams[key]!r})")
@@ -148,6 +153,29 @@ class LkAblateCLI(LightningCLI):
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+
+
+def _explicit_model_keys(argv: Sequence[str]) -> set[str]:
+    """The model options the user set: ``--model.KEY`` arguments and the ``model:`` keys of --config / --model
+    files (a value equal to its default still counts as chosen)."""
+    import yaml
+
+    keys: set[str] = set()
+    for i, arg in enumerate(argv):
+        name, _, inline = arg.partition("=")
+        if name.startswith("--model."):
+            keys.add(name[len("--model."):].split(".")[0])
+        elif name in ("--config", "-c", "--model"):
+            value = inline or (argv[i + 1] if i + 1 < len(argv) else "")
+            try:
+                with open(value) as f:
+                    loaded = yaml.safe_load(f)
+            except (OSError, yaml.YAMLError):
+                continue
+            section = loaded.get("model") if name != "--model" and isinstance(loaded, dict) else loaded
+            if isinstance(section, dict):
+                keys |= set(section.get("init_args", section))
+    return keys
 
 
 def build_cli(args: Sequence[str] | None, run: bool = True) -> LkAblateCLI:
