@@ -185,9 +185,9 @@ def _load_registered(opts: ModelOptions, obj: Any) -> EvalModels:
         raise ConfigError(f"{opts.ckpt} is not an lk_ablate checkpoint: say which registered model it holds with "
                           "--model.name NAME (see lk_ablate.list_models()), or --model.timm NAME for timm weights")
     has_ema = isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping) for k in ("model_ema", "state_dict_ema"))
-    sets = weight_sets(opts.weights, has_ema, f"{opts.ckpt} has no EMA weights ('model_ema' / 'state_dict_ema')")
-    if obj is None:
-        sets = ["raw"]
+    what = f"{opts.ckpt} has no EMA weights ('model_ema' / 'state_dict_ema')" if obj is not None else \
+        f"{opts.name} without --model.ckpt has random weights only"
+    sets = weight_sets(opts.weights, has_ema, what)
 
     def load(m: nn.Module, w: str) -> None:
         if obj is not None:
