@@ -94,6 +94,27 @@ def test_model_input_is_bit_identical_to_the_pil_path(tmp_path, cfg, workers):
         assert torch.equal(seen, ref)
 
 
+def test_worker_slots_are_reused_without_overwriting_a_batch_in_use(tmp_path):
+    """20 batches through 6 shared slots (2 workers), a consumer slower than the workers: every batch the model
+    sees is still the reference batch (a slot reused too early would hold a later batch's images)."""
+    import time
+
+    wnids = benchmark_wnids("a")[:40]
+    photo_tree(tmp_path / "a", wnids, [(40, 36), (36, 44)], odd_formats=False)
+    part = Part("a", str(tmp_path / "a"), tuple(wnids), True)
+
+    class Slow(Recorder):
+        def forward(self, x):
+            time.sleep(0.01)
+            return super().forward(x)
+
+    model = Slow()
+    evaluate({"raw": model}, ORACLE_CONFIG, [Benchmark("a", "masked_top1", (part,))], batch_size=2, num_workers=2)
+    expected = reference_batches(part, ORACLE_CONFIG, 2)
+    assert len(model.seen) == len(expected) == 20
+    assert all(torch.equal(a, b) for a, b in zip(model.seen, expected))
+
+
 def test_imagenet_c_no_resize_is_bit_identical_and_shared_by_ema(tmp_path):
     wnids = imagenet_wnids()[:9]
     # Released ImageNet-C images are all one size; larger ones are centre-cropped like the reference.
