@@ -48,6 +48,7 @@ import torch.nn as nn
 
 from ..data.transforms import EvalSpec
 from ..errors import ConfigError, DataError
+from ..models.contract import AblationModel, unit_parts
 from ..models.registry import ModelConfig
 from .common import SectionConfig, iterate_batches, model_device, new_figure, save_figure, script_eval_spec
 
@@ -128,11 +129,9 @@ def feature_points(model: nn.Module, drop_final_block: bool = False) -> list[Poi
     """
     names = {id(m): n for n, m in model.named_modules()}
     out = lambda mods: [(names.get(id(m), "?"), m, "out") for m in mods]  # noqa: E731
-    if callable(getattr(model, "blocks", None)) and not isinstance(model.blocks, nn.Module):
+    if isinstance(model, AblationModel):
         # lk_ablate models: stem, residual blocks (pairs split), downsample / transition layers, in forward order.
-        from .lesion import unit_members
-
-        units = [unit_members(model, u) for u in model.blocks()]
+        units = [unit_parts(u) for u in model.blocks()]
         mods = _stem_units(getattr(model, "stem", None))
         for unit in units:
             mods += list(unit)

@@ -5,8 +5,8 @@ pair (24 in RepLKNet-31B) removed together, as in the paper's ``evaluate_lession
 n / (all units of the model). The released script (LKRobust ``lession_study/main_lession_replk.py:51-55``) draws
 ``random.sample(range(4, 22), n)`` 10 times: the 18 units of RepLKNet-31B's third stage. ``candidate_stages: [2]``
 (``paper.yaml``) picks the units of the third stage of any model with stages (lk_ablate RepLKNet and ConvNeXt,
-timm ConvNeXt, ResNet ``layer3``), found from the model's ``stages`` modules, not from names; for RepLKNet-31B
-exactly ``range(4, 22)``. For ConvNeXt the third stage is a project choice (no released script); a model without
+timm ConvNeXt, ResNet ``layer3``), found through the model contract (``block_stages()``,
+``lk_ablate.models.contract.unit_stages``), not from names; for RepLKNet-31B exactly ``range(4, 22)``. For ConvNeXt the third stage is a project choice (no released script); a model without
 stages (ViT) keeps every unit as candidate, as the released ``engine.py`` ``evaluate_lession_vit``. The script's
 ``random`` is not seeded, so its draws cannot be reproduced; lk_ablate draws ``random.Random(seed).sample``.
 By default every unit is a candidate.
@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from ..data.transforms import EvalSpec
 from ..errors import ConfigError, DataError
+from ..models import contract
 from ..models.registry import ModelConfig
 from .common import (SectionConfig, accuracy, iterate_batches, model_device, new_figure, save_figure,
                      script_eval_spec)
@@ -68,54 +69,16 @@ def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
     return script_eval_spec(cfg, "bicubic")
 
 
-def unit_stages(model: nn.Module, units: Sequence[Unit]) -> list[int] | None:
-    """The stage index of every unit (the model's ``block_stages()`` where it has one; else the ``stages[i]``
-    module, or ResNet ``layer{i+1}``, holding it), or None for a model without stages."""
-    declared = getattr(model, "block_stages", None)
-    if callable(declared) and not isinstance(declared, nn.Module):
-        found = list(declared())
-        if len(found) != len(units):
-            raise ConfigError(f"{type(model).__name__}.block_stages() lists {len(found)} units, blocks() {len(units)}")
-        return found
-    stages = getattr(model, "stages", None)
-    if isinstance(stages, (nn.ModuleList, nn.Sequential)):
-        containers = list(stages)
-    elif all(hasattr(model, f"layer{i}") for i in range(1, 5)):
-        containers = [getattr(model, f"layer{i}") for i in range(1, 5)]
-    else:
-        return None
-    owner = {id(m): i for i, c in enumerate(containers) for m in c.modules()}
-    found = [owner.get(id(u[0])) for u in units]
-    if any(s is None for s in found):
-        raise ConfigError(f"cannot tell the stage of every residual unit of {type(model).__name__}; give "
-                          "lesion.candidates (unit indices) instead of lesion.candidate_stages")
-    return found
-
-
-def unit_members(model: nn.Module, unit: Any) -> Unit:
-    """The modules the model's forward calls for one unit of ``blocks()``: a tuple / list's members, or the members
-    of a Sequential view the model does not own (a RepLKNet (RepLKBlock, ConvFFN) pair), else the unit itself."""
-    if isinstance(unit, (tuple, list)):
-        return tuple(unit)
-    if isinstance(unit, nn.Sequential) and not any(m is unit for m in model.modules()):
-        return tuple(unit)
-    return (unit,)
+def unit_stages(model: nn.Module, units: Sequence[Unit] | None = None) -> list[int] | None:
+    """The stage index of every residual unit (the model contract's ``block_stages()``; timm ConvNeXt
+    ``stages[i]``, ResNet ``layer{i+1}``), or None for a model without stages (ViT)."""
+    return contract.unit_stages(model)
 
 
 def residual_units(model: nn.Module) -> list[Unit]:
-    """The model's removable residual units in forward order."""
-    blocks = getattr(model, "blocks", None)
-    if callable(blocks) and not isinstance(blocks, nn.Module):
-        return [unit_members(model, u) for u in blocks()]
-    if hasattr(model, "stages") and all(hasattr(s, "blocks") for s in model.stages):
-        return [(b,) for s in model.stages for b in s.blocks]
-    if isinstance(blocks, nn.Sequential):
-        return [(b,) for b in blocks]
-    if all(hasattr(model, f"layer{i}") for i in range(1, 5)):
-        return [(b,) for i in range(1, 5) for b in getattr(model, f"layer{i}")
-                if getattr(b, "downsample", None) is None]
-    raise ConfigError(f"{type(model).__name__} exposes no residual blocks (no blocks() method, stages[*].blocks, "
-                      "blocks or layer1..4)")
+    """The model's removable residual units in forward order, each as the blocks the forward calls (a RepLKNet
+    unit is its (RepLKBlock, ConvFFN) pair)."""
+    return [tuple(contract.unit_parts(u)) for u in contract.units(model)]
 
 
 def _identity(x: Any, *args: Any, **kwargs: Any) -> Any:
