@@ -87,12 +87,13 @@ def test_contract(name: str, kernel: int | None):
 
     # forward: shapes, finite, forward == forward_head(forward_features); every unit runs once, shape-preserving
     x = _input()
-    calls: list[int] = []
-    hooks = [u.register_forward_hook(lambda m, i, o, j=j: calls.append(j) or None) for j, u in enumerate(units(model))]
+    calls: list[tuple[int, bool]] = []
+    hooks = [u.register_forward_hook(lambda m, i, o, j=j: calls.append((j, i[0].shape == o.shape)) or None)
+             for j, u in enumerate(units(model))]
     feats = model.forward_features(x)
     for h in hooks:
         h.remove()
-    assert calls == list(range(sum(depths)))
+    assert calls == [(j, True) for j in range(sum(depths))]
     assert feats.shape == (2, model.num_features, IMG // 32, IMG // 32)
     logits = model.forward_head(feats)
     assert logits.shape == (2, model.num_classes) and model.num_classes == get_model_config(name).num_classes
