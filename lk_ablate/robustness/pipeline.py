@@ -109,6 +109,7 @@ class BatchImages(Dataset):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.part = np.asarray(part_of, dtype=np.int64)
         self.index_in_part = np.asarray(index_in_part, dtype=np.int64)
+        self._ring: SlotRing | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -120,14 +121,10 @@ class BatchImages(Dataset):
         return self._pixels(indices) if self.decode == "cpu" else self._bytes(indices)
 
     # -- decode: cpu ----------------------------------------------------------------------------------------
-    def _expected_size(self, first: torch.Tensor | None) -> tuple[int, int] | None:
-        if self.spec.resize is not None:
-            return self.spec.crop
-        return None if first is None else (int(first.shape[0]), int(first.shape[1]))
-
     def _decode_rows(self, indices: Sequence[int], read: Any) -> tuple[list[tuple[int, torch.Tensor]], list]:
         rows, bad = [], []
-        size = self._expected_size(None)
+        # With a resize every image ends at the crop size; without (ImageNet-C) the batch's first image sets it.
+        size = self.spec.crop if self.spec.resize is not None else None
         for pos, i in enumerate(indices):
             path = self.paths[i]
             try:
@@ -156,7 +153,7 @@ class BatchImages(Dataset):
         rows, bad = self._decode_rows(indices, self._read_pixels)
         h, w = (rows[0][1].shape[:2]) if rows else self.spec.crop
         shape = (len(indices), int(h), int(w), 3)
-        ring = getattr(self, "_ring", None)
+        ring = self._ring
         slot = ring.slot_of(indices) if ring is not None and get_worker_info() is not None else None
         out = ring.view(slot, shape) if slot is not None else _uint8_buffer(shape)
         for pos, hwc in rows:
