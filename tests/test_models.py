@@ -157,6 +157,14 @@ def test_convnext_layer_decay_equals_official_at_27_blocks():
     assert tiny.layer_decay_id("stages.3.downsample.1.weight") == 6 and tiny.layer_decay_id("head.fc.weight") == 7
 
 
+def test_contract_holds_for_any_stage_count():
+    """isinstance must not raise (Python 3.11 evaluates the Protocol's properties) and the groups stay contiguous."""
+    for m in (ConvNeXt(3, depths=(1, 2), dims=(8, 16), num_classes=5),
+              RepLKNet(5, layers=(1, 2), channels=(8, 16), small_kernel=3, num_classes=5)):
+        assert isinstance(m, AblationModel) and m.num_layer_decay_ids == 4
+        assert sorted({m.layer_decay_id(k) for k, _ in m.named_parameters()}) == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("name", ["convnext_demo", "replknet_31b"])
 def test_grad_checkpointing_recomputes_and_gives_equal_gradients(name: str):
     a = _build(name, 13)

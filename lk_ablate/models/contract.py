@@ -11,6 +11,7 @@ transitions are not units.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -20,7 +21,7 @@ from ..errors import ConfigError
 from .layers import LargeKernelDWConv
 from .registry import ModelConfig
 
-__all__ = ["AblationModel", "ResidualUnit", "unit_parts", "unit_stages", "units"]
+__all__ = ["AblationModel", "ResidualUnit", "layer_decay_group_starts", "unit_parts", "unit_stages", "units"]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -67,6 +68,22 @@ class AblationModel(Protocol):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
+
+
+def layer_decay_group_starts(stage_sizes: Sequence[int], per_group: int, deep_stage: int = 2) -> list[int]:
+    """The first layer-decay group of each stage, then the head's group (the BEiT rule of the official ConvNeXt and
+    RepLKNet fine-tuning code).
+
+    The stem is group 0; each stage is one group except ``deep_stage``, cut into groups of ``per_group`` entries
+    of its ``blocks`` (official: 3 ConvNeXt blocks, 4 RepLKNet blocks = 2 pairs). The official functions hard-code
+    the depths they were written for (ConvNeXt 3-3-27-3: stage 3 is group 12 whatever the depth); this follows
+    the real depths, so it equals them at those depths and numbers the groups contiguously at others.
+    """
+    starts, nxt = [], 1
+    for s, n in enumerate(stage_sizes):
+        starts.append(nxt)
+        nxt += -(-n // per_group) if s == deep_stage else 1
+    return starts + [nxt]
 
 
 class ResidualUnit(nn.Sequential):

@@ -14,6 +14,7 @@ import torch.utils.checkpoint
 from timm.layers import DropPath, LayerNorm, LayerNorm2d, Mlp, NormMlpClassifierHead, trunc_normal_
 
 from ..errors import ConfigError
+from .contract import layer_decay_group_starts
 from .kernels import KernelSpec, stage_kernel_sizes
 from .layers import LargeKernelDWConv
 from .registry import ModelConfig, register_model
@@ -137,31 +138,28 @@ class ConvNeXt(nn.Module):
     @property
     def num_layer_decay_ids(self) -> int:
         """Number of layer-decay groups: 14 for a 27-block third stage (as the official code), 8 for ConvNeXt-T."""
-        return self._third_stage_last_id() + 3
+        return self._layer_decay_starts()[-1] + 1
 
     def layer_decay_id(self, param_name: str) -> int:
         """The fine-tuning layer-decay group of a parameter (official ``get_num_layer_for_convnext``, our keys).
 
         stem 0; stage 0 1; stage 1 (and its downsample) 2; stage 2 (its downsample with the first group) in groups
-        of 3 blocks from 3; stage 3 (and its downsample) next; head last. The official function hard-codes the
-        (3, 3, 27, 3) depths (stage 3 is group 12 whatever the depth); the groups here follow the third stage's
-        depth, so they are the official ones for 27 blocks and contiguous for ConvNeXt-T's 9 (8 groups, not
-        ids 0-5 then 12-13).
+        of 3 blocks from 3; stage 3 (and its downsample) next; head last. For ConvNeXt-T's 9-block third stage
+        that is 8 groups, where the official function's hard-coded ids would be 0-5 then 12-13
+        (:func:`~lk_ablate.models.contract.layer_decay_group_starts`).
         """
         parts = param_name.split(".")
-        last2 = self._third_stage_last_id()
+        starts = self._layer_decay_starts()
         if parts[0] == "stem":
             return 0
         if parts[0] == "stages":
             stage = int(parts[1])
             block = int(parts[3]) if parts[2] == "blocks" else 0  # downsample: with the stage's first group
-            return stage + 1 if stage < 2 else (3 + block // 3 if stage == 2 else last2 + 1)
-        return last2 + 2  # norm_pre, head
+            return starts[stage] + (block // 3 if stage == 2 else 0)
+        return starts[-1]  # norm_pre, head
 
-    def _third_stage_last_id(self) -> int:
-        if len(self.stages) != 4:
-            raise ConfigError("the official layer-decay groups are defined for 4 stages")
-        return 3 + (len(self.stages[2].blocks) - 1) // 3
+    def _layer_decay_starts(self) -> list[int]:
+        return layer_decay_group_starts([len(s.blocks) for s in self.stages], per_group=3)
 
     def convert_state_dict(self, sd: StateDict) -> StateDict:
         """Rename official facebookresearch/ConvNeXt keys to ours (timm's); other layouts pass through."""

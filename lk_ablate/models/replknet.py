@@ -22,7 +22,7 @@ import torch.utils.checkpoint
 from timm.layers import DropPath
 
 from ..errors import ConfigError, DataError
-from .contract import ResidualUnit
+from .contract import ResidualUnit, layer_decay_group_starts
 from .kernels import KernelSpec, stage_kernel_sizes
 from .layers import LargeKernelDWConv
 from .registry import ModelConfig, register_model
@@ -277,31 +277,28 @@ class RepLKNet(nn.Module):
     @property
     def num_layer_decay_ids(self) -> int:
         """Number of layer-decay groups: 14 for the (2, 2, 18, 2) variants, as the official optim_factory."""
-        return self._third_stage_last_id() + 3
+        return self._layer_decay_starts()[-1] + 1
 
     def layer_decay_id(self, param_name: str) -> int:
         """The official fine-tuning layer-decay group of a parameter (``get_num_layer_for_replknet``).
 
         stem 0; stage 0 (and transition 0) 1; stage 1 (and transition 1) 2; stage 2 in groups of 4 blocks from 3
         (transition 2 joins the last); stage 3 next; norm and head last. The official lr scale of group i is
-        ``layer_decay ** (num_layer_decay_ids - 1 - i)``.
+        ``layer_decay ** (num_layer_decay_ids - 1 - i)`` (:func:`~lk_ablate.models.contract.layer_decay_group_starts`).
         """
         parts = param_name.split(".")
-        last2 = self._third_stage_last_id()
+        starts = self._layer_decay_starts()
         if parts[0] == "stem":
             return 0
         if parts[0] == "stages":
             stage, block = int(parts[1]), int(parts[3])
-            return stage + 1 if stage < 2 else (3 + block // 4 if stage == 2 else last2 + 1)
-        if parts[0] == "transitions":
-            t = int(parts[1])
-            return t + 1 if t < 2 else last2
-        return last2 + 2
+            return starts[stage] + (block // 4 if stage == 2 else 0)
+        if parts[0] == "transitions":  # with the last group of the stage before it
+            return starts[int(parts[1]) + 1] - 1
+        return starts[-1]
 
-    def _third_stage_last_id(self) -> int:
-        if len(self.stages) != 4:
-            raise ConfigError("the official layer-decay groups are defined for 4 stages")
-        return 3 + (len(self.stages[2].blocks) - 1) // 4
+    def _layer_decay_starts(self) -> list[int]:
+        return layer_decay_group_starts([len(s.blocks) for s in self.stages], per_group=4)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass (the official ``use_checkpoint``) to save memory."""
