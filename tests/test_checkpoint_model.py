@@ -3,7 +3,6 @@ class count stops with one line listing the differences; with no model options i
 checkpoint's model; ``--ckpt_path auto`` skips checkpoints of another model with a warning naming them."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
