@@ -89,6 +89,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def describe(info: dict[str, Any]) -> str:
+    if "host" not in info:
+        return "an unreadable lease file"
     job = f", SLURM job {info['slurm_job_id']} restart {info.get('restart_count', 0)}" if info.get("slurm_job_id") else ""
     age = time.time() - float(info.get("heartbeat", 0))
     return f"host {info.get('host')} pid {info.get('pid')}{job}, heartbeat {age:.0f} s ago"
@@ -145,6 +147,8 @@ def _create(path: str, info: dict[str, Any]) -> bool:
 
 def _dead_or_expired(info: dict[str, Any], timings: Timings) -> str | None:
     """Why the lease ``info`` may be taken over, or None while its holder lives."""
+    if "host" not in info:
+        return "it is unreadable (its writer died while creating it)"
     if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
         if info["pid"] == os.getpid():
             return "held by this process"
@@ -166,6 +170,7 @@ def acquire_lease(folder: str | os.PathLike, timings: Timings | None = None) -> 
     info = {**me, "token": uuid.uuid4().hex, "started": time.time(), "heartbeat": time.time(), "beats": 0}
     deadline = time.monotonic() + timings.wait_s
     announced = False
+    unreadable_since: float | None = None
     while True:
         if _create(path, info):
             # Two contenders that both removed an expired lease: only one O_EXCL create succeeds, but the loser may
@@ -177,8 +182,14 @@ def acquire_lease(folder: str | os.PathLike, timings: Timings | None = None) -> 
         held = read_lease(folder)
         if held is None:
             continue  # released between our create and read
-        if held == {}:  # being written by its creator right now
-            held = {"heartbeat": time.time()}
+        if held == {}:  # being written by its creator right now, or its creator died while writing it
+            unreadable_since = unreadable_since or time.monotonic()
+            if time.monotonic() - unreadable_since < 2.0:
+                time.sleep(0.1)
+                continue
+            held = {"heartbeat": 0.0}
+        else:
+            unreadable_since = None
         why = _dead_or_expired(held, timings)
         if why is not None:
             from lightning.pytorch.utilities import rank_zero_info

@@ -346,6 +346,9 @@ class GracefulStop(L.Callback):
 
         _STOP.update(signal=None, requeued=False)
         self._trainer = trainer
+        if trainer.received_sigterm:  # SIGTERM during set-up: stop after the first optimizer step, not the epoch
+            _STOP["signal"] = signal.SIGTERM
+            self._pending = True
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
