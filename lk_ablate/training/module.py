@@ -112,8 +112,8 @@ class ImageClassifier(L.LightningModule):
     def configure_model(self) -> None:
         """``compile: true``: compile the network and its EMA in place (state-dict keys unchanged, see compile_model).
 
-        Here rather than in __init__: after the EMA's deep copy and the channels-last conversion (setup), inside the
-        launched process (a compiled function cannot be pickled to spawned workers), before DDP wraps the module.
+        Here rather than in __init__: after the EMA's deep copy and the channels-last conversion (setup), inside each
+        launched process (a module pickled to spawned workers loses its compiled call), before DDP wraps the module.
         """
         hp = self.hparams
         if not hp.get("compile", False):
