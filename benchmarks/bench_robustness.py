@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -106,13 +107,20 @@ def _single_rate(inputs: ScoringInputs, batch: int) -> tuple[float, float]:
     return n / (time.perf_counter() - t), n / (time.process_time() - c)
 
 
-def _pipeline_rate(inputs: ScoringInputs) -> float:
-    """What the loader delivers, normalised on the device, with nothing consuming it (worker start-up included)."""
-    t, n = time.perf_counter(), 0
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # loader workers, once the loader has joined them
+    return r.ru_utime + r.ru_stime
+
+
+def _pipeline_rate(inputs: ScoringInputs) -> tuple[float, float]:
+    """What the loader delivers, normalised on the device, with nothing consuming it (worker start-up included):
+    (img/s of wall time, img/s per second of CPU time of this process and its workers together)."""
+    t, c, k, n = time.perf_counter(), time.process_time(), _children_cpu(), 0
     for x, index in inputs:
         n += len(index)
     _sync(inputs.device)
-    return n / (time.perf_counter() - t)
+    wall = time.perf_counter() - t
+    return n / wall, n / (time.process_time() - c + _children_cpu() - k)
 
 
 def _forward_rate(model: torch.nn.Module, size: int, batch: int, device: torch.device, bf16: bool) -> float:
@@ -174,21 +182,26 @@ def bench_scoring(args: argparse.Namespace) -> None:
                 wall, cpu = _single_rate(inputs(bench), args.batch_size)
                 times.setdefault((layout, "single wall"), []).append(wall)
                 times.setdefault((layout, "single"), []).append(cpu)
-                times.setdefault((layout, "pipeline"), []).append(_pipeline_rate(inputs(bench)))
+                rate, per_cpu = _pipeline_rate(inputs(bench))
+                times.setdefault((layout, "pipeline"), []).append(rate)
+                times.setdefault((layout, "pipeline cpu"), []).append(per_cpu)
                 for spec, model in built.items():
                     times.setdefault((layout, spec), []).append(_model_rate(model, bench, args, device))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(_machine(device, args))
-    print(f"{'layout':<7}{'single':>9}{'(wall)':>9}{'bound':>9}{'pipeline':>10}{'pipe/bound':>12}   pipeline/bound "
-          f"per repeat")
+    print(f"{'layout':<7}{'single':>9}{'(wall)':>9}{'bound':>9}{'pipeline':>10}{'pipe/bound':>12}{'CPU eff.':>10}"
+          f"   pipeline/bound per repeat")
     for layout in layouts:
         single, pipe = med[(layout, "single")], med[(layout, "pipeline")]
         ratios = [p / (s * args.workers) for s, p in zip(times[(layout, "single")], times[(layout, "pipeline")])]
         print(f"{layout:<7}{single:>9.0f}{med[(layout, 'single wall')]:>9.0f}{single * args.workers:>9.0f}"
-              f"{pipe:>10.0f}{pipe / (single * args.workers):>12.2f}   " + " ".join(f"{r:.2f}" for r in ratios))
-    print("(img/s; single = one process doing the pipeline's whole per-image work, per second of its CPU time "
-          "(wall: per second of wall time); bound = single x workers; pipeline = delivered by the loader, "
-          "normalised, wall time, worker start included)")
+              f"{pipe:>10.0f}{pipe / (single * args.workers):>12.2f}{med[(layout, 'pipeline cpu')] / single:>10.2f}   "
+              + " ".join(f"{r:.2f}" for r in ratios))
+    print("(img/s. single: one process doing the pipeline's whole per-image work, per second of its CPU time "
+          "(wall: per second of wall time); bound = single x workers; pipeline: delivered by the loader, "
+          "normalised, per second of wall time, worker start included; CPU eff.: single's CPU time per image / "
+          "the pipeline's (main process + workers), 1 = no overhead: on a machine that other work keeps busy "
+          "pipe/bound falls with the share of the cores the pipeline gets, CPU eff. does not)")
     if built:
         print(f"\n{'model':<18}{'forward':>9}{'layout':>8}{'scoring':>9}{'scoring/pipeline':>18}"
               f"{'forward/scoring':>17}")
@@ -327,10 +340,10 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--models", nargs="+", default=None,
                    help="name[:kernel] (default: convnext_tiny:7 replknet_31b; convnext_demo for --measure-bf16)")
-    p.add_argument("--images", type=int, default=None, help="images per layout (C; A/R gets half; default 1000, 1600 pipeline-only)")
+    p.add_argument("--images", type=int, default=None, help="images per layout (C; A/R gets half; default 1000, 2400 pipeline-only)")
     p.add_argument("--batch-size", type=int, default=None, help="default 256 on CUDA, 64 on the CPU")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 96], help="--measure-bf16 input sizes")
@@ -347,7 +360,7 @@ def main() -> None:
             ["convnext_tiny:7"] if args.measure_gpu_decode else ["convnext_tiny:7", "replknet_31b"])
     if args.images is None:
         args.images = 500 if args.corruptions else 256 if (args.measure_bf16 or args.measure_gpu_decode) else (
-            1600 if args.pipeline_only else 1000)
+            2400 if args.pipeline_only else 1000)
     if args.pipeline_only and args.device == "cpu":
         # Each loader worker runs one intra-op thread (DataLoader's setting); so does the process that
         # normalises, or its idle OpenMP threads would spin on the cores the workers decode on.
