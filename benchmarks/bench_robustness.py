@@ -137,9 +137,10 @@ def _forward_rate(model: torch.nn.Module, size: int, batch: int, device: torch.d
     return n / (time.perf_counter() - t)
 
 
-def _model_rate(model: torch.nn.Module, bench: Benchmark, args: argparse.Namespace, device: torch.device) -> float:
+def _model_rate(model: torch.nn.Module, bench: Benchmark, cfg: ModelConfig, args: argparse.Namespace,
+                device: torch.device) -> float:
     t = time.perf_counter()
-    results, errors = evaluate({"raw": model}, model.model_config, [bench], batch_size=args.batch_size,
+    results, errors = evaluate({"raw": model}, cfg, [bench], batch_size=args.batch_size,
                                num_workers=args.workers, device=device, decode=args.decode, precision=args.precision)
     assert not errors, errors
     _sync(device)
@@ -167,8 +168,10 @@ def bench_scoring(args: argparse.Namespace) -> None:
         for spec in models:
             name, _, k = spec.partition(":")
             built[spec] = create_model(name, kernel_size=int(k) if k else None, num_classes=1000).to(device).eval()
+        # Every model is fed the same 224 px input as the pipeline rows (ConvNeXt-T's eval transform), so
+        # scoring/pipeline compares like with like.
         for spec, model in built.items():  # forward alone: once, it does not interleave with file reading
-            size = model.model_config.image_size
+            size = cfg.image_size
             times[(spec, "forward")] = [_forward_rate(model, size, args.batch_size, device, args.precision == "bf16")]
 
         def inputs(bench: Benchmark) -> ScoringInputs:
@@ -186,7 +189,7 @@ def bench_scoring(args: argparse.Namespace) -> None:
                 times.setdefault((layout, "pipeline"), []).append(rate)
                 times.setdefault((layout, "pipeline cpu"), []).append(per_cpu)
                 for spec, model in built.items():
-                    times.setdefault((layout, spec), []).append(_model_rate(model, bench, args, device))
+                    times.setdefault((layout, spec), []).append(_model_rate(model, bench, cfg, args, device))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(_machine(device, args))
     print(f"{'layout':<7}{'single':>9}{'(wall)':>9}{'bound':>9}{'pipeline':>10}{'pipe/bound':>12}{'CPU eff.':>10}"
