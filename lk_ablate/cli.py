@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import ConfigError, LkAblateError
+from .base.errors import ConfigError, LkAblateError
 
 # Extra subcommands: name -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 # Imported lazily so `lk_ablate fit` never pays for (or depends on) another feature's imports.

@@ -67,7 +67,7 @@ def cli_main(argv: list[str]) -> int:
 
     from .data.fashion_mnist import load_fashion_mnist, resize_grey
     from .robustness.corruptions import CORRUPTIONS, evaluate_corruptions, stratified_subset
-    from .robustness.results import make_results, results_path, write_results
+    from .base.results import make_results, results_path, write_results
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -12,7 +12,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from .data.base import ClassificationDataModule
 from .training.module import ImageClassifier
 from .base.safe_load import load_torch_file
-from .errors import ConfigError, DataError
+from .base.errors import ConfigError, DataError
 from .training.lease import acquire_lease, is_global_rank_zero
 from .training.preemption import (MODEL_FACTS, HoldLease, ResumableCheckpoint, cli_trainer_extras, resolve_ckpt_path,
                                   same_fact)

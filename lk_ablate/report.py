@@ -1,7 +1,7 @@
 """``lk_ablate report RUNS_DIR...``: the kernel-size ablation table (shaped like the paper's Table 7) and plots.
 
 Reads every ``*.robustness.json`` under the given folders (or the given files) with
-:func:`lk_ablate.robustness.results.read_results`, never W&B. One results file per run is used: the latest
+:func:`lk_ablate.base.results.read_results`, never W&B. One results file per run is used: the latest
 (highest global step) of each run, a run being (model, kernel sizes, seed) when the file records its seed
 (``settings.seed``) and its folder otherwise. Runs of one model and kernel size that differ in seed are repeats.
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataError
+from .base.errors import ConfigError, DataError
 
 __all__ = ["FAMILIES", "Metric", "Run", "Stat", "ablation_family", "aggregate", "benchmark_metrics", "build_report",
            "cli_main", "find_results", "kernel_label", "load_runs", "summarize"]
@@ -235,7 +235,7 @@ def _seed_of(data: Mapping[str, Any]) -> int | None:
 
 def load_run(path: Path, weights: str = "primary") -> Run | None:
     """One results file as a Run; None when it holds no scored weights of the requested kind."""
-    from .robustness.results import read_results
+    from .base.results import read_results
 
     data = read_results(path)
     which = data["primary"] if weights == "primary" else weights

@@ -7,7 +7,7 @@ from lk_ablate.analysis import run_analyses
 from lk_ablate.analysis.attacks import (FGSMConfig, PGDConfig, TAIGConfig, fgsm, integrated_gradients,
                                         pgd, pgd_iterates, pixel_model, run_taig, taig)
 from lk_ablate.analysis.common import from_pixels, to_pixels
-from lk_ablate.errors import ConfigError
+from lk_ablate.base.errors import ConfigError
 from lk_ablate.models.registry import ModelConfig
 
 CFG = ModelConfig(input_size=(3, 4, 4), mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.5), num_classes=2)

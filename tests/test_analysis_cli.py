@@ -9,8 +9,8 @@ from lk_ablate.analysis.common import write_analysis_result
 from lk_ablate.analysis.loading import load_model
 from lk_ablate.analysis.report import load_analyses, plot_across_runs, summary_rows
 from lk_ablate.cli import main
-from lk_ablate.errors import DataError
-from lk_ablate.robustness.results import make_results, read_results, write_results
+from lk_ablate.base.errors import DataError
+from lk_ablate.base.results import make_results, read_results, write_results
 
 
 def _checkpoint(path, kernel_size, seed):
@@ -168,7 +168,7 @@ def test_report_tables_and_plots_every_analysis(tmp_path):
 def test_sections_are_parsed_by_jsonargparse(capsys):
     """The Python API (dict sections) and the CLI (option groups) type-check sections the same way."""
     from lk_ablate.analysis.occlusion import OcclusionConfig
-    from lk_ablate.errors import ConfigError
+    from lk_ablate.base.errors import ConfigError
 
     with pytest.raises(ConfigError, match="config section 'occlusion'.*patch_size"):
         OcclusionConfig.from_dict({"patch_size": "big"})

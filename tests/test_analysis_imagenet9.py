@@ -8,7 +8,7 @@ from PIL import Image
 
 from lk_ablate.analysis import run_analyses
 from lk_ablate.analysis.imagenet9 import IN9_CLASSES, ImageNet9Config, in_to_in9, map_to_in9
-from lk_ablate.errors import ConfigError, DataError
+from lk_ablate.base.errors import ConfigError, DataError
 from lk_ablate.models.registry import ModelConfig
 
 

@@ -10,7 +10,7 @@ from scipy.stats import rankdata
 from lk_ablate.analysis import run_analyses
 from lk_ablate.analysis.imagenet_p import (ImageNetPConfig, VideoFolder, decode_video, flip_rate, ranks,
                                            top5_distance)
-from lk_ablate.errors import ConfigError, DataError
+from lk_ablate.base.errors import ConfigError, DataError
 from lk_ablate.models.registry import ModelConfig
 
 # Five frames over 7 classes (worked by hand below):

@@ -10,7 +10,7 @@ from lk_ablate.analysis import run_analyses
 from lk_ablate.analysis.features import FeatureVarianceConfig, feature_modules
 from lk_ablate.analysis.features import run as run_features
 from lk_ablate.analysis.kernels import depthwise_convs, kernel_attention_distance, tap_distances
-from lk_ablate.errors import ConfigError
+from lk_ablate.base.errors import ConfigError
 from lk_ablate.models.registry import ModelConfig
 
 

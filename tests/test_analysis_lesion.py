@@ -7,7 +7,7 @@ from lk_ablate.analysis import run_analyses
 from lk_ablate.analysis.frequency import (FrequencyNoiseConfig, band_energy_fraction, band_limited_noise, band_mask,
                                           frequency_grid)
 from lk_ablate.analysis.lesion import LesionConfig, residual_units, units_removed
-from lk_ablate.errors import ConfigError
+from lk_ablate.base.errors import ConfigError
 
 
 def _demo(seed=0):

@@ -9,7 +9,7 @@ from lk_ablate.analysis import run_analyses
 from lk_ablate.analysis.common import from_pixels, to_pixels
 from lk_ablate.analysis.occlusion import (OcclusionConfig, cls_attention, dino_patch_attention, load_dino,
                                           random_patch_mask, saliency_keep_mask)
-from lk_ablate.errors import ConfigError, DataError
+from lk_ablate.base.errors import ConfigError, DataError
 
 ATTN = torch.tensor([[0.5, 0.1, 0.25, 0.15]])  # ascending: p1 0.1, p3 0.15, p2 0.25, p0 0.5; cumsum .1 .25 .5 1
 

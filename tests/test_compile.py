@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 import lk_ablate
-from lk_ablate.errors import ConfigError
+from lk_ablate.base.errors import ConfigError
 from lk_ablate.models.compile import compile_model, is_compiled
 from lk_ablate.models.convnext import ConvNeXt
 from lk_ablate.models.layers import LargeKernelDWConv, resolve_plan

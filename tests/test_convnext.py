@@ -7,7 +7,7 @@ import torch
 import timm
 
 import lk_ablate
-from lk_ablate.errors import ConfigError, DataError
+from lk_ablate.base.errors import ConfigError, DataError
 from lk_ablate.models.checkpoints import load_checkpoint
 
 DATA = Path(__file__).parent / "data"

@@ -10,7 +10,7 @@ from lk_ablate.data import FFCVDataModule, ImageFolderDataModule
 from lk_ablate.data.ffcv_resize import resize_crop_area
 from lk_ablate.data.ffcv_writer import WriterConfig, write_ffcv
 from lk_ablate.data.transforms import eval_transform
-from lk_ablate.errors import ConfigError
+from lk_ablate.base.errors import ConfigError
 from lk_ablate.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, get_model_config
 from lk_ablate.robustness.benchmarks import eval_transform as robustness_eval_transform
 

@@ -7,7 +7,7 @@ import pytest
 from lk_ablate.cli import main
 from lk_ablate.data.imagenet_val import (LABELS_FILE, WNIDS_FILE, imagenet_wnids, prepare_imagenet_val, val_file_name,
                                          val_labels)
-from lk_ablate.errors import DataError
+from lk_ablate.base.errors import DataError
 
 
 def test_shipped_labels_and_wnids():

@@ -6,7 +6,7 @@ from PIL import Image
 from timm.data import create_transform
 
 from lk_ablate.data.transforms import EvalSpec, eval_transform
-from lk_ablate.errors import ConfigError
+from lk_ablate.base.errors import ConfigError
 from lk_ablate.models.registry import ModelConfig
 
 CONFIGS = [

@@ -8,7 +8,7 @@ from test_protocol import _demo_ckpt, random_tree, recorded  # noqa: F401  (fixt
 from test_robustness_support import imagenet_wnids
 
 from lk_ablate.cli import main
-from lk_ablate.errors import ConfigError, DataError
+from lk_ablate.base.errors import ConfigError, DataError
 from lk_ablate.evaluation import ModelOptions, load_for_eval, weight_sets
 
 

@@ -14,7 +14,7 @@ from lk_ablate.data import FFCVDataModule
 from lk_ablate.data.ffcv import ProgressiveResolution, require_ffcv
 from lk_ablate.data.ffcv_augment import build_params
 from lk_ablate.data.ffcv_loader import FFCVLoader, SeededAugment, SeededRandomResizedCrop, quasi_random_order
-from lk_ablate.errors import ConfigError, DataError
+from lk_ablate.base.errors import ConfigError, DataError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -10,7 +10,7 @@ from helpers import make_image_folder
 from lk_ablate.cli import main
 from lk_ablate.data import ffcv_writer
 from lk_ablate.data.ffcv_writer import WriterConfig, read_meta, write_ffcv
-from lk_ablate.errors import DataError
+from lk_ablate.base.errors import DataError
 
 
 def read_all(path):

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import lk_ablate
-from lk_ablate.errors import ConfigError
+from lk_ablate.base.errors import ConfigError
 from lk_ablate.models import layers
 from lk_ablate.models.layers import (IMPLS, METHODS, LargeKernelDWConv, crop_kernel, depthwise_conv,
                                      get_default_impl, parse_plan, rule_for, set_default_impl, set_module_impl,

@@ -19,7 +19,7 @@ from lk_ablate.evaluation import loading as eval_loading
 from lk_ablate.models.registry import ModelConfig, get_model_config
 from lk_ablate.robustness.benchmarks import build_benchmarks
 from lk_ablate.robustness.evaluate import evaluate
-from lk_ablate.robustness.results import read_results
+from lk_ablate.base.results import read_results
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 BICUBIC = trn.InterpolationMode.BICUBIC
@@ -165,7 +165,7 @@ def test_robustness_preset_paper_end_to_end(tmp_path, a_tree, recorded):
     assert m["settings"]["protocol"] == "model" and p["settings"]["protocol"] == "paper"
     assert (m["settings"]["scoring"]["on_bad_image"], p["settings"]["scoring"]["on_bad_image"]) == ("error", "skip")
     assert p["weights"]["raw"]["imagenet_a"]["n"] == 200
-    from lk_ablate.robustness.results import flatten_metrics  # W&B / logger keys: never the same for two protocols
+    from lk_ablate.base.results import flatten_metrics  # W&B / logger keys: never the same for two protocols
 
     assert "robust/imagenet_a/top1" in flatten_metrics(m)
     assert {k.split("/")[1] for k in flatten_metrics(p)} == {"imagenet_a@paper"}
@@ -266,7 +266,7 @@ def test_report_keeps_protocols_apart(tmp_path):
     """Two seeds scored under `model` and one under `paper`: the paper numbers are their own column and plot
     (never averaged with the model-protocol ones); entries without a protocol read as `model`."""
     from lk_ablate.report import build_report, column_label
-    from lk_ablate.robustness.results import make_results, write_results
+    from lk_ablate.base.results import make_results, write_results
 
     def write(name, seed, top1, protocol, analysis_protocol):
         settings = {"seed": seed} if protocol is None else {"seed": seed, "protocol": protocol}
@@ -297,7 +297,7 @@ def test_report_keeps_protocols_apart(tmp_path):
 
 
 def test_callback_takes_the_protocol():
-    from lk_ablate.errors import ConfigError
+    from lk_ablate.base.errors import ConfigError
     from lk_ablate.robustness import RobustnessEvaluation
     from lk_ablate.robustness.callback import settings_for
 

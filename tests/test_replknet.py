@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lk_ablate import create_model, get_model_config
 from lk_ablate.cli import main as cli
-from lk_ablate.errors import ConfigError, DataError
+from lk_ablate.base.errors import ConfigError, DataError
 from lk_ablate.models.checkpoints import load_checkpoint
 from lk_ablate.models.layers import LargeKernelDWConv
 from lk_ablate.models.reparam import cli_main as reparam_cli

@@ -9,7 +9,7 @@ import pytest
 from lk_ablate.cli import main
 from lk_ablate.report import benchmark_metrics, build_report, kernel_label, summarize, Metric
 from lk_ablate.robustness.metrics import ALL_CORRUPTIONS, CORRUPTIONS, summarize_imagenet_c
-from lk_ablate.robustness.results import make_results, write_results
+from lk_ablate.base.results import make_results, write_results
 
 # Student's t 97.5% quantiles (statistical tables), independent of scipy which the report uses.
 T975 = {1: 12.706204736174705, 2: 4.302652729911275}

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from lk_ablate.cli import main
-from lk_ablate.errors import DataError
+from lk_ablate.base.errors import DataError
 from lk_ablate.report import load_runs
-from lk_ablate.robustness.results import make_results, read_results, write_results
+from lk_ablate.base.results import make_results, read_results, write_results
 
 
 def _write(folder: Path, stem: str, seed: int, top1: float) -> Path:

@@ -11,7 +11,7 @@ from PIL import Image
 from test_robustness_support import (ORACLE_CONFIG, OracleNet, benchmark_wnids, encode, imagenet_wnids,
                                      masked_rule_tree, official_indices, write_tree)
 
-from lk_ablate.errors import ConfigError, DataError
+from lk_ablate.base.errors import ConfigError, DataError
 from lk_ablate.models.registry import ModelConfig
 from lk_ablate.data.transforms import EvalSpec
 from lk_ablate.robustness.benchmarks import build_benchmarks, eval_transform

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from test_robustness_support import small_trees
 
-from lk_ablate.errors import ConfigError, DataError
+from lk_ablate.base.errors import ConfigError, DataError
 from lk_ablate.robustness import RobustnessEvaluation, read_results
 from lk_ablate.robustness.benchmarks import build_benchmarks
 from lk_ablate.robustness.evaluate import evaluate

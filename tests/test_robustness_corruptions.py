@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from lk_ablate import create_model
-from lk_ablate.errors import ConfigError
+from lk_ablate.base.errors import ConfigError
 from lk_ablate.models.registry import ModelConfig
 from lk_ablate.robustness import corruptions as C
 from lk_ablate.robustness.metrics import ALL_CORRUPTIONS, CORRUPTIONS

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_robustness_support import TIMM_INFO, benchmark_wnids, imagenet_wnids, official_indices
 
-from lk_ablate.errors import ConfigError
+from lk_ablate.base.errors import ConfigError
 from lk_ablate.robustness import metrics as M
 from lk_ablate.robustness.benchmarks import C_PRESETS, class_indices, class_mask, load_wnids, resolve_corruptions
 

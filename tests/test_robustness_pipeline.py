@@ -17,7 +17,7 @@ from PIL import Image
 from test_robustness_support import ORACLE_CONFIG, OracleNet, benchmark_wnids, encode, imagenet_wnids, write_tree
 from torch.utils.data import DataLoader, default_collate
 
-from lk_ablate.errors import ConfigError, DataError
+from lk_ablate.base.errors import ConfigError, DataError
 from lk_ablate.models.registry import ModelConfig
 from lk_ablate.robustness.benchmarks import Benchmark, Part
 from lk_ablate.robustness.evaluate import evaluate

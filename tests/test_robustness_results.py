@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lk_ablate.errors import DataError
-from lk_ablate.robustness.results import (SCHEMA_VERSION, flatten_metrics, make_results, read_results, results_path,
+from lk_ablate.base.errors import DataError
+from lk_ablate.base.results import (SCHEMA_VERSION, flatten_metrics, make_results, read_results, results_path,
                                           update_results, write_results)
 
 

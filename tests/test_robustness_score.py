@@ -9,7 +9,7 @@ from test_robustness_support import small_trees
 
 from lk_ablate import create_model
 from lk_ablate.cli import main
-from lk_ablate.errors import ConfigError, DataError
+from lk_ablate.base.errors import ConfigError, DataError
 from lk_ablate.robustness import read_results
 from lk_ablate.robustness.benchmarks import build_benchmarks, eval_transform
 from lk_ablate.robustness.evaluate import evaluate
@@ -153,7 +153,7 @@ def test_wandb_adds_the_scores_to_the_training_run(tmp_path, trees, monkeypatch,
     import wandb
     from test_wandb import offline_runs
 
-    from lk_ablate.robustness.results import flatten_metrics
+    from lk_ablate.base.results import flatten_metrics
     from lk_ablate.training.wandb import CHECKPOINT_KEY
 
     monkeypatch.setenv("WANDB_MODE", "offline")

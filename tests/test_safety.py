@@ -13,7 +13,7 @@ import torch
 from lk_ablate import create_model
 from lk_ablate.base.safe_load import UnsafeCheckpointError, load_torch_file
 from lk_ablate.cli import main
-from lk_ablate.errors import DataError
+from lk_ablate.base.errors import DataError
 
 from helpers import make_image_folder
 

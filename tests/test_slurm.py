@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from lk_ablate.robustness.benchmarks import load_wnids
-from lk_ablate.robustness.results import read_results
+from lk_ablate.base.results import read_results
 from lk_ablate.training.preemption import checkpoint_step
 
 import slurm_cluster as slurm_cluster_module

@@ -86,7 +86,7 @@ def test_seeded_rng_is_reproducible_and_restores_state():
 
 def test_fine_tuning_drops_only_a_mismatched_head():
     from lk_ablate import create_model
-    from lk_ablate.errors import DataError
+    from lk_ablate.base.errors import DataError
     from lk_ablate.models.checkpoints import load_checkpoint
 
     src = create_model("convnext_demo", kernel_size=3, num_classes=10)
@@ -133,7 +133,7 @@ def test_randaugment_posterize_at_magnitude_10_does_not_crash():
 
 
 def test_dwconv_impl_is_a_config_option():
-    from lk_ablate.errors import ConfigError
+    from lk_ablate.base.errors import ConfigError
     from lk_ablate.models.layers import LargeKernelDWConv
     from lk_ablate.training import ImageClassifier
 

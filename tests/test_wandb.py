@@ -13,7 +13,7 @@ import yaml
 from lightning.pytorch.loggers import WandbLogger
 
 from lk_ablate.cli import main
-from lk_ablate.robustness.results import flatten_metrics, make_results
+from lk_ablate.base.results import flatten_metrics, make_results
 from lk_ablate.training.wandb import (CHECKPOINT_KEY, log_robustness, read_run_id, resume_checkpoint,
                                       robustness_table_rows, run_identity)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from ..evaluation.cli import base_parser, check_old_spellings, config_files, parse, preset_argv
 from ..evaluation.loading import load_for_eval
 from ..evaluation.options import DataOptions, ModelOptions
@@ -106,7 +106,7 @@ def _named_sections(argv: Sequence[str]) -> list[str]:
 
 def default_results_path(ckpt: str | None, label: str) -> Path:
     """The checkpoint's results JSON (``<ckpt stem>.robustness.json`` beside it), else ``./<model>.robustness.json``."""
-    from ..robustness.results import results_path
+    from ..base.results import results_path
 
     if ckpt:
         return results_path(ckpt)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from ..models.registry import ModelConfig
 
 if TYPE_CHECKING:
@@ -240,13 +240,13 @@ def to_jsonable(obj: Any) -> Any:
 
 def write_analysis_result(results_path: str | os.PathLike, name: str, result: Mapping[str, Any],
                           init: Mapping[str, Any] | None = None) -> None:
-    """Store ``result`` as "analyses" -> ``name`` of the run's results JSON (lk_ablate.robustness.results schema).
+    """Store ``result`` as "analyses" -> ``name`` of the run's results JSON (lk_ablate.base.results schema).
 
     The analysis's previous entry is replaced, not merged (a re-run with fewer modes leaves no stale curves).
     A missing file is created from ``init`` (keyword arguments of ``make_results``; ``weights`` defaults to an
     empty set, i.e. no benchmark scored yet); without ``init`` a missing file is a DataError.
     """
-    from ..robustness.results import make_results, update_results, write_results
+    from ..base.results import make_results, update_results, write_results
 
     path = Path(results_path)
     if not path.is_file():

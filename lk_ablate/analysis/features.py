@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 
 from ..data.transforms import EvalSpec
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from ..models.contract import AblationModel, unit_parts
 from ..models.registry import ModelConfig
 from .common import SectionConfig, iterate_batches, model_device, new_figure, save_figure, script_eval_spec

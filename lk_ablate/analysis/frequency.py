@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..data.transforms import EvalSpec
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from ..models.registry import ModelConfig
 from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of, new_figure,
                      percent, save_figure, script_eval_spec, seeded_generator, to_pixels)

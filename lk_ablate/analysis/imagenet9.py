@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..data.transforms import EvalSpec
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from .common import SectionConfig, logits_of, new_figure, percent, save_figure
 

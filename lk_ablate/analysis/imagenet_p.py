@@ -31,9 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.transforms import EvalSpec
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from ..robustness.results import read_json
+from ..base.results import read_json
 from .common import SectionConfig, model_device, new_figure, save_figure
 
 PERTURBATIONS = ("gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "snow", "brightness", "translate",

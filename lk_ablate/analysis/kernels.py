@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from ..models.layers import LargeKernelDWConv
 from .common import SectionConfig, new_figure, save_figure
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..data.transforms import EvalSpec
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from ..models import contract
 from ..models.registry import ModelConfig
 from .common import (SectionConfig, accuracy, iterate_batches, model_device, new_figure, save_figure,

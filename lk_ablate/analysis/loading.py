@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..data.transforms import EvalSpec
-from ..errors import DataError
+from ..base.errors import DataError
 from ..evaluation.loading import EvalModels, load_for_eval
 from ..evaluation.options import ModelOptions
 from ..models.registry import ModelConfig
@@ -39,7 +39,7 @@ class LoadedModel:
         return cls(model, em.config, em.label, meta)
 
     def results_init(self) -> dict[str, Any]:
-        """Keyword arguments of ``robustness.results.make_results`` describing this model (a new results file)."""
+        """Keyword arguments of ``base.results.make_results`` describing this model (a new results file)."""
         return self.meta["eval_models"].results_init()
 
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.transforms import EvalSpec
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of,
                      model_device, new_figure, percent, save_figure, script_eval_spec, seeded_generator, to_pixels)

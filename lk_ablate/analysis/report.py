@@ -17,7 +17,7 @@ Runs = Sequence[tuple[str, Mapping[str, Any]]]
 
 def load_analyses(results_path: str | Path) -> dict[str, Any]:
     """The "analyses" section of a results JSON ({} when the run has none)."""
-    from ..robustness.results import read_results
+    from ..base.results import read_results
 
     return dict(read_results(results_path).get("analyses") or {})
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..data.transforms import EvalSpec
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from ..evaluation.options import check_protocol
 from ..models.registry import ModelConfig
 from . import attacks, features, frequency, imagenet9, imagenet_p, kernels, lesion, occlusion
@@ -107,7 +107,7 @@ def run_analyses(model: nn.Module, config_sections: Mapping[str, Any], val_data:
     each analysis gets the batches of its own transform under ``protocol`` (:func:`eval_spec_for`); the
     analysis then receives a model config with that transform's mean/std/size (:func:`input_config`). Each
     result records its ``protocol``. Each result is stored in the results JSON ``results_path`` (schema of
-    ``lk_ablate.robustness.results``, under "analyses" -> name; a missing file is created from ``results_init``,
+    ``lk_ablate.base.results``, under "analyses" -> name; a missing file is created from ``results_init``,
     the keyword arguments of ``make_results``) and plotted to ``out_dir/<plot_prefix><name>.png`` when those are
     given. The model is put in eval mode and restored to its previous mode afterwards. Returns {name: result}.
     """

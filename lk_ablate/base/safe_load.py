@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DataError
+from .errors import DataError
 
 __all__ = ["ALLOWED_GLOBALS", "TRUST_ENV", "UnsafeCheckpointError", "load_torch_file", "trust_checkpoints"]
 

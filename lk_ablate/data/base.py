@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from ..models.registry import CROP_MODES, ModelConfig, get_model_config
 from .sampler import ResumableDataLoader, ShardedBatchSampler
 from .seeding import STREAM_SAMPLE, derive_seed, global_seed, seeded_rng

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..base.errors import DataError
 from ..models.registry import ModelConfig
 from .base import ClassificationDataModule, SeededDataset
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..base.errors import DataError
 from .fashion_mnist import CLASSES, DEBIAN_ROOT, FILES, _find, load_fashion_mnist, resize_grey
 from .ffcv import FFCVDataModule, require_ffcv
 from .ffcv_writer import meta_path, page_size_for, read_meta, write_atomic

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from ..models.registry import ModelConfig
 from .base import ClassificationDataModule
 from .sampler import ShardedBatchSampler

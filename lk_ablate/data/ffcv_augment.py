@@ -21,7 +21,7 @@ import re
 import numpy as np
 from numba import njit, prange
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 
 # Streams keep the random numbers of the pipeline's ops apart for the same sample.
 STREAM_CROP = 1

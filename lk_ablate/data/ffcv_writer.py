@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..base.files import atomic_path, atomic_write_text
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from .folder import check_image_folder
 from .seeding import derive_seed
 

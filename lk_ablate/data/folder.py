@@ -11,7 +11,7 @@ from pathlib import Path
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..errors import DataError
+from ..base.errors import DataError
 from ..models.registry import ModelConfig
 from .base import ClassificationDataModule, SeededDataset
 from .transforms import AugmentConfig, eval_transform, train_transform

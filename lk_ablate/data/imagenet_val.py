@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 
 NUM_VAL, NUM_CLASSES, PER_CLASS = 50_000, 1000, 50
 MODES = ("symlink", "hardlink", "copy", "move")

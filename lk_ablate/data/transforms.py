@@ -17,7 +17,7 @@ from timm.data import create_transform
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from .options import ModelOptions, Protocol
 
 __all__ = ["base_parser", "check_old_spellings", "config_files", "parse", "preset_argv", "preset_names"]

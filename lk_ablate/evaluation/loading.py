@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..data.transforms import EvalSpec
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from ..models.registry import CROP_MODES, ModelConfig, create_model
 from ..training.wandb import CHECKPOINT_KEY as _WANDB_KEY
 from .options import WEIGHTS, ModelOptions
@@ -76,7 +76,7 @@ class EvalModels:
         return self
 
     def results_init(self, weights: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Keyword arguments of ``robustness.results.make_results`` describing this model."""
+        """Keyword arguments of ``base.results.make_results`` describing this model."""
         return {
             "model_name": self.name, "kernel_sizes": self.kernel_sizes,
             "num_params": sum(p.numel() for p in self.first.parameters()),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 
 # model: each model's own eval config (size, crop, interpolation, mean/std). paper: what the paper's released
 # scripts and the benchmark authors' scripts feed every model (see docs/robustness.md, "Protocols").

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..base.safe_load import load_torch_file
-from ..errors import DataError
+from ..base.errors import DataError
 from .contract import AblationModel
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 
 __all__ = ["COMPILE_MODES", "check_compile_options", "compile_model", "is_compiled"]
 

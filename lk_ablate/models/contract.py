@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from .layers import LargeKernelDWConv
 from .registry import ModelConfig
 

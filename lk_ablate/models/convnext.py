@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from timm.layers import DropPath, LayerNorm, LayerNorm2d, Mlp, NormMlpClassifierHead, trunc_normal_
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from .contract import layer_decay_group_starts
 from .kernels import KernelSpec, stage_kernel_sizes
 from .layers import LargeKernelDWConv

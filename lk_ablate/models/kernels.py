@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 
 KernelSpec = int | Sequence[int]
 

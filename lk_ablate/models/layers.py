@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from .kernels import stage_kernel_sizes
 
 __all__ = ["IMPLS", "METHODS", "LargeKernelDWConv", "crop_kernel", "depthwise_conv", "get_default_impl",

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

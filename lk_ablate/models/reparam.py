@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base.files import atomic_torch_save
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 
 FORMS = ("train", "kernels", "full")
 FORM_ORDER = {form: i for i, form in enumerate(FORMS)}

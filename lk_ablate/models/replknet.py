@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from timm.layers import DropPath
 
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from .contract import ResidualUnit, layer_decay_group_starts
 from .kernels import KernelSpec, stage_kernel_sizes
 from .layers import LargeKernelDWConv

@@ -32,7 +32,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..data.transforms import EvalSpec, eval_transform
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from ..evaluation.options import check_protocol
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from .metrics import ALL_CORRUPTIONS, SEVERITIES

@@ -25,14 +25,14 @@ import torch.nn as nn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..base.safe_load import UnsafeCheckpointError, load_torch_file
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from ..evaluation.loading import weight_sets
 from ..evaluation.options import check_protocol
 from ..training.wandb import log_robustness
 from .benchmarks import Benchmark, build_benchmarks, resolve_corruptions
 from .evaluate import evaluate
 from .pipeline import check_options
-from .results import flatten_metrics, make_results, results_path, write_results
+from ..base.results import flatten_metrics, make_results, results_path, write_results
 
 __all__ = ["RobustnessEvaluation"]
 

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..base.files import atomic_path, atomic_write_text
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from ..models.registry import ModelConfig
 from .metrics import ALL_CORRUPTIONS, CORRUPTIONS, SEVERITIES
 

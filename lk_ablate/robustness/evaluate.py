@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..models.registry import ModelConfig
-from ..errors import DataError
+from ..base.errors import DataError
 from .benchmarks import Benchmark
 from .metrics import masked_logits, msp_score, ood_aupr, summarize_imagenet_c, topk_correct
 from .pipeline import BadImage, ScoringInputs, check_options

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..data.transforms import EvalSpec
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from ..models.registry import ModelConfig
 from .benchmarks import Benchmark, Part
 

@@ -23,14 +23,14 @@ from typing import Any, Literal
 
 import torch
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from ..evaluation.cli import base_parser, check_old_spellings, config_files, parse, preset_argv
 from ..evaluation.loading import load_for_eval
 from ..evaluation.options import DataOptions, ModelOptions
 from .benchmarks import build_benchmarks
 from .callback import settings_for
 from .evaluate import evaluate
-from .results import make_results, results_path, write_results
+from ..base.results import make_results, results_path, write_results
 
 __all__ = ["BenchmarkOptions", "cli_main", "format_table", "load_config", "robustness_settings"]
 

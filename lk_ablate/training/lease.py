@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..base.files import atomic_write_text
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 
 __all__ = ["LEASE_NAME", "Lease", "LeaseHeld", "acquire_lease", "is_global_rank_zero", "lease_timings", "read_lease"]
 

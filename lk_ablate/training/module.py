@@ -14,7 +14,7 @@ from timm.utils import ModelEmaV3
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..data.seeding import STREAM_STEP, derive_seed, global_seed, seeded_rng
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from ..models.checkpoints import load_checkpoint
 from ..models.compile import check_compile_options, compile_model, is_compiled
 from ..models.contract import AblationModel

@@ -38,7 +38,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..base.safe_load import UnsafeCheckpointError, load_torch_file
-from ..errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError
 from .checkpoint_io import AtomicCheckpointIO
 from .lease import Lease
 

@@ -112,7 +112,7 @@ def read_run_id(checkpoint_path: str | os.PathLike | None) -> str | None:
     if checkpoint_path is None or not Path(checkpoint_path).is_file():
         return None
     from ..base.safe_load import UnsafeCheckpointError, load_torch_file
-    from ..errors import DataError
+    from ..base.errors import DataError
 
     try:  # memory-mapped: reads the pickle, not the tensors; allow-listed unpickling (no code runs)
         ckpt = load_torch_file(checkpoint_path, mmap=True)
@@ -231,7 +231,7 @@ def _summary_and_table(results: Mapping[str, Any], seed: int | None) -> tuple[di
     results' ``settings.seed``."""
     import wandb
 
-    from ..robustness.results import flatten_metrics
+    from ..base.results import flatten_metrics
 
     if seed is None:
         seed = (results.get("settings") or {}).get("seed")

@@ -33,8 +33,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..base.files import atomic_write_text
-from ..errors import DataError
+from .files import atomic_write_text
+from .errors import DataError
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "flatten_metrics", "make_results", "read_results", "results_path",
            "update_results", "validate_results", "value_problems", "write_results"]
