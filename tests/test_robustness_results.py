@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,17 +87,30 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.json.lock"]
 
 
-def _add_many(args):
-    path, worker = args
-    for i in range(5):
-        update_results(path, f"analyses.w{worker}", {f"k{i}": i})
+_WRITER = """
+import os, sys, time
+from lk_ablate.base.results import update_results
+path, worker, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+open(os.path.join(folder, f"ready{worker}"), "w").close()
+while not os.path.exists(os.path.join(folder, "go")):
+    time.sleep(0.01)
+for i in range(20):
+    update_results(path, f"analyses.w{worker}", {f"k{i}": i})
+"""
 
 
 def test_concurrent_updates_lose_nothing(tmp_path):
+    # Fresh interpreters, not fork: forking a process that already runs torch's and other tests' threads can
+    # deadlock the children (seen as a CI hang). The barrier makes the two writers start together.
     path = write_results(tmp_path / "r.json", _results())
-    with mp.get_context("fork").Pool(4) as pool:
-        pool.map(_add_many, [(str(path), w) for w in range(4)])
-    assert read_results(path)["analyses"] == {f"w{w}": {f"k{i}": i for i in range(5)} for w in range(4)}
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(w), str(tmp_path)]) for w in range(2)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{w}").exists() for w in range(2)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a writer did not start"
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert read_results(path)["analyses"] == {f"w{w}": {f"k{i}": i for i in range(20)} for w in range(2)}
 
 
 def test_flatten_metrics_names():
