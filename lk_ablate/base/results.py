@@ -11,7 +11,9 @@ Everything downstream (``lk_ablate report``, the analyses) reads only these file
       "weights": {"raw": {<benchmark>: {...} | null, ...}, "ema": {...}},   # the weight sets that were scored
       "primary": "ema" | "raw",            # the set headline numbers use: EMA when it was scored
       "settings": {"benchmarks": {<benchmark>: path}, "imagenet_c": {"corruptions": [...], "severities": [...]},
-                   "protocol": "model" | "paper"},   # the benchmarks' eval protocol; missing = "model"
+                   "protocol": "model" | "paper",   # the benchmarks' eval protocol; missing = "model"
+                   "scoring": {"decode": "cpu" | "gpu", "precision": "fp32" | "bf16",
+                               "on_bad_image": "error" | "skip"}},   # missing = cpu / fp32 / error
       "errors": [{"weights", "benchmark", "rank", "error"}, ...],
       "analyses": {<name>: {..., "protocol": "model" | "paper"}}   # added later with update_results(path,
                                            # "analyses.<name>", {...}); each analysis's protocol, missing = "model"
@@ -20,7 +22,9 @@ Everything downstream (``lk_ablate report``, the analyses) reads only these file
 Benchmark entries (accuracies, mCE and AUPR in %, counts are numbers of images):
 ``imagenet_val`` {top1, top5, correct_top1, correct_top5, n}; ``imagenet_a`` / ``imagenet_r`` {top1, correct, n};
 ``imagenet_c`` {top1[c][s], n[c][s], correct[c][s], mean_top1, corruption_top1[c], ce[c], mce, relative_mce,
-severity5_mean_top1, severity5_mean_top1_15, n_total}; ``imagenet_o`` {aupr, n_in, n_out, n}.
+severity5_mean_top1, severity5_mean_top1_15, n_total}; ``imagenet_o`` {aupr, n_in, n_out, n}. With
+``on_bad_image: skip`` every entry of a benchmark with unreadable images also holds ``skipped_images`` (paths) and
+``n_skipped``; such an entry is scored on fewer images than the benchmark and is not comparable with full runs.
 """
 from __future__ import annotations
 
