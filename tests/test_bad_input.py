@@ -93,11 +93,11 @@ def test_reparam_out_needs_force_to_overwrite(tmp_path, capsys):
     torch.save({"model": small_replknet(7, 5).state_dict()}, src)
     out = tmp_path / "deploy.pth"
     out.write_bytes(b"precious")
-    assert main(["reparam", "--ckpt", str(src), "--out", str(out), "--no-check"]) == 2
+    assert main(["reparam", "--model.ckpt", str(src), "--out", str(out), "--no_check"]) == 2
     assert _last_error(capsys) == f"lk_ablate: error: --out {out} exists; pass --force to overwrite it, or choose " \
                                   "another file"
     assert out.read_bytes() == b"precious"
-    assert main(["reparam", "--ckpt", str(src), "--out", str(out), "--no-check", "--force"]) == 0
+    assert main(["reparam", "--model.ckpt", str(src), "--out", str(out), "--no_check", "--force"]) == 0
     assert "model" in torch.load(out, weights_only=True)
 
 

@@ -97,7 +97,7 @@ def test_commands_import_only_what_they_use():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('ffcv', 'numba') or m.startswith(("
             "'lk_ablate.analysis', 'lk_ablate.evaluation', 'lk_ablate.robustness'))]\n"
             "assert not bad, bad\n"
-            "import lk_ablate.robustness.score\n"
+            "import lk_ablate.commands.robustness\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('ffcv', 'numba') or m.startswith('lk_ablate.analysis')]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)

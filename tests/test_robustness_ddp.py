@@ -70,7 +70,7 @@ def test_ddp_gather_equals_standalone_and_survives_a_rank_failure(tmp_path):
     from test_robustness_support import small_trees
 
     from lk_ablate.robustness import read_results
-    from lk_ablate.robustness.score import cli_main
+    from lk_ablate.commands.robustness import cli_main
 
     trees = small_trees(tmp_path / "trees", val=True, a=True, o=True, c=True)
     config = {"trainer": {"callbacks": [{"class_path": "lk_ablate.robustness.RobustnessEvaluation",

@@ -14,7 +14,8 @@ from lk_ablate.robustness import read_results
 from lk_ablate.robustness.benchmarks import build_benchmarks, eval_transform
 from lk_ablate.robustness.evaluate import evaluate
 from lk_ablate.evaluation import ModelOptions, load_for_eval
-from lk_ablate.robustness.score import cli_main, format_table, load_config, robustness_settings
+from lk_ablate.commands.robustness import cli_main
+from lk_ablate.robustness.score import format_table, load_config, robustness_settings
 from lk_ablate.training import ImageClassifier
 
 

@@ -89,7 +89,7 @@ def test_cli_entry_points_refuse_a_malicious_checkpoint(evil, data, trees, tmp_p
     _refused_in_one_line(capsys, main(["robustness", "--model.ckpt", str(path), "--data.imagenet_a",
                                        trees["imagenet_a"], "--device", "cpu"]), path)
     _refused_in_one_line(capsys, main(["analyze", "kernel_distance", "--model.ckpt", str(path)]), path)
-    _refused_in_one_line(capsys, main(["reparam", "--ckpt", str(path), "--out", str(tmp_path / "out.pth")]), path)
+    _refused_in_one_line(capsys, main(["reparam", "--model.ckpt", str(path), "--out", str(tmp_path / "out.pth")]), path)
     assert not marker.exists()
 
 

@@ -12,3 +12,9 @@ class ConfigError(LkAblateError, ValueError):
 
 class DataError(LkAblateError, FileNotFoundError):
     """A dataset, benchmark or file is missing or has the wrong layout."""
+
+
+def one_line(e: BaseException) -> str:
+    """A multi-line error (jsonargparse's) as one line: its first distinct lines, joined."""
+    lines = [ln.strip().rstrip(":") for ln in str(e).splitlines() if ln.strip()]
+    return ": ".join(dict.fromkeys(lines[:3]))

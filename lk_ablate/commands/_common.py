@@ -1,6 +1,6 @@
-"""What the evaluation commands share on the command line: jsonargparse parsers with ``fit``'s conventions
-(``--config FILE``, ``--print_config``, dotted options), shipped presets (``--preset NAME``) and one-line errors
-for the spellings of earlier versions.
+"""What the commands share on the command line: jsonargparse parsers with ``fit``'s conventions (``--config
+FILE``, ``--print_config``, dotted options), the evaluation commands' option groups, shipped presets (``--preset
+NAME``) and one-line errors for the spellings of earlier versions.
 """
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..base.errors import ConfigError
-from .options import ModelOptions, Protocol
+from ..base.errors import ConfigError, one_line
+from ..evaluation.options import ModelOptions, Protocol
 
-__all__ = ["base_parser", "check_old_spellings", "config_files", "parse", "preset_argv", "preset_names"]
+__all__ = ["OLD_SPELLINGS", "base_parser", "check_old_spellings", "command_parser", "config_files", "one_line",
+           "parse", "preset_argv", "preset_names"]
 
-# Spellings of the argparse versions of `robustness` / `analyze` -> the option that replaced them.
+# Spellings of the argparse versions of `robustness` / `analyze` -> the option that replaced them (a command adds
+# its own with ``check_old_spellings(argv, extra)``).
 OLD_SPELLINGS: dict[str, str] = {
     "--ckpt": "--model.ckpt PATH",
     "--kernel-size": "--model.kernel_size 31 (or [31,29,27,13])",
@@ -47,15 +49,22 @@ _OLD_GROUP_VALUES = {"--model": "--model.name NAME (a registered model) or --mod
                      "--data": "--data.imagenet_val DIR (the validation folder)"}
 
 
+def command_parser(prog: str, description: str) -> Any:
+    """A jsonargparse parser with ``fit``'s conventions: --config FILE (stacked), --print_config, dotted options;
+    errors come back as ``argparse.ArgumentError`` (``parse`` turns them into one ConfigError line)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    p = ArgumentParser(prog=prog, description=description, exit_on_error=False, default_meta=False)
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options (stacked in order)")
+    return p
+
+
 def base_parser(prog: str, description: str, default_weights: str = "auto") -> Any:
     """A parser with the options every evaluation command has: --config, --print_config, --protocol, model.*,
     --device."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
     description += ("\n\n--preset NAME loads a preset shipped with lk_ablate (paper: the paper's settings and "
                     "protocol paper) before any --config file and option.")
-    p = ArgumentParser(prog=prog, description=description, exit_on_error=False, default_meta=False)
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options (stacked in order)")
+    p = command_parser(prog, description)
     p.add_argument("--protocol", type=Protocol, default="model",
                    help="model: each model's own eval config; paper: the paper's and the benchmark authors' "
                         "transforms for every model (docs/robustness.md)")
@@ -117,12 +126,6 @@ def parse(parser: Any, argv: Sequence[str]) -> argparse.Namespace:
         return parser.parse_args(list(argv))
     except argparse.ArgumentError as e:
         raise ConfigError(f"{one_line(e)} (see `{parser.prog} --help`)") from e
-
-
-def one_line(e: BaseException) -> str:
-    """jsonargparse's multi-line error as one line: its first distinct lines, joined."""
-    lines = [ln.strip().rstrip(":") for ln in str(e).splitlines() if ln.strip()]
-    return ": ".join(dict.fromkeys(lines[:3]))
 
 
 def config_files(argv: Sequence[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Structural re-parameterization of RepLKNet state dicts, and the ``lk_ablate reparam`` command.
+"""Structural re-parameterization of RepLKNet state dicts (the arithmetic; the ``lk_ablate reparam`` command
+that reads and writes the files is :mod:`lk_ablate.commands.reparam`).
 
 Two forms beyond training (``train``):
 
@@ -17,16 +18,12 @@ float64 and is cast back to each weight's dtype.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..base.files import atomic_torch_save
 from ..base.errors import ConfigError, DataError
 
 FORMS = ("train", "kernels", "full")
@@ -230,73 +227,3 @@ def check_equivalence(sd: Mapping[str, torch.Tensor], merged: Mapping[str, torch
     with torch.no_grad():
         y0, y1 = before(x).double(), after(x).double()
     return float((y1 - y0).norm() / y0.norm())
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save through the one atomic writer (base/files.py): readers never see a partial file, and the file
-    gets the umask's permissions like every checkpoint."""
-    atomic_torch_save(obj, path)
-
-
-def _read_weights(path: str, weights: str) -> dict[str, torch.Tensor]:
-    from .checkpoints import read_checkpoint, unwrap_state_dict
-
-    obj = read_checkpoint(path)
-    if not isinstance(obj, Mapping):
-        raise DataError(f"{path} does not hold a state dict or a checkpoint dict")
-    ema = weights == "ema"
-    if ema and "state_dict" not in obj and not any(k in obj for k in ("model_ema", "state_dict_ema")):
-        raise DataError(f"{path} holds no EMA weights (no Lightning 'ema.module.*', 'model_ema' or "
-                        "'state_dict_ema'); use --weights model")
-    sd = unwrap_state_dict(obj, prefer_ema=ema)
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-
-
-def cli_main(argv: list[str]) -> int:
-    """``lk_ablate reparam --ckpt IN --out OUT [--mode kernels|full]``: write the re-parameterized weights."""
-    parser = argparse.ArgumentParser(
-        prog="lk_ablate reparam",
-        description="Structural re-parameterization of a RepLKNet checkpoint (training form -> deploy form). "
-                    "Reads lk_ablate/Lightning checkpoints ('state_dict' with 'model.*' / 'ema.module.*' keys), "
-                    "official {'model': sd} files and bare state dicts; writes {'model': merged_sd}, which loads "
-                    "into create_model(name, kernel_size=..., deploy=True) (or deploy='full').")
-    parser.add_argument("--ckpt", required=True, help="input checkpoint (training form)")
-    parser.add_argument("--out", required=True, help="output file (written atomically)")
-    parser.add_argument("--mode", choices=("kernels", "full"), default="kernels",
-                        help="kernels: the official merge of lkb_origin + small_conv (default); "
-                             "full: also fold every BatchNorm into its conv / the head")
-    parser.add_argument("--weights", choices=("model", "ema"), default="model",
-                        help="which weights of a checkpoint that holds both (default: model)")
-    parser.add_argument("--no-check", action="store_true",
-                        help="skip building both networks and comparing their outputs on a random batch")
-    parser.add_argument("--check-size", type=int, default=64, help="image size of the check batch (default 64)")
-    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    args = parser.parse_args(argv)
-    if os.path.abspath(args.out) == os.path.abspath(args.ckpt):
-        raise ConfigError("--out must differ from --ckpt: keep the training-form checkpoint")
-    if os.path.exists(args.out) and not args.force:
-        raise ConfigError(f"--out {args.out} exists; pass --force to overwrite it, or choose another file")
-    sd = _read_weights(args.ckpt, args.weights)
-    form = state_dict_form(sd)
-    merged = reparam_state_dict(sd, args.mode)
-    n_before = sum(v.numel() for k, v in sd.items() if not _is_buffer(k))
-    n_after = sum(v.numel() for k, v in merged.items() if not _is_buffer(k))
-    arch = infer_replknet_kwargs(merged)
-    if not args.no_check:
-        rel = check_equivalence(sd, merged, image_size=args.check_size)
-        if not rel < 1e-5:
-            raise DataError(f"re-parameterized outputs differ from the original by {rel:.3g} (relative); "
-                            "the checkpoint's BatchNorm statistics may be non-finite")
-        print(f"check: eval-mode outputs equal, relative difference {rel:.2e} "
-              f"({args.check_size}x{args.check_size} random batch)")
-    save_atomic({"model": merged, "lk_ablate_reparam": {"mode": args.mode, "source_form": form,
-                                                        "source": os.path.abspath(args.ckpt),
-                                                        "weights": args.weights, "arch": arch}}, args.out)
-    print(f"{args.ckpt} ({form}, {n_before:,} parameters) -> {args.out} ({args.mode}, {n_after:,} parameters); "
-          f"load with create_model(..., kernel_size={arch['kernel_size']}, "
-          f"deploy={'True' if args.mode == 'kernels' else repr('full')})", file=sys.stdout)
-    return 0
-
-
-def _is_buffer(key: str) -> bool:
-    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))

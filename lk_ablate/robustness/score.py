@@ -1,21 +1,13 @@
-"""``lk_ablate robustness``: score any model on ImageNet-val/A/R/C/O and write its results JSON.
+"""Scoring one model (or its raw and EMA weights) on ImageNet-val/A/R/C/O: ``score`` and its table.
 
-    lk_ablate robustness --model.ckpt checkpoints/convnext_k7/last.ckpt --fit_config configs/convnext_k7.yaml
-    lk_ablate robustness --model.ckpt RepLKNet-31B_ImageNet-1K_224.pth --model.name replknet_31b \
-        --data.imagenet_a /data/imagenet-a --preset paper
-    lk_ablate robustness --model.timm convnext_tiny.fb_in1k --data.imagenet_r /data/imagenet-r --results convnext_t.json
-
-Models come from the one evaluation loader (``lk_ablate.evaluation.load_for_eval``: lk_ablate checkpoints with
-raw and EMA weights, official ConvNeXt/RepLKNet weights with ``--model.name``, timm models with
-``--model.timm``). Benchmarks and their settings come from ``--data.*``, a ``--config`` file of these options,
-a shipped ``--preset`` (``paper``: ``protocol: paper``) or the RobustnessEvaluation callback of a ``lk_ablate
-fit`` config (``--fit_config``); the later source wins. Run under ``torchrun`` to shard over processes like the
-callback does under DDP.
+Models come from the one evaluation loader (``lk_ablate.evaluation.load_for_eval``). The command that parses the
+options, writes the results JSON and prints the table is ``lk_ablate robustness``
+(:mod:`lk_ablate.commands.robustness`). Also here: reading a ``lk_ablate fit`` config's RobustnessEvaluation
+settings (``load_config``, ``robustness_settings``).
 """
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,21 +16,19 @@ from typing import Any, Literal
 import torch
 
 from ..base.errors import ConfigError
-from ..evaluation.cli import base_parser, check_old_spellings, config_files, parse, preset_argv
-from ..evaluation.loading import load_for_eval
+from ..base.results import make_results
+from ..evaluation.loading import EvalModels, load_for_eval
 from ..evaluation.options import DataOptions, ModelOptions
 from .benchmarks import build_benchmarks
 from .callback import settings_for
 from .evaluate import evaluate
-from ..base.results import make_results, results_path, write_results
 
-__all__ = ["BenchmarkOptions", "cli_main", "format_table", "load_config", "robustness_settings"]
+__all__ = ["BenchmarkOptions", "Scored", "format_table", "load_config", "robustness_settings", "score"]
 
 _BENCH_FLAGS = ("imagenet_val", "imagenet_a", "imagenet_r", "imagenet_c", "imagenet_o")
 _SCORING_KEYS = ("decode", "on_bad_image")
 _SETTING_KEYS = _BENCH_FLAGS + _SCORING_KEYS + ("c_preset", "corruptions", "severities", "weights", "batch_size",
                                                 "num_workers", "protocol", "precision")
-PRESETS_PACKAGE = "lk_ablate.robustness.presets"
 
 
 @dataclass
@@ -69,55 +59,33 @@ class BenchmarkOptions(DataOptions):
     on_bad_image: Literal["error", "skip"] = "error"
 
 
-def _parser() -> Any:
-    from jsonargparse import ActionYesNo
+@dataclass
+class Scored:
+    """What ``score`` measured: the results document, the failed benchmarks, this process's rank, the models."""
 
-    p = base_parser("lk_ablate robustness", __doc__.split("\n\n")[0], default_weights="both")
-    p.add_class_arguments(BenchmarkOptions, "data")
-    p.add_argument("--precision", type=Literal["fp32", "bf16"], default="fp32",
-                   help="fp32 (the paper's evaluation) or bf16 (autocast; logit differences in docs/robustness.md)")
-    p.add_argument("--fit_config", type=str | None, default=None,
-                   help="a `lk_ablate fit` config: its RobustnessEvaluation callback gives benchmark defaults and its "
-                        "model section the architecture of official weights")
-    p.add_argument("--results", type=str | None, default=None,
-                   help="results JSON (default: beside the checkpoint, <stem>.robustness.json)")
-    p.add_argument("--progress", action=ActionYesNo, default=False, help="show progress bars")
-    p.add_argument("--wandb", action=ActionYesNo, default=False,
-                   help="also add the scores to the checkpoint's W&B training run (resumed by the id the checkpoint "
-                        "stores; WANDB_MODE=offline writes it locally beside the checkpoint)")
-    return p
+    data: dict[str, Any]
+    errors: list[dict[str, Any]]
+    rank: int
+    loaded: EvalModels
 
 
-def parse_args(argv: Sequence[str]) -> Any:
-    """The command's options from ``argv`` (presets, --config files, --fit_config defaults, options)."""
-    check_old_spellings(argv)
-    argv = preset_argv(argv, PRESETS_PACKAGE)
-    _refuse_fit_configs(config_files(argv))
-    parser = _parser()
-    fit_config = _fit_config_arg(argv)
-    if fit_config:
-        parser.set_defaults(fit_config_defaults(load_config([fit_config])))
-    return parse(parser, argv)
-
-
-def cli_main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    d: BenchmarkOptions = BenchmarkOptions(**vars(args.data))
+def score(opts: ModelOptions, d: BenchmarkOptions, *, protocol: str = "model", precision: str = "fp32",
+          device: str | None = None, progress: bool = False, need_wandb_run: bool = False) -> Scored:
+    """Score the model(s) ``opts`` names on the benchmarks ``d`` names (sharded over processes under torchrun)."""
     d.check()
     bench_kwargs = {k: getattr(d, k) for k in _BENCH_FLAGS}
     if not any(bench_kwargs.values()):
         raise ConfigError("no benchmark to score: pass --data.imagenet_a/_r/_c/_o/--data.imagenet_val DIR, or a "
                           "--fit_config whose RobustnessEvaluation callback names them")
     benchmarks = build_benchmarks(**bench_kwargs, c_preset=d.c_preset, corruptions=d.corruptions,
-                                  severities=d.severities, protocol=args.protocol)
+                                  severities=d.severities, protocol=protocol)
     for bench in benchmarks:
         bench.check()
-    opts = ModelOptions(**vars(args.model))
 
-    rank, world, device = _distributed_setup(args.device)
+    rank, world, dev = _distributed_setup(device)
     try:
-        loaded = load_for_eval(opts, device=device)
-        if args.wandb and not loaded.wandb_run:
+        loaded = load_for_eval(opts, device=dev)
+        if need_wandb_run and not loaded.wandb_run:
             raise ConfigError(f"--wandb: {opts.ckpt or opts.timm} records no W&B run (only lk_ablate checkpoints of "
                               f"runs that logged to W&B do); score without --wandb, and log the report with "
                               f"`lk_ablate report --wandb-project`")
@@ -125,73 +93,16 @@ def cli_main(argv: list[str]) -> int:
             raise ConfigError(f"{loaded.name} has {loaded.config.num_classes} classes; the ImageNet benchmarks "
                               f"need a 1000-class model")
         gather = _all_gather if world > 1 else None
-        scoring = {"decode": d.decode, "precision": args.precision, "on_bad_image": d.on_bad_image}
+        scoring = {"decode": d.decode, "precision": precision, "on_bad_image": d.on_bad_image}
         results, errors = evaluate(loaded.models, loaded.config, benchmarks, batch_size=d.batch_size,
-                                   num_workers=d.num_workers, device=device, rank=rank, world_size=world,
-                                   gather=gather, progress=args.progress and rank == 0, **scoring)
+                                   num_workers=d.num_workers, device=dev, rank=rank, world_size=world,
+                                   gather=gather, progress=progress and rank == 0, **scoring)
         data = make_results(**loaded.results_init(results),
                             settings=dict(settings_for(benchmarks, **scoring), seed=loaded.seed), errors=errors)
-        if rank == 0:
-            out = Path(args.results) if args.results else (
-                results_path(opts.ckpt) if opts.ckpt else Path(f"{loaded.name}.robustness.json"))
-            write_results(out, data)
-            print(format_table(data))
-            print(f"results: {out}")
-            if args.wandb:
-                from ..training.wandb import log_results_to_run
-
-                save_dir = os.environ.get("WANDB_DIR") or Path(opts.ckpt).parent
-                run_id = log_results_to_run(data, loaded.wandb_run, seed=loaded.seed, save_dir=save_dir)
-                print(f"W&B: added to run {run_id} ({loaded.wandb_run.get('project')})")
-            for e in errors:
-                print(f"FAILED {e['weights']} / {e['benchmark']} (rank {e['rank']}):\n{e['error']}", file=sys.stderr)
-        return 1 if errors else 0
+        return Scored(data, errors, rank, loaded)
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-# --- fit configs -------------------------------------------------------------------------------------------
-def _fit_config_arg(argv: Sequence[str]) -> str | None:
-    found = None
-    for i, a in enumerate(argv):
-        if a == "--fit_config" and i + 1 < len(argv):
-            found = argv[i + 1]
-        elif a.startswith("--fit_config="):
-            found = a.split("=", 1)[1]
-    return found
-
-
-def _refuse_fit_configs(paths: Sequence[str]) -> None:
-    import yaml
-
-    for path in paths:
-        p = Path(path)
-        if not p.is_file():
-            continue  # jsonargparse names the missing file
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError:
-            continue
-        if isinstance(data, Mapping) and ("trainer" in data or "robustness" in data):
-            raise ConfigError(f"{path} is a `lk_ablate fit` config: pass it as --fit_config {path} (--config takes "
-                              f"this command's own options; see --print_config)")
-
-
-def fit_config_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Option defaults from a fit config: its RobustnessEvaluation settings and its model section."""
-    out: dict[str, Any] = {}
-    for key, value in robustness_settings(config).items():
-        out[{"weights": "model.weights", "protocol": "protocol", "precision": "precision"}.get(key, f"data.{key}")] \
-            = value
-    model = config.get("model")
-    if isinstance(model, Mapping):
-        cm = dict(model.get("init_args") or model)
-        for src, dst in (("model_name", "name"), ("kernel_size", "kernel_size"), ("num_classes", "num_classes"),
-                         ("model_kwargs", "kwargs")):
-            if cm.get(src) is not None:
-                out[f"model.{dst}"] = cm[src]
-    return out
 
 
 # --- configs -----------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The command layer: each `lk_ablate` subcommand's entry point (parsing, files, printing) above the library layers."""
