@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
-from ..models.registry import CROP_MODES, ModelConfig, create_model
+from ..models.registry import CROP_MODES, ModelConfig, create_model, kernel_label
 from ..training.wandb import CHECKPOINT_KEY as _WANDB_KEY
 from .options import WEIGHTS, ModelOptions
 
@@ -65,10 +65,7 @@ class EvalModels:
 
     @property
     def label(self) -> str:
-        if self.kernel_sizes:
-            ks = self.kernel_sizes
-            return f"{self.name} k{ks[0] if len(set(ks)) == 1 else 'x'.join(map(str, ks))}"
-        return self.name
+        return f"{self.name} k{kernel_label(self.kernel_sizes)}" if self.kernel_sizes else self.name
 
     def to(self, device: torch.device | str) -> "EvalModels":
         for m in self.models.values():

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..base.errors import ConfigError
 from .layers import LargeKernelDWConv
-from .registry import ModelConfig
+from .model_config import ModelConfig
 
 __all__ = ["AblationModel", "ResidualUnit", "layer_decay_group_starts", "unit_parts", "unit_stages", "units"]
 

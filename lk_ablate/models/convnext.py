@@ -15,7 +15,7 @@ from timm.layers import DropPath, LayerNorm, LayerNorm2d, Mlp, NormMlpClassifier
 
 from ..base.errors import ConfigError
 from .contract import layer_decay_group_starts
-from .kernels import KernelSpec, stage_kernel_sizes
+from .kernel_sizes import KernelSpec, stage_kernel_sizes
 from .layers import LargeKernelDWConv
 from .registry import ModelConfig, register_model
 

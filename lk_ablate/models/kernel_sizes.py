@@ -1,4 +1,4 @@
-"""Validation of per-stage depthwise kernel sizes."""
+"""Per-stage depthwise kernel sizes: validation (``stage_kernel_sizes``) and the one label (``kernel_label``)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,3 +37,14 @@ def stage_kernel_sizes(kernel_size: KernelSpec, num_stages: int = 4, name: str =
                 f"use {k - 1} or {k + 1}"
             )
     return sizes
+
+
+def kernel_label(kernel_size: KernelSpec | None) -> str:
+    """The one kernel-size label (run names, report rows, plot labels): "31" for an int or equal stages,
+    "31-29-27-13" for per-stage sizes, "default" for None."""
+    if kernel_size is None:
+        return "default"
+    if isinstance(kernel_size, int):
+        return str(kernel_size)
+    sizes = [int(k) for k in kernel_size]
+    return str(sizes[0]) if len(set(sizes)) == 1 else "-".join(map(str, sizes))

@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..base.errors import ConfigError
-from .kernels import stage_kernel_sizes
+from .kernel_sizes import stage_kernel_sizes
 
 __all__ = ["IMPLS", "METHODS", "LargeKernelDWConv", "crop_kernel", "depthwise_conv", "get_default_impl",
            "load_rules", "parse_plan", "rule_for", "select_plan", "set_default_impl", "set_module_impl", "use_impl"]

@@ -1,73 +1,51 @@
-"""A timm-style registry of named model variants, each with a default data/eval config."""
+"""A timm-style registry of named model variants, each with a default data/eval config and its model facts
+(ablation family, default kernel sizes), all read without building a model.
+
+Importing anything from ``lk_ablate.models`` runs ``lk_ablate/models/__init__.py`` first, which imports the
+variants' modules (``convnext``, ``replknet``): their ``@register_model`` decorators fill the registry."""
 from __future__ import annotations
 
-import dataclasses
-import math
+import fnmatch
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch.nn as nn
 
 from ..base.errors import ConfigError
+from .checkpoints import load_checkpoint
+from .kernel_sizes import kernel_label, stage_kernel_sizes
+from .model_config import CROP_MODES, IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CROP_MODES = ("center", "squash")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """How a variant expects its inputs: data pipelines and evaluation read this, never constants.
-
-    Eval transform (timm convention): resize the shorter side to ``floor(input_size / crop_pct)``,
-    then centre-crop ``input_size`` (``crop_mode`` "center"); or, with ``crop_mode`` "squash", resize the whole
-    image to a square of that side, ignoring its aspect ratio, then centre-crop (timm's "squash"; with crop_pct
-    1.0 the official RepLKNet evaluation at >= 384 px, which warps without cropping).
-    """
-
-    input_size: tuple[int, int, int] = (3, 224, 224)
-    crop_pct: float = 0.875
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    interpolation: str = "bicubic"
-    num_classes: int = 1000
-    crop_mode: str = "center"
-
-    def __post_init__(self) -> None:
-        if self.crop_mode not in CROP_MODES:
-            raise ConfigError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {self.crop_mode!r}")
-        if not self.crop_pct > 0.0:
-            raise ConfigError(f"crop_pct must be > 0, got {self.crop_pct}")
-
-    @property
-    def image_size(self) -> int:
-        return self.input_size[-1]
-
-    @property
-    def resize_size(self) -> int:
-        # timm's rule (transforms_imagenet_eval): floor, not round; 320 / 0.875 -> 365.
-        return int(math.floor(self.image_size / self.crop_pct))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "ModelConfig":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
+__all__ = ["CROP_MODES", "IMAGENET_MEAN", "IMAGENET_STD", "ModelConfig", "create_model", "default_kernel_sizes",
+           "get_model_config", "kernel_label", "list_models", "model_family", "register_model"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _CONFIGS: dict[str, ModelConfig] = {}
+_FAMILIES: dict[str, str] = {}
+_KERNEL_SIZES: dict[str, tuple[int, ...]] = {}
 
 
-def register_model(cfg: ModelConfig | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register a variant function under its own name with its default config."""
+def register_model(cfg: ModelConfig | None = None, *, family: str | None = None,
+                   num_stages: int = 4) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a variant function under its own name with its default config.
+
+    ``family``: the variant whose kernels this one ablates (RepLKNet-3B is RepLKNet-31B with 3x3 kernels: one
+    ablation family, one line in the report's plots); None: its own. The default kernel sizes are the function's
+    ``kernel_size`` default expanded to ``num_stages`` stages, so they are known without building the model.
+    """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = fn.__name__
         if name in _MODELS:
             raise RuntimeError(f"model {name!r} registered twice")
+        param = inspect.signature(fn).parameters.get("kernel_size")
+        if param is None or param.default is inspect.Parameter.empty:
+            raise RuntimeError(f"model function {name!r} needs a kernel_size argument with a default")
         _MODELS[name] = fn
         _CONFIGS[name] = cfg or ModelConfig()
+        _FAMILIES[name] = family or name
+        _KERNEL_SIZES[name] = stage_kernel_sizes(param.default, num_stages)
         return fn
 
     return wrap
@@ -75,17 +53,25 @@ def register_model(cfg: ModelConfig | None = None) -> Callable[[Callable[..., nn
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered variant names matching a glob pattern, sorted."""
-    import fnmatch
-
-    _ensure_loaded()
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
 def get_model_config(name: str) -> ModelConfig:
     """The default data/eval config of a registered variant."""
-    _ensure_loaded()
     _check_name(name)
     return _CONFIGS[name]
+
+
+def default_kernel_sizes(name: str) -> tuple[int, ...]:
+    """A registered variant's own per-stage kernel sizes (``kernel_size`` unset), read without building it."""
+    _check_name(name)
+    return _KERNEL_SIZES[name]
+
+
+def model_family(name: str) -> str:
+    """The ablation family of a model name: ``replknet_3b`` -> ``replknet_31b``; any other name (another
+    registered variant, a timm model) is its own family."""
+    return _FAMILIES.get(name, name)
 
 
 def create_model(name: str, kernel_size: Any = None, num_classes: int | None = None, checkpoint_path: str | None = None,
@@ -95,7 +81,6 @@ def create_model(name: str, kernel_size: Any = None, num_classes: int | None = N
     ``checkpoint_path`` loads an lk_ablate, official or timm checkpoint strictly (see ``load_checkpoint``).
     The built model carries its config as ``model.model_config``.
     """
-    _ensure_loaded()
     _check_name(name)
     if kernel_size is not None:
         kwargs["kernel_size"] = kernel_size
@@ -107,8 +92,6 @@ def create_model(name: str, kernel_size: Any = None, num_classes: int | None = N
     model.model_config = cfg
     model.model_name = name
     if checkpoint_path:
-        from .checkpoints import load_checkpoint
-
         load_checkpoint(model, checkpoint_path)
     return model
 
@@ -116,13 +99,3 @@ def create_model(name: str, kernel_size: Any = None, num_classes: int | None = N
 def _check_name(name: str) -> None:
     if name not in _MODELS:
         raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(sorted(_MODELS))}")
-
-
-def _ensure_loaded() -> None:
-    # Importing the model modules runs their @register_model decorators.
-    from . import convnext  # noqa: F401
-    try:
-        from . import replknet  # noqa: F401
-    except ImportError as e:  # pragma: no cover - only while the module is missing
-        if "replknet" not in str(e):
-            raise

@@ -23,7 +23,7 @@ from timm.layers import DropPath
 
 from ..base.errors import ConfigError, DataError
 from .contract import ResidualUnit, layer_decay_group_starts
-from .kernels import KernelSpec, stage_kernel_sizes
+from .kernel_sizes import KernelSpec, stage_kernel_sizes
 from .layers import LargeKernelDWConv
 from .registry import ModelConfig, register_model
 from .reparam import FORM_ORDER, normalize_form, reparam_state_dict, state_dict_form
@@ -426,7 +426,7 @@ def replknet_xl(kernel_size: KernelSpec = (27, 27, 27, 13), small_kernel: int | 
     return _build(kernel_size, (256, 512, 1024, 2048), small_kernel, dw_ratio=1.5, **kwargs)
 
 
-@register_model(_CFG_224)
+@register_model(_CFG_224, family="replknet_31b")
 def replknet_3b(kernel_size: KernelSpec = 3, small_kernel: int | None = None, **kwargs) -> RepLKNet:
     """RepLKNet-3B: RepLKNet-31B with every large kernel 3x3 and no small kernel (the paper's Table 5 baseline)."""
     return _build(kernel_size, (128, 256, 512, 1024), small_kernel, **kwargs)

@@ -28,7 +28,7 @@ import glob
 import os
 import re
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import lightning as L
@@ -39,6 +39,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..base.safe_load import UnsafeCheckpointError, load_torch_file
 from ..base.errors import ConfigError, DataError
+from ..models.kernel_sizes import stage_kernel_sizes
 from .checkpoint_io import AtomicCheckpointIO
 from .lease import Lease
 
@@ -325,6 +326,46 @@ def stop_exit_code() -> int:
     return 128 + int(_STOP["signal"] or signal.SIGTERM)
 
 
+@contextlib.contextmanager
+def stop_on_signal(trainer: L.Trainer) -> Iterator[None]:
+    """Work after the last optimizer step (the end-of-fit robustness scoring) stops on SIGTERM / Ctrl-C.
+
+    Outside the training batches no loop checks Lightning's SIGTERM flag any more, so without this a job killed
+    while scoring would finish the scoring and exit 0 as if complete. Here the signal (or one that already came,
+    e.g. during the last validation) raises SIGTERMException: the CLI exits 143 / 130; ``last.ckpt`` is already
+    written. A SLURM requeue's SIGTERM keeps Lightning's handling. Main thread only (signals are delivered there).
+    """
+    import threading
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if trainer.received_sigterm and not _STOP["requeued"]:
+        _STOP["signal"] = _STOP["signal"] or signal.SIGTERM
+        raise SIGTERMException()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if _STOP["requeued"] and callable(previous[signum]):
+            previous[signum](signum, frame)
+            return
+        _STOP["signal"] = _STOP["signal"] or signum
+        for s, handler in previous.items():  # a second signal acts as before (e.g. Ctrl-C interrupts at once)
+            signal.signal(s, handler)
+        raise SIGTERMException()
+
+    for s in previous:
+        signal.signal(s, on_signal)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            if handler is not None:
+                signal.signal(s, handler)
+
+
 class GracefulStop(L.Callback):
     """SIGTERM or a first Ctrl-C during ``fit``: finish the current optimizer step, write ``last.ckpt``, stop.
 
@@ -427,8 +468,6 @@ MODEL_FACTS = ("model_name", "kernel_size", "num_classes", "model_kwargs")
 
 def _norm_facts(key: str, value: Any) -> Any:
     if key == "kernel_size" and value is not None:
-        from ..models.kernels import stage_kernel_sizes
-
         try:  # 7 and [7, 7, 7, 7] are the same model
             return list(stage_kernel_sizes(value, len(value) if isinstance(value, (list, tuple)) else 4))
         except ConfigError:

@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import WandbLogger
 
-from ..report import ablation_family, kernel_label
+from ..base.errors import ConfigError, DataError
+from ..base.results import flatten_metrics
+from ..base.safe_load import UnsafeCheckpointError, load_torch_file
+from ..models.registry import default_kernel_sizes, kernel_label, model_family
+from .preemption import find_resume_checkpoint
 
 __all__ = ["CHECKPOINT_KEY", "WandbRun", "configure_wandb_loggers", "finish_wandb_run", "log_results_to_run",
            "log_robustness",
@@ -39,7 +46,7 @@ def run_identity(model_name: str, kernel_size: Any, seed: int | None) -> dict[st
     k = kernel_label(kernel_size)
     seed_part = "" if seed is None else f"-s{seed}"
     tags = [model_name, f"k{k}"] + ([] if seed is None else [f"seed{seed}"])
-    return {"name": f"{model_name}-k{k}{seed_part}", "tags": tags, "group": f"{ablation_family(model_name)}-kernel"}
+    return {"name": f"{model_name}-k{k}{seed_part}", "tags": tags, "group": f"{model_family(model_name)}-kernel"}
 
 
 def configure_wandb_loggers(config: Any, subcommand: str | None) -> int:
@@ -88,10 +95,6 @@ def resume_checkpoint(config: Any) -> str | None:
     (``last*.ckpt`` in ``checkpoint.dirpath``); ``hpc``, or nothing under SLURM (Lightning then resumes from the
     newest ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir``).
     """
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    from .preemption import find_resume_checkpoint
-
     ckpt = config.get("ckpt_path")
     if ckpt not in (None, "auto", "last", "hpc", "best", "registry"):
         return str(ckpt)
@@ -111,9 +114,6 @@ def read_run_id(checkpoint_path: str | os.PathLike | None) -> str | None:
     """The W&B run id stored in a Lightning checkpoint by :class:`WandbRun` (None when there is none)."""
     if checkpoint_path is None or not Path(checkpoint_path).is_file():
         return None
-    from ..base.safe_load import UnsafeCheckpointError, load_torch_file
-    from ..base.errors import DataError
-
     try:  # memory-mapped: reads the pickle, not the tensors; allow-listed unpickling (no code runs)
         ckpt = load_torch_file(checkpoint_path, mmap=True)
     except UnsafeCheckpointError:
@@ -126,8 +126,6 @@ def read_run_id(checkpoint_path: str | os.PathLike | None) -> str | None:
 
 def resolved_config(parser: Any, config: Any) -> dict[str, Any]:
     """The parsed config as the plain dict LightningCLI saves to config.yaml (links and nulls included)."""
-    import yaml
-
     return yaml.safe_load(parser.dump(config, skip_none=False, skip_link_targets=False))
 
 
@@ -213,7 +211,7 @@ def log_results_to_run(results: Mapping[str, Any], run_info: Mapping[str, Any], 
     For scores computed after training (``lk_ablate robustness --wandb``, the SLURM evaluation array): the
     metrics then sit on the training run, next to its kernel size and group. Returns the run id.
     """
-    import wandb
+    import wandb  # lazy: only a W&B upload pays for (and needs) the wandb package
 
     run = wandb.init(id=run_info["run_id"], project=run_info.get("project"), entity=run_info.get("entity"),
                      resume="allow", dir=None if save_dir is None else str(save_dir))
@@ -229,9 +227,7 @@ def log_results_to_run(results: Mapping[str, Any], run_info: Mapping[str, Any], 
 def _summary_and_table(results: Mapping[str, Any], seed: int | None) -> tuple[dict[str, Any], Any]:
     """A results dict's scalar metrics (summary values) and its top-1 ``wandb.Table``; ``seed`` None: the
     results' ``settings.seed``."""
-    import wandb
-
-    from ..base.results import flatten_metrics
+    import wandb  # lazy: only a W&B upload pays for (and needs) the wandb package
 
     if seed is None:
         seed = (results.get("settings") or {}).get("seed")
@@ -240,8 +236,6 @@ def _summary_and_table(results: Mapping[str, Any], seed: int | None) -> tuple[di
 
 def finish_wandb_run(exit_code: int = 0) -> None:
     """Finish the active W&B run, if any (a later run in the same process then starts a new one)."""
-    import sys
-
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=exit_code)
@@ -272,10 +266,8 @@ def _get(ns: Any, key: str, default: Any = None) -> Any:
 
 
 def _default_kernel_sizes(model_name: str) -> Sequence[int] | None:
-    """The variant's own kernel sizes (model.kernel_size unset): build it once on the CPU and read them."""
-    from ..models.registry import create_model
-
+    """The variant's own kernel sizes (model.kernel_size unset), a registry fact: no model is built."""
     try:
-        return list(create_model(model_name).kernel_sizes)
-    except Exception:  # an unknown model fails with its own message when the model is built
+        return list(default_kernel_sizes(model_name))
+    except ConfigError:  # an unknown model fails with its own message when the model is built
         return None
