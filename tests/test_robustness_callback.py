@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +16,8 @@ from lightning.pytorch.loggers import CSVLogger
 from test_robustness_support import small_trees
 
 from lk_ablate.base.errors import ConfigError, DataError
-from lk_ablate.robustness import RobustnessEvaluation, read_results
+from lk_ablate.base.results import read_results
+from lk_ablate.robustness import RobustnessEvaluation
 from lk_ablate.robustness.benchmarks import build_benchmarks
 from lk_ablate.robustness.evaluate import evaluate
 from lk_ablate.evaluation import ModelOptions, load_for_eval
@@ -182,3 +186,27 @@ def test_results_json_is_plain_json(tmp_path, trees):
     trainer.fit(make_module(ema=False), datamodule=RandomData())
     text = (tmp_path / "c" / "epoch=0-step=2.robustness.json").read_text()
     assert json.loads(text)["weights"]["raw"]["imagenet_a"]["n"] == 201 and "NaN" not in text
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_during_end_of_fit_scoring_stops_with_the_signal_status(tmp_path, trees, monkeypatch, signum, code):
+    """A job killed while the end-of-fit scoring runs exits 128 + signal, not 0 as if the scoring had completed."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lk_ablate.training.preemption import stop_exit_code
+
+    def killed_while_scoring(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        time.sleep(20)  # the signal must interrupt this
+        raise AssertionError("the end-of-fit scoring went on after the signal")
+
+    monkeypatch.setattr("lk_ablate.robustness.callback.evaluate", killed_while_scoring)
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)
+    rob = RobustnessEvaluation(**trees, batch_size=32, num_workers=0)
+    trainer = make_trainer(tmp_path, [rob, ckpt_cb], max_epochs=1)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SIGTERMException):
+        trainer.fit(make_module(), datamodule=RandomData())
+    assert stop_exit_code() == code
+    assert signal.getsignal(signal.SIGINT) == before  # handlers restored
+    assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]

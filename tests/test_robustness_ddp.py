@@ -69,7 +69,7 @@ def main(workdir: Path) -> None:
 def test_ddp_gather_equals_standalone_and_survives_a_rank_failure(tmp_path):
     from test_robustness_support import small_trees
 
-    from lk_ablate.robustness import read_results
+    from lk_ablate.base.results import read_results
     from lk_ablate.commands.robustness import cli_main
 
     trees = small_trees(tmp_path / "trees", val=True, a=True, o=True, c=True)

@@ -10,7 +10,7 @@ from test_robustness_support import small_trees
 from lk_ablate import create_model
 from lk_ablate.cli import main
 from lk_ablate.base.errors import ConfigError, DataError
-from lk_ablate.robustness import read_results
+from lk_ablate.base.results import read_results
 from lk_ablate.robustness.benchmarks import build_benchmarks, eval_transform
 from lk_ablate.robustness.evaluate import evaluate
 from lk_ablate.evaluation import ModelOptions, load_for_eval

@@ -1,7 +1,8 @@
 """Robustness evaluation: ImageNet-A/R/C/O with the authors' masks and metrics, on-the-fly corruptions,
-the RobustnessEvaluation callback, the standalone ``lk_ablate robustness`` command and the results file.
+the RobustnessEvaluation callback and the scoring behind ``lk_ablate robustness`` (the results file's schema
+lives in :mod:`lk_ablate.base.results`).
 
-Names are imported on first use, so corruption worker processes and the results helpers do not pay for
+Names are imported on first use, so corruption worker processes do not pay for
 Lightning's import.
 """
 from __future__ import annotations
@@ -17,7 +18,6 @@ _EXPORTS = {
     "evaluate": ("evaluate",),
     "metrics": ("ALEXNET_CLEAN_ERROR", "ALEXNET_ERRORS", "ALL_CORRUPTIONS", "CORRUPTIONS", "EXTRA_CORRUPTIONS",
                 "SEVERITIES"),
-    "results": ("SCHEMA_VERSION", "read_results", "results_path", "update_results", "write_results"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

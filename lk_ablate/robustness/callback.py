@@ -28,6 +28,7 @@ from ..base.safe_load import UnsafeCheckpointError, load_torch_file
 from ..base.errors import ConfigError, DataError
 from ..evaluation.loading import weight_sets
 from ..evaluation.options import check_protocol
+from ..training.preemption import stop_on_signal
 from ..training.wandb import log_robustness
 from .benchmarks import Benchmark, build_benchmarks, resolve_corruptions
 from .evaluate import evaluate
@@ -144,10 +145,12 @@ class RobustnessEvaluation(L.Callback):
         self._run_pending(trainer, pl_module)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._run_pending(trainer, pl_module)
-        if self.at_fit_end and trainer.global_step not in self._scored_steps:
-            epoch = self._saved.get(trainer.global_step, max(trainer.current_epoch - 1, 0))
-            self.score(trainer, pl_module, epoch, trainer.global_step)
+        # A signal during this scoring must stop the job with 143/130, not let it finish and exit 0.
+        with stop_on_signal(trainer):
+            self._run_pending(trainer, pl_module)
+            if self.at_fit_end and trainer.global_step not in self._scored_steps:
+                epoch = self._saved.get(trainer.global_step, max(trainer.current_epoch - 1, 0))
+                self.score(trainer, pl_module, epoch, trainer.global_step)
 
     def _run_pending(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending is None:

@@ -351,7 +351,7 @@ def stop_on_signal(trainer: L.Trainer) -> Iterator[None]:
         if _STOP["requeued"] and callable(previous[signum]):
             previous[signum](signum, frame)
             return
-        _STOP["signal"] = _STOP["signal"] or signum
+        _STOP["signal"] = signum
         for s, handler in previous.items():  # a second signal acts as before (e.g. Ctrl-C interrupts at once)
             signal.signal(s, handler)
         raise SIGTERMException()
