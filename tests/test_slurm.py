@@ -39,7 +39,7 @@ def write_cluster_env(path: Path, configs: list[Path], seeds: list[int], root: P
         f"LK_OUTPUT_ROOT={root}", f"LK_PYTHON={sys.executable}",
         # One thread per task; tests/ importable for the probe callback of the tiny config.
         f'LK_SETUP="export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 PYTHONPATH={TESTS}:{REPO}"',
-        "LK_FIT_ARGS=()", "LK_EVAL_ARGS=(--num-workers 0)", ""]))
+        "LK_FIT_ARGS=()", "LK_EVAL_ARGS=(--data.num_workers 0)", ""]))
     return path
 
 
