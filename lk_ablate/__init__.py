@@ -1,5 +1,5 @@
 """lk_ablate: training and robustness ablations for large-kernel ConvNets."""
+from .base.version import __version__
 from .models import ModelConfig, create_model, get_model_config, list_models
 
-__version__ = "0.1.0"
 __all__ = ["ModelConfig", "create_model", "get_model_config", "list_models", "__version__"]

@@ -21,7 +21,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lk_ablate.data.ffcv_writer import WriterConfig, write_ffcv
 from lk_ablate.base.errors import ConfigError
-from lk_ablate.training.checkpoint_io import AtomicCheckpointIO, temp_prefix
+from lk_ablate.base.files import temp_prefix
+from lk_ablate.training.checkpoint_io import AtomicCheckpointIO
 from lk_ablate.training.preemption import (ResumableCheckpoint, checkpoint_step, find_resume_checkpoint,
                                           resolve_ckpt_path)
 

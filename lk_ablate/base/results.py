@@ -39,6 +39,8 @@ from typing import Any
 
 from .files import atomic_write_text
 from .errors import DataError
+from .jsonable import to_jsonable
+from .version import __version__
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "flatten_metrics", "make_results", "read_results", "results_path",
            "update_results", "validate_results", "value_problems", "write_results"]
@@ -63,23 +65,21 @@ def make_results(*, model_name: str, kernel_sizes: list[int] | None, num_params:
                  global_step: int | None = None, checkpoint_format: str | None = None,
                  model_source: str = "lk_ablate") -> dict[str, Any]:
     """Assemble a schema-v1 results dict (validated)."""
-    from .. import __version__
-
     data = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "lk_ablate_version": __version__,
         "model": {"name": model_name, "kernel_sizes": None if kernel_sizes is None else [int(k) for k in kernel_sizes],
-                  "num_params": int(num_params), "source": model_source, "config": _jsonable(dict(model_config))},
+                  "num_params": int(num_params), "source": model_source, "config": to_jsonable(dict(model_config))},
         "checkpoint": {"path": None if checkpoint_path is None else os.path.abspath(checkpoint_path),
                        "epoch": None if epoch is None else int(epoch),
                        "global_step": None if global_step is None else int(global_step),
                        "format": checkpoint_format},
-        "weights": _jsonable(dict(weights)),
+        "weights": to_jsonable(dict(weights)),
         "primary": "ema" if "ema" in weights else "raw",
-        "settings": _jsonable(dict(settings)),
-        "errors": _jsonable(list(errors)),
+        "settings": to_jsonable(dict(settings)),
+        "errors": to_jsonable(list(errors)),
         "analyses": {},
     }
     return validate_results(data)
@@ -212,7 +212,7 @@ def write_results(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
     """Validate and write atomically (temporary file + rename), so readers never see half a file."""
     path = Path(path)
     validate_results(dict(data), str(path))
-    _atomic_write(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
     return path
 
 
@@ -236,8 +236,8 @@ def update_results(path: str | os.PathLike, key: str, value: Any) -> dict[str, A
                 node[p] = {}
             node = node[p]
         old = node.get(parts[-1])
-        node[parts[-1]] = _deep_merge(old, _jsonable(value)) if isinstance(old, dict) and isinstance(value, Mapping) \
-            else _jsonable(value)
+        node[parts[-1]] = _deep_merge(old, to_jsonable(value)) if isinstance(old, dict) and isinstance(value, Mapping) \
+            else to_jsonable(value)
         write_results(path, data)
     return data
 
@@ -272,30 +272,6 @@ def _deep_merge(old: dict, new: Mapping) -> dict:
     for k, v in new.items():
         out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, Mapping) else v
     return out
-
-
-def _jsonable(obj: Any) -> Any:
-    """Tuples -> lists, numpy scalars -> Python numbers, keys -> str; fails loudly on anything else."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return float(obj)
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in a results file")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    # fsync + rename, and the permissions of a plain open() (0644 under umask 022), like checkpoints
-    atomic_write_text(path, text)
 
 
 @contextlib.contextmanager

@@ -25,10 +25,10 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..base.files import atomic_torch_save, temp_prefix
+from ..base.files import atomic_torch_save
 from ..base.safe_load import load_torch_file, trust_checkpoints
 
-__all__ = ["AtomicCheckpointIO", "atomic_torch_save", "temp_prefix"]
+__all__ = ["AtomicCheckpointIO"]
 
 
 def _local(path: Any) -> str | None:
