@@ -171,7 +171,7 @@ MUTANTS: list[Mutant] = [
       "        lm = create_timm_model(cfg.surrogate_timm)\n",
       ("tests/test_guard_analysis.py::test_taig_timm_surrogate_carries_the_checkpoint_weights",),
       "the TAIG surrogate keeps its random init (checkpoint not loaded)"),
-    M("kernel-distance-unnormalised-taps", "lk_ablate/analysis/kernels.py",
+    M("kernel-distance-unnormalised-taps", "lk_ablate/analysis/kernel_distance.py",
       "    return torch.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2) / radius\n",
       "    return torch.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2)\n",
       ("tests/test_analysis_kernels.py",),

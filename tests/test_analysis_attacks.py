@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from lk_ablate.analysis.runner import load_preset, section_config
 from lk_ablate.analysis import run_analyses
-from lk_ablate.analysis.attacks import (FGSMConfig, PGDConfig, TAIGConfig, fgsm, integrated_gradients,
+from lk_ablate.analysis.attacks import (fgsm, integrated_gradients,
                                         pgd, pgd_iterates, pixel_model, run_taig, taig)
 from lk_ablate.analysis.common import from_pixels, to_pixels
 from lk_ablate.base.errors import ConfigError
@@ -125,7 +126,7 @@ def test_taig_random_path_stays_in_eps_ball_and_unit_range():
 def test_run_taig_success_rate_against_target_with_given_surrogate():
     # surrogate = target: a white-box attack with eps large enough flips every prediction of the linear model.
     model, w0, w1, pix, y = _setup(5)
-    cfg = TAIGConfig.from_dict({"eps": [0.5], "iterations": 40, "step_size": 0.02, "ig_steps": 3, "variant": "S",
+    cfg = section_config("taig", {"eps": [0.5], "iterations": 40, "step_size": 0.02, "ig_steps": 3, "variant": "S",
                                 "surrogate_timm": None, "surrogate_model": "x"})
     x = from_pixels(pix, CFG)
     clean_pred = model(x).argmax(1)
@@ -153,15 +154,20 @@ def test_taig_loads_timm_surrogate_from_checkpoint(tmp_path):
 ])
 def test_fgsm_config_errors(section, msg):
     with pytest.raises(ConfigError, match=msg):
-        FGSMConfig.from_dict(section)
+        section_config("fgsm", section)
 
 
 def test_pgd_presets_and_alpha():
-    c = PGDConfig.from_dict({"preset": "paper_eps"})
+    c = section_config("pgd", load_preset("paper_pgd_eps")["pgd"])
     assert c.eps == (0.002, 0.004, 0.006, 0.008) and c.steps == (5,) and c.step_size(0.004) == 0.001
-    s = PGDConfig.from_dict({"preset": "paper_steps", "alpha": 0.001})
+    s = section_config("pgd", {**load_preset("paper_pgd_steps")["pgd"], "alpha": 0.001})
     assert s.eps == (0.006,) and s.steps == tuple(range(1, 11)) and s.step_size(0.006) == 0.001
-    with pytest.raises(ConfigError, match="preset"):
-        PGDConfig.from_dict({"preset": "nope"})
+    p = section_config("pgd", load_preset("paper")["pgd"])
+    assert p.eps == (0.002, 0.004, 0.006, 0.008) and p.steps == tuple(range(1, 11))
+    # the section presets of earlier versions are shipped files now: one line naming the new spelling
+    with pytest.raises(ConfigError, match=r"pgd.preset is now --preset NAME .*paper_pgd_eps"):
+        section_config("pgd", {"preset": "paper_eps"})
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        load_preset("nope")
     with pytest.raises(ConfigError, match="surrogate_checkpoint"):
-        run_taig(nn.Identity(), TAIGConfig.from_dict({}), [], CFG)
+        run_taig(nn.Identity(), section_config("taig", {}), [], CFG)

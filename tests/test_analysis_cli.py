@@ -5,9 +5,10 @@ import yaml
 from PIL import Image
 
 import lk_ablate
+from lk_ablate.analysis.runner import section_config
 from lk_ablate.analysis.common import write_analysis_result
 from lk_ablate.analysis.loading import load_model
-from lk_ablate.analysis.report import load_analyses, plot_across_runs, summary_rows
+from lk_ablate.analysis.summary import load_analyses, plot_across_runs, summary_rows
 from lk_ablate.cli import main
 from lk_ablate.base.errors import DataError
 from lk_ablate.base.results import make_results, read_results, write_results
@@ -166,13 +167,53 @@ def test_report_tables_and_plots_every_analysis(tmp_path):
 
 
 def test_sections_are_parsed_by_jsonargparse(capsys):
-    """The Python API (dict sections) and the CLI (option groups) type-check sections the same way."""
-    from lk_ablate.analysis.occlusion import OcclusionConfig
+    """The Python API (dict sections) and the CLI (option groups) type-check sections with the same groups."""
     from lk_ablate.base.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="config section 'occlusion'.*patch_size"):
-        OcclusionConfig.from_dict({"patch_size": "big"})
-    assert OcclusionConfig.from_dict({"levels": [0.1, 0.5], "modes": ["random"]}).levels == (0.1, 0.5)
+    with pytest.raises(ConfigError, match="occlusion.patch_size"):
+        section_config("occlusion", {"patch_size": "big"})
+    assert section_config("occlusion", {"levels": [0.1, 0.5], "modes": ["random"]}).levels == (0.1, 0.5)
     assert main(["analyze", "occlusion", "--model.name", "convnext_demo", "--occlusion.patch_size", "big"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "occlusion.patch_size" in err[0]
+
+
+@pytest.mark.parametrize("argv,new", [
+    (["--set", "occlusion.levels=[0.1]"], "--SECTION.KEY VALUE (e.g. --occlusion.levels [0.1,0.5])"),
+    (["--pgd.preset", "paper_eps"], "--pgd.preset is now --preset NAME"),
+    (["--lesion.preset=paper_replknet"], "paper_lesion_replknet"),
+])
+def test_old_analysis_spellings_are_one_line(argv, new, tmp_path, capsys):
+    assert main(["analyze", "occlusion", "--model.name", "convnext_demo", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lk_ablate: error: ") and new in err[0]
+    # a config file with a section's preset key of earlier versions
+    old = tmp_path / "old.yaml"
+    old.write_text("pgd:\n  preset: paper_eps\n")
+    assert main(["analyze", "pgd", "--model.name", "convnext_demo", "--config", str(old)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{old}: pgd.preset is now --preset NAME" in err[0]
+
+
+def test_dotted_override_print_config_round_trip(tmp_path, capsys):
+    """--preset, a dotted override, --print_config; the printed file read back prints the same and parses to the
+    same config dataclasses."""
+    from lk_ablate.commands.analyze import parse_args, sections_of
+
+    argv = ["occlusion", "--preset", "paper", "--model.name", "convnext_demo", "--occlusion.levels", "[0.1,0.5]",
+            "--lesion.samples", "3"]
+    with pytest.raises(SystemExit):
+        main(["analyze", *argv, "--print_config"])
+    printed = capsys.readouterr().out
+    cfg = yaml.safe_load(printed)
+    assert cfg["occlusion"]["levels"] == [0.1, 0.5] and cfg["lesion"]["samples"] == 3
+    assert cfg["pgd"]["steps"] == list(range(1, 11)) and cfg["protocol"] == "paper"
+    (tmp_path / "c.yaml").write_text(printed)
+    with pytest.raises(SystemExit):
+        main(["analyze", "occlusion", "--config", str(tmp_path / "c.yaml"), "--print_config"])
+    assert capsys.readouterr().out == printed
+    names = ["occlusion", "lesion", "pgd"]
+    direct = sections_of(parse_args(argv + ["--occlusion.dino_weights", "/d"])[1], names)
+    again = sections_of(parse_args(["occlusion", "--config", str(tmp_path / "c.yaml"), "--occlusion.dino_weights",
+                                    "/d"])[1], names)
+    assert direct == again and direct["occlusion"].levels == (0.1, 0.5)

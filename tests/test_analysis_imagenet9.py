@@ -6,8 +6,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from lk_ablate.analysis.runner import section_config
 from lk_ablate.analysis import run_analyses
-from lk_ablate.analysis.imagenet9 import IN9_CLASSES, ImageNet9Config, in_to_in9, map_to_in9
+from lk_ablate.analysis.imagenet9 import IN9_CLASSES, in_to_in9, map_to_in9
 from lk_ablate.base.errors import ConfigError, DataError
 from lk_ablate.models.registry import ModelConfig
 
@@ -72,8 +73,8 @@ def test_generated_imagenet9_end_to_end(tmp_path):
 
 def test_imagenet9_errors(tmp_path):
     with pytest.raises(ConfigError, match="root"):
-        ImageNet9Config.from_dict({})
+        section_config("imagenet9", {})
     with pytest.raises(ConfigError, match="unknown"):
-        ImageNet9Config.from_dict({"root": "x", "variations": ["mixed"]})
+        section_config("imagenet9", {"root": "x", "variations": ["mixed"]})
     with pytest.raises(DataError, match="not found"):
         run_analyses(RedToImageNet(), {"imagenet9": {"root": str(tmp_path)}}, None, CFG)

@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 from scipy.stats import rankdata
 
+from lk_ablate.analysis.runner import section_config
 from lk_ablate.analysis import run_analyses
-from lk_ablate.analysis.imagenet_p import (ImageNetPConfig, VideoFolder, decode_video, flip_rate, ranks,
+from lk_ablate.analysis.imagenet_p import (VideoFolder, decode_video, flip_rate, ranks,
                                            top5_distance)
 from lk_ablate.base.errors import ConfigError, DataError
 from lk_ablate.models.registry import ModelConfig
@@ -138,9 +139,9 @@ def test_videos_decode_and_score(tmp_path):
 
 def test_errors(tmp_path):
     with pytest.raises(ConfigError, match="root"):
-        ImageNetPConfig.from_dict({})
+        section_config("imagenet_p", {})
     with pytest.raises(ConfigError, match="unknown"):
-        ImageNetPConfig.from_dict({"root": "x", "perturbations": ["fog"]})
+        section_config("imagenet_p", {"root": "x", "perturbations": ["fog"]})
     with pytest.raises(DataError, match="not found"):
         VideoFolder(tmp_path / "missing")
     (tmp_path / "b.json").write_text(json.dumps({"source": "s", "flip_probability": {}, "top5_distance": {}}))

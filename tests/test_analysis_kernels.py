@@ -6,10 +6,11 @@ import torch
 import torch.nn as nn
 
 import lk_ablate
+from lk_ablate.analysis.runner import section_config
 from lk_ablate.analysis import run_analyses
-from lk_ablate.analysis.features import FeatureVarianceConfig, feature_modules
+from lk_ablate.analysis.features import feature_modules
 from lk_ablate.analysis.features import run as run_features
-from lk_ablate.analysis.kernels import depthwise_convs, kernel_attention_distance, tap_distances
+from lk_ablate.analysis.kernel_distance import depthwise_convs, kernel_attention_distance, tap_distances
 from lk_ablate.base.errors import ConfigError
 from lk_ablate.models.registry import ModelConfig
 
@@ -91,11 +92,11 @@ def test_feature_variance_per_image_and_batch_mean_by_hand():
     torch.manual_seed(0)
     x = torch.randn(6, 2, 3, 3)
     data = [(x[:4], torch.zeros(4)), (x[4:], torch.zeros(2))]
-    per = run_features(Maps(), FeatureVarianceConfig.from_dict({"modules": ["a", "b"], "max_images": 6}), data)
+    per = run_features(Maps(), section_config("feature_variance", {"modules": ["a", "b"], "max_images": 6}), data)
     expected = x.flatten(2).var(dim=2).mean().item()  # unbiased spatial variance, mean over images and channels
     assert [lay["variance"] for lay in per["layers"]] == pytest.approx([expected, 4 * expected], rel=1e-6)
     assert [lay["depth"] for lay in per["layers"]] == [0.0, 1.0]
-    bm = run_features(Maps(), FeatureVarianceConfig.from_dict(
+    bm = run_features(Maps(), section_config("feature_variance", 
         {"modules": ["a"], "max_images": 6, "reduction": "batch_mean", "batch_mean_size": 3}), data)
     groups = [x[:3].mean(0), x[3:].mean(0)]  # exact groups of 3 although the batches are 4 + 2
     expected_bm = sum(g.flatten(1).var(dim=1).mean().item() for g in groups) / 2
@@ -106,7 +107,7 @@ def test_feature_variance_layers_of_demo_convnext():
     model = lk_ablate.create_model("convnext_demo").eval()
     mods = feature_modules(model)
     assert len(mods) == 1 + 8 + 4  # stem, 2+2+2+2 blocks, 4 downsamples (a patch-2 stem's first stage has one)
-    out = run_features(model, FeatureVarianceConfig.from_dict({"max_images": 4}),
+    out = run_features(model, section_config("feature_variance", {"max_images": 4}),
                        [(torch.randn(4, 3, 32, 32), torch.zeros(4))])
     names = [lay["name"] for lay in out["layers"]]
     assert names[:2] == ["stem", "stages.0.downsample"] and names[4] == "stages.1.downsample"
@@ -119,7 +120,7 @@ def test_feature_variance_on_timm_vit_tokens():
 
     vit = timm.create_model("test_vit").eval()
     x = torch.randn(2, 3, 160, 160)
-    out = run_features(vit, FeatureVarianceConfig.from_dict({"max_images": 2}), [(x, torch.zeros(2))])
+    out = run_features(vit, section_config("feature_variance", {"max_images": 2}), [(x, torch.zeros(2))])
     # patch + position embedding, then each block's attention and MLP residual outputs, recomputed here from the
     # block's formula (h + ls(attn(norm(h))), h + ls(mlp(norm(h)))); variance over the patch tokens (class token
     # left out), unbiased, mean over channels and images
@@ -138,7 +139,7 @@ def test_feature_variance_on_timm_vit_tokens():
 
 def test_feature_variance_config_errors():
     with pytest.raises(ConfigError, match="reduction"):
-        FeatureVarianceConfig.from_dict({"reduction": "mean"})
+        section_config("feature_variance", {"reduction": "mean"})
     with pytest.raises(ConfigError, match="not in the model"):
-        run_features(Maps(), FeatureVarianceConfig.from_dict({"modules": ["zz"]}), [(torch.zeros(2, 1, 2, 2), None)],
+        run_features(Maps(), section_config("feature_variance", {"modules": ["zz"]}), [(torch.zeros(2, 1, 2, 2), None)],
                      ModelConfig())

@@ -3,10 +3,11 @@ import pytest
 import torch
 
 import lk_ablate
+from lk_ablate.analysis.runner import load_preset, section_config
 from lk_ablate.analysis import run_analyses
 from lk_ablate.analysis.frequency import (FrequencyNoiseConfig, band_energy_fraction, band_limited_noise, band_mask,
                                           frequency_grid)
-from lk_ablate.analysis.lesion import LesionConfig, residual_units, units_removed
+from lk_ablate.analysis.lesion import residual_units, units_removed
 from lk_ablate.base.errors import ConfigError
 
 
@@ -75,14 +76,15 @@ def test_lesion_run_draws_and_fractions():
 def test_lesion_candidates_and_errors():
     model = _demo()
     x, y = _data(4)
-    out = run_analyses(model, {"lesion": {"preset": "paper_replknet", "candidates": [2, 3], "ns": [2], "samples": 2}},
+    out = run_analyses(model, {"lesion": {**load_preset("paper_lesion_replknet")["lesion"], "candidates": [2, 3],
+                                          "ns": [2], "samples": 2}},
                        [(x, y)])["lesion"]
     assert out["points"][0]["removed"] == [[2, 3], [2, 3]]
     with pytest.raises(ConfigError, match="candidates"):
         run_analyses(model, {"lesion": {"candidates": [8]}}, [(x, y)])
     with pytest.raises(ConfigError, match="only 2"):
         run_analyses(model, {"lesion": {"candidates": [0, 1], "ns": [3]}}, [(x, y)])
-    assert LesionConfig.from_dict({"preset": "paper_replknet"}).candidates == tuple(range(4, 22))
+    assert section_config("lesion", load_preset("paper_lesion_replknet")["lesion"]).candidates == tuple(range(4, 22))
 
 
 def test_timm_resnet_units_skip_downsampling_blocks():
@@ -137,4 +139,4 @@ def test_frequency_run_zero_amplitude_has_no_drop():
     assert [(b["low"], b["high"]) for b in out["bands"]] == [(0.0, 0.5), (0.5, 1.0)]
     assert all(b["drop"] == 0.0 for b in out["bands"])
     with pytest.raises(ConfigError, match="window"):
-        FrequencyNoiseConfig.from_dict({"window": 0})
+        section_config("frequency", {"window": 0})

@@ -5,9 +5,10 @@ import torch
 import torch.nn as nn
 
 import lk_ablate
+from lk_ablate.analysis.runner import section_config
 from lk_ablate.analysis import run_analyses
 from lk_ablate.analysis.common import from_pixels, to_pixels
-from lk_ablate.analysis.occlusion import (OcclusionConfig, cls_attention, dino_patch_attention, load_dino,
+from lk_ablate.analysis.occlusion import (cls_attention, dino_patch_attention, load_dino,
                                           random_patch_mask, saliency_keep_mask)
 from lk_ablate.base.errors import ConfigError, DataError
 
@@ -100,7 +101,7 @@ def test_occlusion_run_all_modes(tmp_path):
     assert all(p["dropped_fraction"] == 1.0 for p in (out["curves"]["salient"][1],))
     # non-salient at 0.5: the patches of the DINO grid (4 x 4 at 64 px, 8 px each on the 32 px input) holding the
     # least-attended half of the mass; the dropped fraction is their share of the grid
-    dcfg = OcclusionConfig.from_dict({"dino_weights": str(tmp_path / "dino.pth"), "dino_img_size": 64})
+    dcfg = section_config("occlusion", {"dino_weights": str(tmp_path / "dino.pth"), "dino_img_size": 64})
     attn, grid = dino_patch_attention(load_dino(tmp_path / "dino.pth", img_size=64), to_pixels(x, cfg), dcfg)
     keep = saliency_keep_mask(attn, 0.5, "non_salient")
     assert grid == (4, 4) and 0 < int((keep == 0).sum()) < 48
@@ -110,8 +111,8 @@ def test_occlusion_run_all_modes(tmp_path):
 
 def test_occlusion_config_errors():
     with pytest.raises(ConfigError, match="dino_weights"):
-        OcclusionConfig.from_dict({"modes": ["salient"]})
+        section_config("occlusion", {"modes": ["salient"]})
     with pytest.raises(ConfigError, match="modes"):
-        OcclusionConfig.from_dict({"modes": ["center"]})
+        section_config("occlusion", {"modes": ["center"]})
     with pytest.raises(ConfigError, match="levels"):
-        OcclusionConfig.from_dict({"modes": ["random"], "levels": [1.5]})
+        section_config("occlusion", {"modes": ["random"], "levels": [1.5]})

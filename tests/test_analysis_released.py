@@ -12,16 +12,15 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 
+from lk_ablate.analysis.runner import load_preset, section_config
 from lk_ablate.analysis import run_analyses
 from lk_ablate.analysis.features import FeatureVarianceConfig
 from lk_ablate.analysis.features import run as run_features
 from lk_ablate.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from lk_ablate.models.replknet import RepLKNet
 
-_PAPER_FILE = yaml.safe_load(open("lk_ablate/analysis/paper.yaml"))
-PAPER = _PAPER_FILE.get("analyses", _PAPER_FILE)
+PAPER = load_preset("paper")
 
 
 def rel(a, b) -> float:
@@ -99,7 +98,7 @@ class _ViTEmbed(nn.Module):
 
 def _paper_features(**over) -> FeatureVarianceConfig:
     section = {**PAPER["feature_variance"], "pool_size": POOL, "batch_mean_size": BS, "sweeps": SWEEPS, **over}
-    return FeatureVarianceConfig.from_dict(section)
+    return section_config("feature_variance", section)
 
 
 def _batches(images, bs=5):
@@ -182,7 +181,6 @@ def released_lesion_logits(m: RepLKNet, images: torch.Tensor, delete_index, bloc
 
 
 def test_paper_lesion_draws_third_stage_units_and_scores_the_released_forward():
-    from lk_ablate.analysis.lesion import LesionConfig
     from lk_ablate.analysis.lesion import run as run_lesion
 
     layers = (1, 1, 3, 1)
@@ -192,7 +190,7 @@ def test_paper_lesion_draws_third_stage_units_and_scores_the_released_forward():
     with torch.no_grad():
         y = m(x).argmax(1)
         y[:3] = (y[:3] + 1) % 10  # some wrong labels, so the accuracy is not trivially 100
-    cfg = LesionConfig.from_dict({**PAPER["lesion"], "ns": [1, 2], "samples": 3})
+    cfg = section_config("lesion", {**PAPER["lesion"], "ns": [1, 2], "samples": 3})
     res = run_lesion(m, cfg, [(x[:5], y[:5]), (x[5:], y[5:])])
     assert res["candidates"] == [2, 3, 4]  # the third stage's units
     rng = random.Random(0)
@@ -218,10 +216,9 @@ def test_paper_lesion_on_replknet_31b_is_range_4_22_and_vit_keeps_every_block():
     vit = timm.create_model("vit_base_patch16_224", pretrained=False, depth=3, embed_dim=32, num_heads=2,
                             img_size=32, num_classes=10).eval()
     assert unit_stages(vit, residual_units(vit)) is None  # no stages: every block is a candidate
-    from lk_ablate.analysis.lesion import LesionConfig
     from lk_ablate.analysis.lesion import run as run_lesion
 
-    cfg = LesionConfig.from_dict({**PAPER["lesion"], "ns": [1], "samples": 2})
+    cfg = section_config("lesion", {**PAPER["lesion"], "ns": [1], "samples": 2})
     res = run_lesion(vit, cfg, [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))])
     assert res["candidates"] == [0, 1, 2]  # as the released evaluate_lession_vit: any block
 
@@ -271,7 +268,7 @@ def _tiny_net(seed: int, classes: int = 4) -> nn.Module:
 def test_paper_taig_equals_released_attack_and_test_on_a_fixed_list(tmp_path):
     from helpers import make_image_folder
 
-    from lk_ablate.analysis.attacks import (TAIGConfig, pixel_model, run_taig, taig, taig_image_list,
+    from lk_ablate.analysis.attacks import (pixel_model, run_taig, taig, taig_image_list,
                                             taig_pixel_batches, target_input)
 
     from PIL import Image
@@ -289,7 +286,7 @@ def test_paper_taig_equals_released_attack_and_test_on_a_fixed_list(tmp_path):
     assert taig_image_list(val, csv_path) == items
     sur, target = _tiny_net(0), _tiny_net(1)
     sur_cfg = ModelConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), num_classes=4)  # a ViT-like config, overridden
-    cfg = TAIGConfig.from_dict({**PAPER["taig"], "iterations": 3, "ig_steps": 4, "variant": "S", "num_workers": 0,
+    cfg = section_config("taig", {**PAPER["taig"], "iterations": 3, "ig_steps": 4, "variant": "S", "num_workers": 0,
                                 "batch_size": 4, "val_dir": str(val), "image_list": str(csv_path)})
     assert cfg.eps == pytest.approx((8 / 255, 16 / 255, 0.1))
     res = run_taig(target, cfg, None, ModelConfig(num_classes=4), surrogate=(sur, sur_cfg, "tiny"))
@@ -343,7 +340,7 @@ def test_paper_frequency_bands_are_freq_attacks_centred_from_0_to_pi():
     from lk_ablate.analysis.frequency import FrequencyNoiseConfig
     from lk_ablate.analysis.frequency import run as run_frequency
 
-    cfg = FrequencyNoiseConfig.from_dict({**PAPER["frequency"], "seed": 5})
+    cfg = section_config("frequency", {**PAPER["frequency"], "seed": 5})
     assert list(cfg.centers) == pytest.approx([0.1 * i for i in range(11)]) and 0.7 in cfg.centers
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 32 * 32, 10)).eval()
@@ -437,7 +434,6 @@ def test_imagenet_p_metrics_equal_hendrycks_at_every_difficulty(difficulty, nois
 
 
 def test_imagenet_p_run_uses_the_difficulty_as_frame_stride():
-    from lk_ablate.analysis.imagenet_p import ImageNetPConfig
     from lk_ablate.analysis.imagenet_p import run as run_p
 
     torch.manual_seed(0)
@@ -445,7 +441,7 @@ def test_imagenet_p_run_uses_the_difficulty_as_frame_stride():
     g = torch.Generator().manual_seed(1)
     vids = [torch.randint(0, 256, (9, 16, 16, 3), generator=g, dtype=torch.uint8) for _ in range(3)]
     cfg = ModelConfig(input_size=(3, 16, 16), num_classes=10)
-    res = run_p(model, ImageNetPConfig.from_dict({"root": "unused", "perturbations": ["translate"], "difficulty": 2}),
+    res = run_p(model, section_config("imagenet_p", {"root": "unused", "perturbations": ["translate"], "difficulty": 2}),
                 None, cfg, videos={"translate": vids})
     with torch.no_grad():
         preds = [model(((v.permute(0, 3, 1, 2).float() / 255) - torch.tensor(cfg.mean).view(1, 3, 1, 1))
@@ -485,11 +481,10 @@ def test_paper_eval_specs_equal_the_released_transforms_for_every_model():
 def test_paper_kernel_distance_equals_released_script():
     import numpy as np
 
-    from lk_ablate.analysis.kernels import KernelDistanceConfig
-    from lk_ablate.analysis.kernels import run as run_kernels
+    from lk_ablate.analysis.kernel_distance import run as run_kernels
 
     m = small_replknet(layers=(1, 1, 2, 1))
-    ours = run_kernels(m, KernelDistanceConfig.from_dict(PAPER["kernel_distance"]))
+    ours = run_kernels(m, section_config("kernel_distance", PAPER["kernel_distance"]))
     expected = []
     for stage, n_blocks in enumerate((1, 1, 2, 1)):  # kernel_atten_dis.py:45-68 with this model's depths
         for n in range(n_blocks):

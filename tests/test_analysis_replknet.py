@@ -92,6 +92,6 @@ def test_lesion_preset_of_the_paper_on_31b_units():
     units = residual_units(m)
     assert len(units) == 24
     stage3 = {id(b) for b in m.stages[2].blocks}
-    # preset paper_replknet = units 4..21, exactly the 18 pairs of the third stage
+    # preset paper_lesion_replknet = units 4..21, exactly the 18 pairs of the third stage
     assert all(id(units[i][0]) in stage3 and id(units[i][1]) in stage3 for i in range(4, 22))
     assert not any(id(units[i][0]) in stage3 for i in (*range(4), 22, 23))

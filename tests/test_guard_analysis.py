@@ -12,8 +12,9 @@ import torch
 import torch.nn as nn
 
 import lk_ablate
+from lk_ablate.analysis.runner import section_config
 from lk_ablate.analysis import run_analyses
-from lk_ablate.analysis.attacks import TAIGConfig, load_surrogate
+from lk_ablate.analysis.attacks import load_surrogate
 from lk_ablate.analysis.frequency import band_limited_noise
 from lk_ablate.analysis.occlusion import cls_attention
 from lk_ablate.models.registry import ModelConfig
@@ -35,7 +36,7 @@ def test_taig_timm_surrogate_carries_the_checkpoint_weights(tmp_path):
             p.add_(torch.randn_like(p))
     saved = {k: v.clone() for k, v in sur.state_dict().items()}
     torch.save(saved, tmp_path / "sur.pth")
-    model, cfg, label = load_surrogate(TAIGConfig.from_dict({"surrogate_timm": "test_vit",
+    model, cfg, label = load_surrogate(section_config("taig", {"surrogate_timm": "test_vit",
                                                              "surrogate_checkpoint": str(tmp_path / "sur.pth")}))
     assert label == "test_vit" and not model.training
     _assert_same_weights(model, saved)
@@ -49,7 +50,7 @@ def test_taig_registered_surrogate_carries_the_checkpoint_weights(tmp_path):
             p.add_(torch.randn_like(p))
     saved = {k: v.clone() for k, v in sur.state_dict().items()}
     torch.save(saved, tmp_path / "sur.pth")
-    model, cfg, _ = load_surrogate(TAIGConfig.from_dict({"surrogate_timm": None, "surrogate_model": "convnext_demo",
+    model, cfg, _ = load_surrogate(section_config("taig", {"surrogate_timm": None, "surrogate_model": "convnext_demo",
                                                          "surrogate_kernel_size": 5,
                                                          "surrogate_checkpoint": str(tmp_path / "sur.pth")}))
     _assert_same_weights(model, saved)

@@ -138,7 +138,7 @@ def recorded(monkeypatch):
         hook_inputs(out.models, record)
         return out
 
-    import lk_ablate.analysis.cli as analysis_cli
+    import lk_ablate.commands.analyze as analysis_cli
     import lk_ablate.robustness.score as score
 
     monkeypatch.setattr(score, "load_for_eval", spying)
@@ -222,6 +222,8 @@ def test_runner_passes_the_paper_specs_model_config(monkeypatch):
     ("analyze", ["fgsm", "--workers", "0"], "--data.num_workers"),
     ("analyze", ["fgsm", "--set", "fgsm.eps=[0.1]"], "--occlusion.levels"),
     ("analyze", ["fgsm", "--config", "paper"], "--preset paper"),
+    ("analyze", ["pgd", "--pgd.preset", "paper_eps"], "--preset NAME"),
+    ("analyze", ["pgd", "--pgd.preset=paper_eps"], "paper_pgd_eps"),
     ("analyze", ["fgsm", "--data", "/val"], "--data.imagenet_val"),
     ("analyze", ["fgsm", "--no-ema"], "--model.weights raw"),
 ])
@@ -244,8 +246,12 @@ def test_print_config_round_trip(command, tmp_path, capsys):
     cfg = yaml.safe_load(first)
     assert cfg["protocol"] == "paper" and cfg["model"]["kernel_size"] == [31, 29, 27, 13]
     assert cfg["data"]["batch_size"] == 8
-    if command[0] == "analyze":  # the section preset expanded, explicit keys beside it
-        assert cfg["fgsm"]["eps"] == [0.1, 0.2, 0.3, 0.4] and cfg["fgsm"]["preset"] == "paper"
+    if command[0] == "analyze":  # the preset's sections, a dotted override over them
+        first = printed("--preset", "paper", "--model.kernel_size", "[31,29,27,13]", "--data.batch_size", "8",
+                        "--model.name", "replknet_31b", "--occlusion.levels", "[0.1,0.5]")
+        cfg = yaml.safe_load(first)
+        assert cfg["fgsm"]["eps"] == [0.1, 0.2, 0.3, 0.4] and "preset" not in cfg["fgsm"]
+        assert cfg["occlusion"]["levels"] == [0.1, 0.5] and cfg["occlusion"]["patch_size"] == 16
     (tmp_path / "c.yaml").write_text(first)
     assert printed("--config", str(tmp_path / "c.yaml")) == first
 

@@ -284,10 +284,8 @@ def taig(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, labels: to
 # --- configs --------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class FGSMConfig(SectionConfig):
-    """``eps``: l_inf budgets (pixel units in [0, 1] for ``space: pixel``); preset ``paper``: 0.1..0.4."""
+    """``eps``: l_inf budgets (pixel units in [0, 1] for ``space: pixel``); the paper: 0.1..0.4 (preset ``paper``)."""
 
-    SECTION = "fgsm"
-    PRESETS = {"paper": {"eps": (0.1, 0.2, 0.3, 0.4), "space": "pixel"}}
     eps: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
     space: str = "pixel"
     max_images: int | None = None
@@ -302,16 +300,10 @@ class FGSMConfig(SectionConfig):
 class PGDConfig(SectionConfig):
     """Every (eps, steps) pair is run. ``alpha``: step size (None: ``alpha_ratio * eps``, released code 1/4).
 
-    Presets: ``paper_eps`` (5 steps, eps 0.002..0.008), ``paper_steps`` (eps 0.006, 1..10 steps; the paper's
-    exact step counts are not in its released code) and ``paper`` (both: every eps with 1..10 steps)."""
+    Shipped presets (``--preset NAME``): ``paper_pgd_eps`` (5 steps, eps 0.002..0.008), ``paper_pgd_steps`` (eps
+    0.006, 1..10 steps; the paper's exact step counts are not in its released code) and ``paper`` (both: every eps
+    with 1..10 steps; iterates 1..10 of every eps cost 10 gradients per eps)."""
 
-    SECTION = "pgd"
-    PRESETS = {
-        "paper_eps": {"eps": (0.002, 0.004, 0.006, 0.008), "steps": (5,)},
-        "paper_steps": {"eps": (0.006,), "steps": tuple(range(1, 11))},
-        # both sweeps at once: iterates 1..10 of every eps cost 10 gradients per eps
-        "paper": {"eps": (0.002, 0.004, 0.006, 0.008), "steps": tuple(range(1, 11))},
-    }
     eps: tuple[float, ...] = (0.002, 0.004, 0.006, 0.008)
     steps: tuple[int, ...] = (5,)
     alpha: float | None = None
@@ -351,12 +343,6 @@ class TAIGConfig(SectionConfig):
       centre-cropped to 224, ``TAIG_test.py``) or ``none`` (as it is).
     """
 
-    SECTION = "taig"
-    # Table 4's 0.03 / 0.06 columns are the script's 8/255 (TAIG_attack.py:24 default) and 16/255
-    # (attack_replk.sh); 0.1 is its third budget.
-    PRESETS = {"paper": {"eps": (8 / 255, 16 / 255, 0.1), "iterations": 20, "step_size": 1 / 255,
-                         "ig_steps": 20, "variant": "R", "surrogate_norm": "imagenet",
-                         "target_transform": "resize_crop"}}
     eps: tuple[float, ...] = (8 / 255, 16 / 255, 0.1)
     iterations: int = 20
     step_size: float = 1 / 255

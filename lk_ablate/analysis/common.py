@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,91 +25,33 @@ if TYPE_CHECKING:
     from ..data.transforms import EvalSpec
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-C = TypeVar("C", bound="SectionConfig")
 
 
 # --- config sections ------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class SectionConfig:
-    """Base of every analysis config: one jsonargparse group of ``lk_ablate analyze`` (``--occlusion.levels
-    [0.1,0.5]``), or built from one dict section (``from_dict``) with unknown keys refused.
+    """Base of every analysis config: a dataclass that jsonargparse parses as one group of ``lk_ablate analyze``
+    (``--occlusion.levels [0.1,0.5]``, a ``occlusion:`` section of a --config / --preset file), and that
+    :func:`lk_ablate.analysis.runner.parse_sections` builds from mappings (the Python API) with the same parser.
 
-    Subclasses may define ``PRESETS`` (name -> field values) selected by a ``preset`` key; explicit keys
-    override the preset's values. ``validate`` raises ConfigError for values out of range.
+    Constructing one validates it (``__post_init__``: lists of tuple-typed fields become tuples, then
+    ``validate`` raises a one-line ConfigError for a value out of range). Named settings (the paper's) are shipped
+    YAML presets (lk_ablate/analysis/presets/), not code.
     """
 
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
-    SECTION: ClassVar[str] = ""
-
-    @classmethod
-    def from_dict(cls: type[C], section: Mapping[str, Any] | None) -> C:
-        """A section from a mapping (the Python API; the CLI parses the same groups with jsonargparse): the
-        ``preset`` key first, explicit keys over it, values type-checked by jsonargparse, then ``validate``."""
-        section = dict(section or {})
-        values: dict[str, Any] = {}
-        preset = section.pop("preset", None)
-        if preset is not None:
-            if preset not in cls.PRESETS:
-                choices = ", ".join(sorted(cls.PRESETS)) or "none defined"
-                raise ConfigError(f"{cls.SECTION}.preset {preset!r} is unknown; choose one of: {choices}")
-            values.update(cls.PRESETS[preset])
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - names)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown} in config section {cls.SECTION!r}; valid keys: "
-                              f"{sorted(names | ({'preset'} if cls.PRESETS else set()))}")
-        values.update(section)
-        return cls.from_parsed(_section_parser(cls).parse_values(cls, values))
-
-    @classmethod
-    def from_parsed(cls: type[C], values: Mapping[str, Any]) -> C:
-        """A section from values jsonargparse has parsed (lists of tuple-typed fields become tuples), validated."""
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in values.items() if k in types}
-        for k, v in list(values.items()):
-            # YAML gives lists; sequences are stored as tuples so configs stay hashable and printable.
-            if isinstance(v, list) and "tuple" in str(types[k]):
-                values[k] = tuple(v)
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            # YAML and the Python API give lists; sequences are stored as tuples so configs stay hashable.
+            if isinstance(v, list) and "tuple" in str(f.type):
+                setattr(self, f.name, tuple(v))
+        self.validate()
 
     def validate(self) -> None:  # pragma: no cover - overridden where there is something to check
         pass
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(dataclasses.asdict(self))
-
-
-class _SectionParser:
-    """jsonargparse's type checking of one section's values (one parser per section class, built once)."""
-
-    def __init__(self, cls: type) -> None:
-        from jsonargparse import ArgumentParser
-
-        self.parser = ArgumentParser(exit_on_error=False, default_meta=False)
-        self.parser.add_class_arguments(cls, cls.SECTION or "section")
-
-    def parse_values(self, cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
-        import argparse
-
-        key = cls.SECTION or "section"
-        try:
-            ns = self.parser.parse_object({key: dict(values)})
-        except argparse.ArgumentError as e:
-            from ..evaluation.cli import one_line
-
-            raise ConfigError(f"config section {key!r}: {one_line(e)}") from e
-        return dict(vars(getattr(ns, key)))
-
-
-_PARSERS: dict[type, _SectionParser] = {}
-
-
-def _section_parser(cls: type) -> _SectionParser:
-    if cls not in _PARSERS:
-        _PARSERS[cls] = _SectionParser(cls)
-    return _PARSERS[cls]
 
 
 def check_levels(name: str, values: Sequence[float], lo: float, hi: float, *, strict_lo: bool = False) -> None:

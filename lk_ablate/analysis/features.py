@@ -78,7 +78,6 @@ class FeatureVarianceConfig(SectionConfig):
     - ``modules``: explicit module names whose outputs are recorded (default: found from the architecture).
     """
 
-    SECTION = "feature_variance"
     max_images: int = 128
     reduction: str = "per_image"
     batch_mean_size: int = 128

@@ -56,7 +56,6 @@ class FrequencyNoiseConfig(SectionConfig):
     ``consecutive``; ``centers``: the band centres of ``centered`` (units of pi); ``repeats``: noise draws per
     image; ``seed``: of the noise generator."""
 
-    SECTION = "frequency"
     amplitude: float = 0.1
     window: float = 0.1
     layout: str = "consecutive"

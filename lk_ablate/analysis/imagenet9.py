@@ -42,7 +42,6 @@ VARIATIONS = ("original", "mixed_same", "mixed_rand", "mixed_next", "only_fg", "
 class ImageNet9Config(SectionConfig):
     """``root``: the folder holding the unzipped variations; ``num_outputs``: 1000 (ImageNet model, mapped) or 9."""
 
-    SECTION = "imagenet9"
     root: str = ""
     variations: tuple[str, ...] = ("original", "mixed_same", "mixed_rand")
     num_outputs: int = 1000

@@ -48,7 +48,6 @@ class ImageNetPConfig(SectionConfig):
     videos; the others: frame stride d);
     ``baselines``: JSON with AlexNet's FP and T5D per perturbation; ``max_videos``: per perturbation."""
 
-    SECTION = "imagenet_p"
     root: str = ""
     perturbations: tuple[str, ...] = PERTURBATIONS
     difficulty: int = 1

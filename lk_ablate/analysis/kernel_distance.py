@@ -40,7 +40,6 @@ class KernelDistanceConfig(SectionConfig):
     groups == in == out channels and a kernel > 1, e.g. timm models), "auto" (large_kernel if the model has any,
     else depthwise). ``include``: glob on module names (e.g. "stages.2.*")."""
 
-    SECTION = "kernel_distance"
     modules: str = "auto"
     include: str = "*"
     normalize_weights: bool = True

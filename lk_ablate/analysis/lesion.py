@@ -42,9 +42,6 @@ class LesionConfig(SectionConfig):
     ``max_images``: evaluate on the first N; ``cache_images``: keep those images in memory between the many
     evaluations."""
 
-    SECTION = "lesion"
-    PRESETS = {"paper_replknet": {"candidates": tuple(range(4, 22)), "samples": 10},
-               "paper": {"candidate_stages": (2,), "samples": 10}}
     ns: tuple[int, ...] = ()
     samples: int = 10
     candidates: tuple[int, ...] = ()

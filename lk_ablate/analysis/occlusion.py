@@ -47,7 +47,6 @@ class OcclusionConfig(SectionConfig):
     """``levels``: fractions (of patches for ``random``, of DINO attention mass otherwise); ``repeats``: random
     draws per level (the released script's ``exp_count``)."""
 
-    SECTION = "occlusion"
     modes: tuple[str, ...] = MODES
     levels: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     patch_size: int = 16

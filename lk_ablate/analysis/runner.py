@@ -10,10 +10,10 @@ from typing import Any
 import torch.nn as nn
 
 from ..data.transforms import EvalSpec
-from ..base.errors import ConfigError
+from ..base.errors import ConfigError, one_line
 from ..evaluation.options import check_protocol
 from ..models.registry import ModelConfig
-from . import attacks, features, frequency, imagenet9, imagenet_p, kernels, lesion, occlusion
+from . import attacks, features, frequency, imagenet9, imagenet_p, kernel_distance, lesion, occlusion
 from .common import SectionConfig, to_jsonable, write_analysis_result
 
 
@@ -48,7 +48,8 @@ ANALYSES: dict[str, Analysis] = {a.name: a for a in (
              "accuracy with n residual blocks removed"),
     Analysis("frequency", frequency.FrequencyNoiseConfig, frequency.run, frequency.plot, frequency.summary, True,
              "accuracy drop under band-limited noise"),
-    Analysis("kernel_distance", kernels.KernelDistanceConfig, kernels.run, kernels.plot, kernels.summary, False,
+    Analysis("kernel_distance", kernel_distance.KernelDistanceConfig, kernel_distance.run, kernel_distance.plot,
+             kernel_distance.summary, False,
              "per-channel attention distance of every depthwise kernel"),
     Analysis("feature_variance", features.FeatureVarianceConfig, features.run, features.plot, features.summary,
              True, "feature-map variance per layer vs normalised depth"),
@@ -82,10 +83,88 @@ def input_config(cfg: ModelConfig, spec: EvalSpec) -> ModelConfig:
                                interpolation=spec.interpolation)
 
 
+PRESETS_PACKAGE = "lk_ablate.analysis.presets"
+
+
+def preset_names() -> list[str]:
+    """The presets shipped in lk_ablate/analysis/presets/ (``--preset NAME``)."""
+    from importlib import resources
+
+    return sorted(p.name[:-5] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A shipped preset as the mapping its YAML file holds (``protocol`` and analysis sections)."""
+    from importlib import resources
+
+    import yaml
+
+    path = resources.files(PRESETS_PACKAGE).joinpath(f"{name}.yaml")
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; shipped presets: {', '.join(preset_names())}")
+    return dict(yaml.safe_load(path.read_text()) or {})
+
+
+def add_section_arguments(parser: Any, names: Iterable[str] | None = None) -> None:
+    """One jsonargparse group per analysis (``--occlusion.levels [0.1,0.5]``), from its config dataclass."""
+    for n in names if names is not None else ANALYSES:
+        a = get_analysis(n)
+        parser.add_class_arguments(a.config, a.name, help=a.help)
+
+
+def check_no_section_preset(name: str, section: Any, where: str = "") -> None:
+    """The ``preset`` key sections had before presets became shipped files: one line naming the new spelling."""
+    if isinstance(section, Mapping) and "preset" in section:
+        raise ConfigError(f"{where}{name}.preset is now --preset NAME (a shipped preset file: "
+                          f"{', '.join(preset_names())}; lk_ablate.analysis.load_preset(NAME) in Python)")
+
+
+_SECTIONS_PARSER: list[Any] = []
+
+
+def _sections_parser() -> Any:
+    """The analyses' groups on a parser of their own (built once): what ``parse_sections`` checks mappings with."""
+    if not _SECTIONS_PARSER:
+        from jsonargparse import ArgumentParser
+
+        parser = ArgumentParser(exit_on_error=False, default_meta=False)
+        add_section_arguments(parser)
+        _SECTIONS_PARSER.append(parser)
+    return _SECTIONS_PARSER[0]
+
+
+def parse_sections(sections: Mapping[str, Any]) -> dict[str, SectionConfig]:
+    """Config dataclasses from mappings ({analysis name: {key: value}}), type-checked by the same jsonargparse
+    groups as ``lk_ablate analyze`` (unknown keys and wrong types: one-line ConfigError), then validated."""
+    import argparse
+
+    values = {}
+    for n, section in sections.items():
+        get_analysis(n)
+        check_no_section_preset(n, section)
+        values[n] = dict(section or {})
+        keys = {f.name for f in dataclasses.fields(ANALYSES[n].config)}
+        unknown = sorted(set(values[n]) - keys)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} in config section {n!r}; valid keys: {sorted(keys)}")
+    try:
+        ns = _sections_parser().parse_object(values)
+    except argparse.ArgumentError as e:
+        raise ConfigError(f"analysis config: {one_line(e)}") from e
+    return {n: section_from_parsed(n, getattr(ns, n)) for n in values}
+
+
+def section_from_parsed(name: str, values: Any) -> SectionConfig:
+    """The config dataclass of analysis ``name`` from its parsed group (a jsonargparse Namespace or a mapping);
+    constructing it validates it."""
+    items = vars(values) if not isinstance(values, Mapping) else values
+    return get_analysis(name).config(**dict(items))
+
+
 def section_config(name: str, section: Any) -> SectionConfig:
-    """A parsed section: a SectionConfig instance as is, a mapping through the section's ``from_dict``."""
+    """A section: a config dataclass instance as is, a mapping (or None: the defaults) parsed by jsonargparse."""
     cls = get_analysis(name).config
-    return section if isinstance(section, cls) else cls.from_dict(section)
+    return section if isinstance(section, cls) else parse_sections({name: section})[name]
 
 
 def get_analysis(name: str) -> Analysis:
@@ -99,7 +178,7 @@ def run_analyses(model: nn.Module, config_sections: Mapping[str, Any], val_data:
                  out_dir: str | Path | None = None, names: Iterable[str] | None = None, label: str | None = None,
                  plot_prefix: str = "", results_init: Mapping[str, Any] | None = None,
                  protocol: str = "model") -> dict[str, dict[str, Any]]:
-    """Run the analyses named in ``config_sections`` (section name -> options or a parsed SectionConfig;
+    """Run the analyses named in ``config_sections`` (section name -> options or a config dataclass;
     ``names`` restricts them).
 
     ``val_data``: for the analyses that need it, normalised (images, labels) batches of the validation set

@@ -7,9 +7,9 @@
     lk_ablate analyze all --config my_analyses.yaml --print_config
 
 Options follow ``lk_ablate robustness`` (``--model.*``, ``--data.*``, ``--protocol``, ``--results``); every
-analysis is a group of its own (``--occlusion.levels [0.1,0.5]``); ``--preset paper`` loads the shipped paper
-settings (lk_ablate/analysis/paper.yaml, ``protocol: paper``); a section's ``preset`` key picks one of its
-named presets, and explicit values override it.
+analysis is a group of its own (``--occlusion.levels [0.1,0.5]``), parsed from its config dataclass; ``--preset
+NAME`` loads a shipped preset (lk_ablate/analysis/presets/NAME.yaml; ``paper``: the paper's settings and
+``protocol: paper``; presets stack, later ones and explicit values override earlier ones).
 """
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ from typing import Any
 
 import yaml
 
+from ..analysis.runner import ANALYSES, PRESETS_PACKAGE, add_section_arguments, check_no_section_preset, \
+    get_analysis, section_from_parsed
 from ..base.errors import ConfigError
-from ..evaluation.cli import base_parser, check_old_spellings, config_files, parse, preset_argv
 from ..evaluation.loading import load_for_eval
 from ..evaluation.options import DataOptions, ModelOptions
+from ._common import base_parser, check_old_spellings, config_files, parse, preset_argv
 
-PRESETS_PACKAGE = "lk_ablate.analysis"
+__all__ = ["AnalysisDataOptions", "cli_main", "parse_args", "sections_of"]
 
 
 @dataclass
@@ -42,8 +44,6 @@ class AnalysisDataOptions(DataOptions):
 
 
 def _parser() -> Any:
-    from .runner import ANALYSES
-
     p = base_parser("lk_ablate analyze", __doc__.split("\n\n")[0], default_weights="auto")
     p.add_class_arguments(AnalysisDataOptions, "data")
     p.set_defaults({"data.num_workers": 2})
@@ -51,43 +51,31 @@ def _parser() -> Any:
                    help="results JSON to store into (default: the checkpoint's <stem>.robustness.json beside it, "
                         "shared with `lk_ablate robustness`; created when missing)")
     p.add_argument("--plot_dir", type=str | None, default=None, help="folder for the PNGs (default: beside --results)")
-    for a in ANALYSES.values():
-        p.add_class_arguments(a.config, a.name, help=a.help)
-        if a.config.PRESETS:
-            p.add_argument(f"--{a.name}.preset", type=str | None, default=None,
-                           help=f"a named preset of {a.name}: {', '.join(a.config.PRESETS)}")
+    add_section_arguments(p)
     return p
+
+
+def _check_old_section_presets(argv: Sequence[str]) -> None:
+    """``--pgd.preset paper_eps`` (a section's named preset, now a shipped file): one line naming --preset."""
+    for a in argv:
+        flag = a.split("=", 1)[0]
+        head, _, key = flag.lstrip("-").partition(".")
+        if flag.startswith("--") and key == "preset" and head in ANALYSES:
+            check_no_section_preset(head, {"preset": None}, where="--")
 
 
 def parse_args(argv: Sequence[str]) -> tuple[str | None, Any, list[str]]:
     """(analysis name or None, options, the sections named by --config/--preset files or options)."""
-    from .runner import ANALYSES
-
     argv = list(argv)
     name = argv.pop(0) if argv and not argv[0].startswith("-") else None
     check_old_spellings(argv)
+    _check_old_section_presets(argv)
     argv = preset_argv(argv, PRESETS_PACKAGE)
     named = _named_sections(argv)
-    parser = _parser()
-    # First pass without --print_config: the sections' `preset` keys become defaults of their groups, so files
-    # and options given explicitly override them (and --print_config shows the expanded values).
-    first = parse(parser, [a for a in argv if a != "--print_config"])
-    defaults = {}
-    for n, a in ANALYSES.items():
-        preset = getattr(getattr(first, n), "preset", None)
-        if preset is None:
-            continue
-        if preset not in a.config.PRESETS:
-            raise ConfigError(f"{n}.preset {preset!r} is unknown; choose one of: {', '.join(a.config.PRESETS)}")
-        defaults.update({f"{n}.{k}": list(v) if isinstance(v, tuple) else v for k, v in a.config.PRESETS[preset].items()})
-    if defaults:
-        parser.set_defaults(defaults)
-    return name, parse(parser, argv), named
+    return name, parse(_parser(), argv), named
 
 
 def _named_sections(argv: Sequence[str]) -> list[str]:
-    from .runner import ANALYSES
-
     named: list[str] = []
     for path in config_files(argv):
         p = Path(path)
@@ -96,7 +84,10 @@ def _named_sections(argv: Sequence[str]) -> list[str]:
             if "analyses" in data:
                 raise ConfigError(f"{path}: the analysis sections now sit at the top level of the file (drop the "
                                   "'analyses:' level); see `lk_ablate analyze --print_config`")
-            named += [k for k in data if k in ANALYSES]
+            for k in data:
+                if k in ANALYSES:
+                    check_no_section_preset(k, data[k], where=f"{path}: ")
+                    named.append(k)
     for a in argv:
         head = a.lstrip("-").split(".", 1)[0]
         if a.startswith("--") and "." in a and head in ANALYSES:
@@ -114,20 +105,16 @@ def default_results_path(ckpt: str | None, label: str) -> Path:
 
 
 def sections_of(args: Any, names: Sequence[str]) -> dict[str, Any]:
-    """The parsed, validated SectionConfig of each analysis in ``names``."""
-    from .runner import ANALYSES
-
-    out = {}
-    for n in names:
-        out[n] = ANALYSES[n].config.from_parsed(vars(getattr(args, n)))  # parsed by jsonargparse, then validated
-    return out
+    """The config dataclass of each analysis in ``names`` (parsed by jsonargparse; constructing it validates it;
+    only the named ones: an analysis not run needs no paths)."""
+    return {n: section_from_parsed(n, getattr(args, n)) for n in names}
 
 
 def cli_main(argv: list[str]) -> int:
     import torch
 
-    from .loading import LoadedModel, ValSource
-    from .runner import ANALYSES, get_analysis, run_analyses
+    from ..analysis.loading import LoadedModel, ValSource
+    from ..analysis.runner import run_analyses
 
     name, args, named = parse_args(argv)
     if name == "list":
