@@ -3,6 +3,7 @@ import os
 from collections import Counter
 
 import pytest
+import yaml
 
 from lk_ablate.cli import main
 from lk_ablate.data.imagenet_val import (LABELS_FILE, WNIDS_FILE, imagenet_wnids, prepare_imagenet_val, val_file_name,
@@ -58,3 +59,36 @@ def test_prepare_errors(flat_val, tmp_path, capsys):
         prepare_imagenet_val(prepared, tmp_path / "out2")
     assert main(["data", "prepare-imagenet-val", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "lk_ablate: error: ImageNet val folder not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["prepare-imagenet-val", "--src", "/flat", "--out", "/val", "--mode", "copy"],
+    ["write-ffcv", "--root", "/data", "--out", "/ffcv", "--splits", "[train]", "--num_workers", "2", "--no_verify",
+     "--writer.max_resolution", "256", "--writer.jpeg_quality", "80"],
+    ["check", "/data", "/more", "--num_workers", "3"],
+])
+def test_data_commands_print_config_round_trip(argv, tmp_path, capsys):
+    def printed(*args):
+        with pytest.raises(SystemExit) as e:
+            main(["data", argv[0], *args, "--print_config"])
+        assert e.value.code in (0, None)
+        return capsys.readouterr().out
+
+    first = printed(*argv[1:])
+    cfg = yaml.safe_load(first)
+    if argv[0] == "write-ffcv":
+        assert cfg["splits"] == ["train"] and cfg["verify"] is False and cfg["writer"]["max_resolution"] == 256
+    (tmp_path / "c.yaml").write_text(first)
+    assert printed(*(["/data", "/more"] if argv[0] == "check" else []), "--config", str(tmp_path / "c.yaml")) == first
+
+
+@pytest.mark.parametrize("argv,new", [
+    (["write-ffcv", "--root", "/d", "--max-resolution", "0"], "--writer.max_resolution N (null keeps sizes)"),
+    (["write-ffcv", "--no-verify"], "--no_verify"),
+    (["check", "/d", "--num-workers", "2"], "--num_workers N"),
+    (["nope"], "needs a command: one of prepare-imagenet-val, write-ffcv, check"),
+])
+def test_data_old_spellings_and_unknown_command_give_one_line(argv, new, capsys):
+    assert main(["data", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lk_ablate: error: ") and new in err[0]

@@ -2,7 +2,9 @@
 import json
 
 import numpy as np
+import pytest
 import torch
+import yaml
 
 from lk_ablate.cli import main as cli_main
 from lk_ablate.data.fashion_mnist import FashionMNISTDataModule, GreyTransform, load_fashion_mnist, resize_grey
@@ -58,7 +60,7 @@ def test_ffcv_and_in_memory_validation_batches_are_equal(tmp_path):
 
 def test_demo_end_to_end(tmp_path, capsys):
     """`lk_ablate demo`, shortened: two kernel sizes, a few steps, 20 corrupted images; table, JSONs, report."""
-    rc = cli_main(["demo", "--kernels", "5", "3", "--epochs", "1", "--subset", "20", "--out", str(tmp_path),
+    rc = cli_main(["demo", "--kernels", "[5,3]", "--epochs", "1", "--subset", "20", "--out", str(tmp_path),
                    "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "3"])
     assert rc == 0
     out = capsys.readouterr().out
@@ -86,3 +88,30 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert all(float(v / 5).is_integer() for by in fm["fashion_mnist_c"]["top1"].values() for v in by.values())
         assert len(fm["fashion_mnist_c"]["top1"]) == 15
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "report.csv").is_file()
+
+
+def test_demo_print_config_round_trip_and_fit_options(tmp_path, capsys):
+    """--print_config shows the demo's options and the `fit` options it passes on; the printed YAML reads back."""
+    def printed(*args):
+        with pytest.raises(SystemExit) as e:
+            cli_main(["demo", *args, "--print_config"])
+        assert e.value.code in (0, None)
+        return capsys.readouterr().out
+
+    first = printed("--kernels", "[5,3]", "--epochs", "1", "--trainer.limit_train_batches", "6",
+                    "--trainer.limit_val_batches=3", "--out", str(tmp_path / "demo"), "--threads", "2")
+    cfg = yaml.safe_load(first)
+    assert cfg["kernels"] == [5, 3] and cfg["epochs"] == 1 and cfg["threads"] == 2 and cfg["subset"] == 500
+    assert cfg["fit"] == ["--trainer.limit_train_batches", 6, "--trainer.limit_val_batches=3"]
+    (tmp_path / "c.yaml").write_text(first)
+    assert printed("--config", str(tmp_path / "c.yaml")) == first
+    from lk_ablate.commands.demo import DEMO_CONFIG, parse_args
+
+    assert DEMO_CONFIG.is_file()
+    assert parse_args(["--config", str(tmp_path / "c.yaml"), "--trainer.max_steps", "2"]).fit[-2:] == \
+        ["--trainer.max_steps", 2]
+
+
+def test_demo_old_kernels_spelling_gives_one_line(capsys):
+    assert cli_main(["demo", "--kernels", "3", "13"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["lk_ablate: error: --kernels 3 13 is now --kernels [3,13]"]

@@ -187,7 +187,7 @@ def test_missing_or_wrong_files_fail_at_start(betons, tmp_path):
 
 
 def test_ffcv_is_imported_lazily_and_its_absence_is_explained(monkeypatch):
-    code = "import sys, lk_ablate.data, lk_ablate.data.commands; assert 'ffcv' not in sys.modules, 'ffcv imported'"
+    code = "import sys, lk_ablate.data, lk_ablate.commands.data; assert 'ffcv' not in sys.modules, 'ffcv imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
     monkeypatch.setitem(sys.modules, "ffcv", None)
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[ffcv\]'"):

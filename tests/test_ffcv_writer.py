@@ -116,8 +116,9 @@ def test_an_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
 
 def test_cli(tmp_path, capsys):
     root = make_image_folder(tmp_path / "data", classes=2, per_class=2, size=20)
-    assert main(["data", "write-ffcv", "--root", str(root), "--out", str(tmp_path / "out"), "--num-workers", "1",
-                 "--max-resolution", "64", "--compress-probability", "0.25", "--jpeg-quality", "80"]) == 0
+    assert main(["data", "write-ffcv", "--root", str(root), "--out", str(tmp_path / "out"), "--num_workers", "1",
+                 "--writer.max_resolution", "64", "--writer.compress_probability", "0.25",
+                 "--writer.jpeg_quality", "80"]) == 0
     out = capsys.readouterr().out
     assert "train_64_0.25_80.beton" in out and "val_64_0.25_80.beton" in out
     assert main(["data", "write-ffcv", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2

@@ -1,19 +1,29 @@
-"""The embedded default: real, small and offline.
+"""``lk_ablate demo``: the embedded default, real, small and offline.
 
 Writes real Fashion-MNIST to FFCV .beton files once (cached), trains the reduced ConvNeXt
 (``convnext_demo``) from them at two kernel sizes through the same CLI, config and recipe code as the
 ImageNet runs, scores each on the full 10,000-image test set and on
 Fashion-MNIST-C (15 corruptions x 5 severities on a fixed test subset, corrupted once and cached), writes a
 results JSON per run and ends with the ablation report.
+
+    lk_ablate demo                                   # kernels [3,13], 3 epochs (what `make demo` runs)
+    lk_ablate demo --kernels [3,7,13] --epochs 1 --trainer.limit_train_batches 50
+
+Options other than the demo's own (``--trainer.*``, ``--model.*``, ...) go to each ``lk_ablate fit`` run; they
+are kept in ``--fit`` (``--print_config`` shows them, a ``--config`` file may list them).
 """
 from __future__ import annotations
 
-import argparse
-import os
+import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from ..base.errors import ConfigError
+from ._common import command_parser, parse
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEMO_CONFIG = REPO_CONFIGS / "demo_fashion_mnist.yaml"
 
 
@@ -39,7 +49,7 @@ class Stages:
 
 def train(kernel: int, epochs: int, out: Path, extra: list[str]):
     """`lk_ablate fit --config configs/demo_fashion_mnist.yaml --model.kernel_size K` in-process."""
-    from .lightning_cli import build_cli
+    from ..lightning_cli import build_cli
 
     args = ["fit", "--config", str(DEMO_CONFIG), "--model.kernel_size", str(kernel),
             "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(out / f"k{kernel}"),
@@ -51,31 +61,86 @@ def train(kernel: int, epochs: int, out: Path, extra: list[str]):
     return cli.model, ckpt, acc, cli.trainer
 
 
-def cli_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="lk_ablate demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kernels", type=int, nargs="+", default=[3, 13], help="depthwise kernel sizes (default 3 13)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--out", default="checkpoints/demo", help="run folders, results JSON and the report")
+# The demo's own options; any other option goes to `lk_ablate fit` (through --fit).
+_OWN = ("--config", "--kernels", "--epochs", "--out", "--subset", "--seed", "--threads", "--fit")
+_NO_VALUE = ("--print_config", "-h", "--help")
+
+
+def _parser() -> Any:
+    p = command_parser("lk_ablate demo", __doc__.split("\n\n")[0])
+    p.add_argument("--kernels", type=list[int], default=[3, 13], help="depthwise kernel sizes, e.g. [3,13]")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs per kernel size")
+    p.add_argument("--out", type=str, default="checkpoints/demo", help="run folders, results JSON and the report")
     p.add_argument("--subset", type=int, default=500, help="test images corrupted for Fashion-MNIST-C")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    args, extra = p.parse_known_args(argv)
+    p.add_argument("--seed", type=int, default=0, help="the Fashion-MNIST-C subset's and corruptions' seed")
+    p.add_argument("--threads", type=int | None, default=None, help="torch threads (null: all cores)")
+    p.add_argument("--fit", type=list[Any], default=[],
+                   help="options for each `lk_ablate fit` run, e.g. [--trainer.limit_train_batches,6]")
+    return p
+
+
+def _check_old_kernels(argv: Sequence[str]) -> None:
+    """``--kernels 3 13`` (the argparse version) -> one line naming ``--kernels [3,13]``."""
+    for i, a in enumerate(argv):
+        if a == "--kernels" and i + 1 < len(argv) and not argv[i + 1].startswith("["):
+            values = []
+            for v in argv[i + 1:]:
+                if v.startswith("--"):
+                    break
+                values.append(v)
+            raise ConfigError(f"--kernels {' '.join(values)} is now --kernels [{','.join(values)}]")
+
+
+def split_fit_options(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the demo's own arguments, the options for `lk_ablate fit`): an option the demo does not have goes to fit
+    with its value (``--trainer.max_steps 5`` or ``--trainer.max_steps=5``)."""
+    own: list[str] = []
+    fit: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        flag = a.split("=", 1)[0]
+        takes_next = "=" not in a and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+        if flag in _NO_VALUE or not a.startswith("--"):
+            own.append(a)
+        else:
+            (own if flag in _OWN or flag.startswith("--fit+") else fit).append(a)
+            if takes_next:
+                (own if flag in _OWN or flag.startswith("--fit+") else fit).append(argv[i + 1])
+                i += 1
+        i += 1
+    return own, fit
+
+
+def parse_args(argv: Sequence[str]) -> Any:
+    _check_old_kernels(argv)
+    own, fit = split_fit_options(argv)
+    return parse(_parser(), own + [f"--fit+={a}" for a in fit])
+
+
+def _as_arg(value: Any) -> str:
+    """A --fit list item as a command-line word (YAML gives 6, true, null for the words 6, true, null)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def cli_main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    extra = [_as_arg(a) for a in args.fit]
 
     import numpy as np
     import torch
 
-    from .data.fashion_mnist import load_fashion_mnist, resize_grey
-    from .robustness.corruptions import CORRUPTIONS, evaluate_corruptions, stratified_subset
-    from .base.results import make_results, results_path, write_results
+    from ..base.results import make_results, results_path, write_results
+    from ..data.fashion_mnist import load_fashion_mnist, resize_grey
+    from ..robustness.corruptions import CORRUPTIONS, evaluate_corruptions, stratified_subset
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages()
-    from .data.fashion_mnist_ffcv import ensure_fashion_mnist_betons
-    from .models.registry import get_model_config
+    from ..data.fashion_mnist_ffcv import ensure_fashion_mnist_betons
+    from ..models.registry import get_model_config
 
     size = get_model_config("convnext_demo").image_size
     stages.run(f"Fashion-MNIST -> .beton ({size} px RGB; written once, then cached)", ensure_fashion_mnist_betons,

@@ -88,7 +88,7 @@ def score(opts: ModelOptions, d: BenchmarkOptions, *, protocol: str = "model", p
         if need_wandb_run and not loaded.wandb_run:
             raise ConfigError(f"--wandb: {opts.ckpt or opts.timm} records no W&B run (only lk_ablate checkpoints of "
                               f"runs that logged to W&B do); score without --wandb, and log the report with "
-                              f"`lk_ablate report --wandb-project`")
+                              f"`lk_ablate report --wandb.project P`")
         if loaded.config.num_classes != 1000:
             raise ConfigError(f"{loaded.name} has {loaded.config.num_classes} classes; the ImageNet benchmarks "
                               f"need a 1000-class model")
