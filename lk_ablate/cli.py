@@ -14,7 +14,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("lk_ablate.commands.demo:cli_main", "train and score the embedded Fashion-MNIST default"),
     "reparam": ("lk_ablate.commands.reparam:cli_main", "merge RepLKNet kernels (structural re-parameterization)"),
     "robustness": ("lk_ablate.commands.robustness:cli_main", "score a checkpoint on ImageNet-A/R/C/O"),
-    "analyze": ("lk_ablate.analysis.cli:cli_main", "run one of the paper's robustness analyses"),
+    "analyze": ("lk_ablate.commands.analyze:cli_main", "run one of the paper's robustness analyses"),
     "data": ("lk_ablate.commands.data:cli_main", "prepare-imagenet-val, write-ffcv, check"),
     "report": ("lk_ablate.report:cli_main", "tables and plots across runs"),
 }
