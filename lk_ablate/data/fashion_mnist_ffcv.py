@@ -17,7 +17,8 @@ import numpy as np
 
 from ..base.errors import DataError
 from .fashion_mnist import CLASSES, DEBIAN_ROOT, FILES, _find, load_fashion_mnist, resize_grey
-from .ffcv import FFCVDataModule, require_ffcv
+from .ffcv import FFCVDataModule
+from .ffcv_import import require_ffcv
 from .ffcv_writer import meta_path, page_size_for, read_meta, write_atomic
 
 FORMAT = 1  # bump when the stored layout changes, to rewrite cached files

@@ -26,12 +26,13 @@ import numpy as np
 from ..base.errors import ConfigError, DataError
 from ..models.registry import ModelConfig
 from .base import ClassificationDataModule
+from .ffcv_import import FFCV_INSTALL_HINT, require_ffcv
+from .ffcv_writer import read_meta
 from .sampler import ShardedBatchSampler
 
-FFCV_INSTALL_HINT = ("FFCV is not installed. Install the `ffcv` extra: `make setup` does it, or by hand "
-                     "`apt-get install libopencv-dev libturbojpeg0-dev pkg-config` then "
-                     "`pip install -e '.[ffcv]'`. Or use the ImageFolder fallback: "
-                     "--data configs/base/data_imagenet_folder.yaml")
+__all__ = ["FFCV_INSTALL_HINT", "BetonInfo", "FFCVDataModule", "ProgressiveResolution", "check_beton", "require_ffcv",
+           "val_crop_ratio"]
+
 ORDERS = ("quasi_random", "random")
 
 
@@ -40,26 +41,6 @@ def val_crop_ratio(cfg: ModelConfig) -> float:
     (EvalSpec's rule), not ``crop_pct``, so FFCV validation crops what ImageFolder validation and the robustness
     benchmarks crop (XL: 320 / 365, not 0.875)."""
     return cfg.image_size / cfg.resize_size
-
-
-def require_ffcv() -> None:
-    """Import FFCV (and numba) or raise a ConfigError that says how to install it.
-
-    Call it before any other ``ffcv`` import: importing ``ffcv.pipeline.compiler`` runs
-    ``torch.set_num_threads(1)``, which would leave training on one core (measured: the demo's
-    steps took 1.6x as long). The thread count torch had before the import is restored.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        import ffcv  # noqa: F401
-        import ffcv.pipeline.compiler  # noqa: F401
-        import numba  # noqa: F401
-    except ImportError as e:
-        raise ConfigError(f"{FFCV_INSTALL_HINT} ({e})") from e
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -99,8 +80,6 @@ def check_beton(path: str | Path | None, what: str) -> BetonInfo:
     """Open a .beton's header: it must exist and hold an RGB 'image' and an int 'label' field."""
     from ffcv.fields import IntField, RGBImageField
     from ffcv.reader import Reader
-
-    from .ffcv_writer import read_meta
 
     hint = ("write it with `lk_ablate data write-ffcv --root <ImageFolder root> --out <dir>` and set "
             f"data.init_args.{what}_path")
@@ -193,6 +172,7 @@ class FFCVDataModule(ClassificationDataModule):
         return self._cfg if self._cfg is not None else self.model_config()
 
     def _make_loader(self, split: str) -> Any:
+        # lazy: these compile numba kernels and import FFCV; only a DataModule that loads pays for them
         from .ffcv_augment import build_params
         from .ffcv_loader import CenterCrop, FFCVLoader, SeededAugment, SeededRandomResizedCrop
 

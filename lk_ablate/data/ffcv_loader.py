@@ -31,7 +31,7 @@ import numba
 import numpy as np
 import torch
 
-from .ffcv import require_ffcv
+from .ffcv_import import require_ffcv
 
 require_ffcv()  # first: keeps torch's thread count, which importing FFCV sets to 1
 from ffcv.fields.basics import IntDecoder  # noqa: E402

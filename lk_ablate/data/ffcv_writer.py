@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..base.files import atomic_path, atomic_write_text
 from ..base.errors import ConfigError, DataError
+from .ffcv_import import require_ffcv
 from .folder import check_image_folder
 from .seeding import derive_seed
 
@@ -185,8 +186,6 @@ def write_atomic(out: str | Path, dataset, fields: dict, meta: dict, page_size: 
                  chunk_size: int = 100, failed_log: Path | None = None) -> dict:
     """Write an indexable dataset of field tuples to ``out`` under a temporary name, then rename it (and its
     ``<out>.json`` with ``meta``) into place; an interrupted write leaves no file that looks complete."""
-    from .ffcv import require_ffcv
-
     require_ffcv()
     from ffcv.writer import DatasetWriter
 
@@ -212,8 +211,6 @@ def write_atomic(out: str | Path, dataset, fields: dict, meta: dict, page_size: 
 
 def write_beton(scan: FolderScan, out: str | Path, cfg: WriterConfig, source: str = "") -> dict:
     """Write checked samples to ``out``; returns the metadata written beside it."""
-    from .ffcv import require_ffcv
-
     require_ffcv()
     from ffcv.fields import IntField, RGBImageField
 
