@@ -16,7 +16,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "robustness": ("lk_ablate.commands.robustness:cli_main", "score a checkpoint on ImageNet-A/R/C/O"),
     "analyze": ("lk_ablate.commands.analyze:cli_main", "run one of the paper's robustness analyses"),
     "data": ("lk_ablate.commands.data:cli_main", "prepare-imagenet-val, write-ffcv, check"),
-    "report": ("lk_ablate.report:cli_main", "tables and plots across runs"),
+    "report": ("lk_ablate.commands.report:cli_main", "tables and plots across runs"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 

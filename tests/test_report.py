@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from lk_ablate.cli import main
-from lk_ablate.report import benchmark_metrics, build_report, kernel_label, summarize, Metric
+from lk_ablate.models.registry import kernel_label
+from lk_ablate.report import Metric, benchmark_metrics, build_report, summarize
 from lk_ablate.robustness.metrics import ALL_CORRUPTIONS, CORRUPTIONS, summarize_imagenet_c
 from lk_ablate.base.results import make_results, write_results
 
@@ -109,7 +110,7 @@ def table7_runs(root: Path) -> None:
 def test_report_table7_end_to_end(tmp_path, capsys):
     table7_runs(tmp_path / "runs")
     out = tmp_path / "report"
-    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--no-wandb"]) == 0
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--wandb.project", "null"]) == 0
     assert "5 (model, kernel) row(s)" in capsys.readouterr().out
 
     with open(out / "report.csv") as f:
@@ -216,7 +217,7 @@ def test_report_input_errors_are_one_message(case, message, tmp_path, capsys):
     if case == "old_schema":
         (runs / "x.robustness.json").write_text('{"schema": "lk_ablate.robustness", "schema_version": 0}')
     target = runs if case != "missing" else tmp_path / "nowhere"
-    assert main(["report", str(target), "--out", str(tmp_path / "out"), "--no-wandb"]) == 2
+    assert main(["report", str(target), "--out", str(tmp_path / "out"), "--wandb.project", "null"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.startswith("lk_ablate: error:")
 
@@ -246,3 +247,38 @@ def test_report_logs_the_table_to_wandb(tmp_path, monkeypatch):
             assert got[key] == float(csv_row[key])
     assert {k for k in run["summary"] if k.startswith("report/plots/")} == {
         "report/plots/imagenet_val_top1", "report/plots/imagenet_a_top1", "report/plots/imagenet_o_aupr"}
+
+
+def test_report_print_config_round_trip(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("WANDB_PROJECT", "from_env")
+
+    def printed(*args):
+        with pytest.raises(SystemExit) as e:
+            main(["report", *args, "--print_config"])
+        assert e.value.code in (0, None)
+        return capsys.readouterr().out
+
+    first = printed("runs/a", "runs/b", "--out", "rep", "--weights", "raw", "--strict", "--wandb.group", "g")
+    cfg = yaml.safe_load(first)
+    assert cfg["runs"] == ["runs/a", "runs/b"] and (cfg["out"], cfg["weights"], cfg["strict"]) == ("rep", "raw", True)
+    assert cfg["wandb"] == {"project": "from_env", "entity": None, "group": "g"}  # $WANDB_PROJECT is the default
+    (tmp_path / "c.yaml").write_text(first)
+    assert printed("--config", str(tmp_path / "c.yaml")) == first
+    # a config file runs the report as its options would
+    table7_runs(tmp_path / "runs")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"runs": [str(tmp_path / "runs")], "out": str(tmp_path / "rep"),
+                                                     "wandb": {"project": None}}))
+    assert main(["report", "--config", str(tmp_path / "c.yaml")]) == 0
+    assert "5 (model, kernel) row(s)" in capsys.readouterr().out and (tmp_path / "rep" / "report.csv").is_file()
+
+
+@pytest.mark.parametrize("old,new", [(["--wandb-project", "p"], "--wandb.project P"),
+                                     (["--wandb-entity=e"], "--wandb.entity E"),
+                                     (["--wandb-group", "g"], "--wandb.group G"),
+                                     (["--no-wandb"], "--wandb.project null")])
+def test_report_old_spellings_name_the_new_one(old, new, tmp_path, capsys):
+    assert main(["report", str(tmp_path), *old]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lk_ablate: error: ") and new in err[0], err

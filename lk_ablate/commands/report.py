@@ -1,0 +1,94 @@
+"""``lk_ablate report RUNS_DIR...``: the kernel-size ablation table (shaped like the paper's Table 7) and plots.
+
+Reads every ``*.robustness.json`` under the given folders (or the given files), never W&B: the latest results file
+of each run; runs of one model and kernel size that differ in seed are repeats. A results file that fails
+validation is skipped with a note naming it (``--strict``: an error).
+
+Outputs in ``--out``: ``report.md`` (one row per (model, kernel size), a column per benchmark metric present, each
+cell the mean over seeds with the sample sd and a 95% Student-t interval, or a single run's binomial standard
+error; then top-1 per corruption, the analyses' scalar summaries and the runs), ``report.csv`` (the same table),
+``runs.csv`` (every value of every run) and the PNGs (each metric against kernel size, one line per architecture).
+
+With ``--wandb.project P`` (default ``$WANDB_PROJECT``) the same tables and plots are logged to a W&B run
+(job type ``report``); ``--wandb.project null`` never logs. docs/report.md has the details.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..base.errors import ConfigError
+from ..report import build_report
+from ._common import command_parser, parse
+
+__all__ = ["OLD_SPELLINGS", "WandbOptions", "cli_main", "parse_args"]
+
+# Spellings of the argparse version of `lk_ablate report` -> the option that replaced them.
+OLD_SPELLINGS: dict[str, str] = {
+    "--wandb-project": "--wandb.project P",
+    "--wandb-entity": "--wandb.entity E",
+    "--wandb-group": "--wandb.group G",
+    "--no-wandb": "--wandb.project null",
+}
+
+
+@dataclass
+class WandbOptions:
+    """Also log the report to a W&B run (job type ``report``).
+
+    Args:
+        project: W&B project (default: $WANDB_PROJECT; null: no W&B)
+        entity: W&B entity (default: yours)
+        group: W&B group (default: <family>-kernel when every run is of one family, else report)
+    """
+
+    project: str | None = None
+    entity: str | None = None
+    group: str | None = None
+
+
+def _parser() -> Any:
+    from jsonargparse import ActionYesNo
+
+    p = command_parser("lk_ablate report", __doc__)
+    p.add_argument("runs", type=str, nargs="+", metavar="RUNS_DIR",
+                   help="folders searched for *.robustness.json (or results files)")
+    p.add_argument("--out", type=str, default="report", help="output folder")
+    p.add_argument("--weights", type=Literal["primary", "raw", "ema"], default="primary",
+                   help="weight set of each run (primary: EMA where scored, else raw)")
+    p.add_argument("--strict", action=ActionYesNo, default=False,
+                   help="stop on a results file with bad values (default: skip it, with a note naming it)")
+    p.add_class_arguments(WandbOptions, "wandb")
+    p.set_defaults({"wandb.project": os.environ.get("WANDB_PROJECT") or None})
+    return p
+
+
+def check_old_spellings(argv: Sequence[str]) -> None:
+    """One ConfigError naming the new spelling for the first option of the argparse version in ``argv``."""
+    for a in argv:
+        flag = a.split("=", 1)[0]
+        if flag in OLD_SPELLINGS:
+            raise ConfigError(f"{flag} is now {OLD_SPELLINGS[flag]}")
+
+
+def parse_args(argv: Sequence[str]) -> Any:
+    check_old_spellings(argv)
+    return parse(_parser(), argv)
+
+
+def cli_main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    with warnings.catch_warnings():  # skipped files are printed below, one "note:" line each
+        warnings.filterwarnings("ignore", message=r"skipped \d+ bad results file")
+        written = build_report(args.runs, args.out, args.weights, args.wandb.project, args.wandb.entity,
+                               args.wandb.group, strict=args.strict)
+    rows = written["rows"]
+    print(f"{len(written['runs'])} run(s) in {len(rows)} (model, kernel) row(s) -> {written['markdown']}, "
+          f"{written['csv']}, {len(written['plots'])} plot(s)")
+    for note in written["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    return 0

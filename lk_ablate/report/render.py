@@ -1,0 +1,250 @@
+"""The report's files: ``report.md`` (the Table-7-shaped Markdown), ``report.csv`` and ``runs.csv``, and the PNGs
+(each metric against kernel size, one line per ablation family; per-corruption grids; the analyses' curves).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..analysis.summary import plot_across_runs
+from ..base.figures import new_figure, save_figure
+from ..base.files import atomic_write_text
+from .runs import (ANALYSIS_PREFIX, Row, Run, Stat, analysis_columns, corruption_benchmarks, kernel_x, table_columns,
+                   tagged)
+
+__all__ = ["bench_label", "column_label", "plot_analyses", "plot_metrics", "write_csv", "write_markdown",
+           "write_runs_csv"]
+
+BENCH_LABELS = {"imagenet_val": "ImageNet", "imagenet_a": "IN-A", "imagenet_r": "IN-R", "imagenet_c": "IN-C",
+                "imagenet_o": "IN-O", "fashion_mnist": "Fashion-MNIST", "fashion_mnist_c": "Fashion-MNIST-C"}
+METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "mean_top1": "mean top-1",
+                 "severity5_mean_top1": "sev-5 top-1 (19)", "severity5_mean_top1_15": "sev-5 top-1 (15)",
+                 "mce": "mCE", "relative_mce": "rel. mCE", "aupr": "AUPR", "clean_top1_subset": "clean top-1 (subset)"}
+
+
+# --- labels -----------------------------------------------------------------------------------------------
+def bench_label(bench: str) -> str:
+    """``imagenet_a`` -> ``IN-A``; ``imagenet_a@paper`` -> ``IN-A [paper]``."""
+    base, _, protocol = bench.partition("@")
+    return BENCH_LABELS.get(base, base) + (f" [{protocol}]" if protocol else "")
+
+
+def column_label(key: str) -> str:
+    """``imagenet_a/top1`` -> ``IN-A top-1``; analysis scalars keep their own names."""
+    if key.startswith(ANALYSIS_PREFIX):
+        return key[len(ANALYSIS_PREFIX):]
+    bench, _, metric = key.partition("/")
+    return f"{bench_label(bench)} {METRIC_LABELS.get(metric, metric)}"
+
+
+# --- writing ----------------------------------------------------------------------------------------------
+def _decimals(stats: Iterable[Stat]) -> int:
+    values = [abs(s.mean) for s in stats]
+    return 2 if not values or max(values) >= 1 else 4
+
+
+def _cell(stat: Stat | None, d: int) -> str:
+    if stat is None:
+        return "–"
+    text = f"{stat.mean:.{d}f}"
+    if stat.n >= 2:
+        lo, hi = stat.ci95
+        return f"{text} ± {stat.sd:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
+    if stat.se_binom is not None:
+        return f"{text} ± {stat.se_binom:.{d}f} (SE)"
+    return text
+
+
+def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return lines
+
+
+def write_markdown(path: Path, rows: Sequence[Row], runs: Sequence[Run], notes: Sequence[str], plots: Mapping[str, Path],
+                   weights: str, sources: Sequence[str]) -> Path:
+    cols = table_columns(rows)
+    lines = ["# Kernel-size ablation report", "",
+             f"{len(runs)} run(s) from {', '.join(f'`{s}`' for s in sources)}; weights: {weights} "
+             f"(primary = EMA where it was scored). Generated {_dt.datetime.now().isoformat(timespec='seconds')} "
+             "by `lk_ablate report`.", ""]
+    if cols:
+        dec = {c: _decimals(r.stats[c] for r in rows if c in r.stats) for c in cols}
+        lines += ["## Benchmarks by kernel size", ""]
+        lines += _md_table(["model", "kernel", "seeds", *map(column_label, cols)],
+                           [[r.model, r.kernel, r.seeds, *(_cell(r.stats.get(c), dec[c]) for c in cols)] for r in rows])
+        lines += ["", "Accuracies, mCE and AUPR in %. A cell is `mean ± sd [95% interval]` over seeds (sample sd; "
+                  "interval mean ± t(0.975, n-1)·sd/√n, Student's t from scipy.stats), or for a single run "
+                  "`value ± SE (SE)`, the binomial standard error √(p(1-p)/n) of an accuracy over the benchmark's n "
+                  "images (a mean over corruption cells combines the cells: √(Σ p(1-p)/n)/k). mCE, relative mCE "
+                  "and AUPR of a single run carry no error. `–`: not scored.", ""]
+        for c in cols:
+            if c in plots:
+                lines.append(f"![{column_label(c)}]({plots[c].name})")
+        lines.append("")
+    for bench, corruptions in corruption_benchmarks(rows).items():
+        keys = [f"{bench}/corruption_top1/{c}" for c in corruptions]
+        d = _decimals(r.stats[k] for r in rows for k in keys if k in r.stats)
+        lines += [f"## {bench_label(bench)}: top-1 per corruption (mean over severities, then seeds)", ""]
+        lines += _md_table(["model", "kernel", *corruptions],
+                           [[r.model, r.kernel, *(f"{r.stats[k].mean:.{d}f}" if k in r.stats else "–" for k in keys)]
+                            for r in rows if any(k in r.stats for k in keys)])
+        lines.append("")
+        if f"corruptions:{bench}" in plots:
+            lines += [f"![{bench} per corruption]({plots[f'corruptions:{bench}'].name})", ""]
+    acols = analysis_columns(rows)
+    if acols:
+        dec = {c: _decimals(r.stats[c] for r in rows if c in r.stats) for c in acols}
+        lines += ["## Analyses (scalar summaries)", ""]
+        lines += _md_table(["model", "kernel", "seeds", *map(column_label, acols)],
+                           [[r.model, r.kernel, r.seeds, *(_cell(r.stats.get(c), dec[c]) for c in acols)]
+                            for r in rows])
+        lines += ["", "Each analysis's own summary numbers (see docs/analyses.md); mean ± sd [95% t-interval] "
+                  "over seeds where there are several.", ""]
+        for key, p in plots.items():
+            if key.startswith(ANALYSIS_PREFIX) and key in acols:
+                lines.append(f"![{column_label(key)}]({p.name})")
+            elif key.startswith("analysis:"):
+                lines.append(f"![{p.stem.removeprefix('analysis_')} across runs]({p.name})")
+        lines.append("")
+    lines += ["## Runs", ""]
+    lines += _md_table(["model", "kernel", "seed", "epoch", "step", "weights", "results file"],
+                       [[r.model, r.kernel, "?" if r.seed is None else str(r.seed), str(r.epoch), str(r.step),
+                         r.weights, f"`{r.path}`"] for r in runs])
+    warnings = [f"{r.path.name}: {e.get('weights')} weights on {e.get('benchmark')} failed (rank {e.get('rank')}): "
+                f"{str(e.get('error', '')).strip().splitlines()[-1] if e.get('error') else ''}"
+                for r in runs for e in r.errors]
+    if any(r.seed is None for r in runs):
+        warnings.append("runs marked `?` record no seed (settings.seed); each results folder counts as one run")
+    if warnings or notes:
+        lines += ["", "## Notes", ""] + [f"- {w}" for w in [*warnings, *notes]]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def write_csv(path: Path, rows: Sequence[Row]) -> Path:
+    cols = table_columns(rows) + analysis_columns(rows)
+    header = ["model", "family", "kernel", "kernel_sizes", "n_runs", "seeds"]
+    for c in cols:
+        header += [c, f"{c}_sd", f"{c}_ci95_lo", f"{c}_ci95_hi", f"{c}_se_binom", f"{c}_n"]
+    lines: list[list[Any]] = [header]
+    for r in rows:
+        line: list[Any] = [r.model, r.family, r.kernel, "" if r.kernel_sizes is None else " ".join(map(str, r.kernel_sizes)),
+                           len(r.runs), " ".join("" if x.seed is None else str(x.seed) for x in r.runs)]
+        for c in cols:
+            s = r.stats.get(c)
+            line += ["", "", "", "", "", 0] if s is None else \
+                [s.mean, _blank(s.sd), _blank(s.ci95 and s.ci95[0]), _blank(s.ci95 and s.ci95[1]),
+                 _blank(s.se_binom), s.n]
+        lines.append(line)
+    return _write_csv_lines(path, lines)
+
+
+def write_runs_csv(path: Path, runs: Sequence[Run]) -> Path:
+    lines: list[list[Any]] = [["model", "kernel", "seed", "epoch", "global_step", "weights", "metric", "value", "n",
+                               "se_binom", "results_file"]]
+    for r in runs:
+        for k, m in r.metrics.items():
+            lines.append([r.model, r.kernel, _blank(r.seed), _blank(r.epoch), _blank(r.step), r.weights, k, m.value,
+                          _blank(m.n), _blank(m.se), str(r.path)])
+    return _write_csv_lines(path, lines)
+
+
+def _write_csv_lines(path: Path, lines: Iterable[Sequence[Any]]) -> Path:
+    buf = io.StringIO(newline="")
+    csv.writer(buf).writerows(lines)
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def _blank(v: Any) -> Any:
+    return "" if v is None else v
+
+
+# --- plots ------------------------------------------------------------------------------------------------
+def _plot_metric(ax: Any, rows: Sequence[Row], key: str, legend: bool = True) -> bool:
+    families = list(dict.fromkeys(r.family for r in rows))
+    drawn = False
+    ticks: dict[float, list[str]] = {}
+    for i, fam in enumerate(families):
+        pts = sorted(((kernel_x(r.kernel_sizes), r) for r in rows if r.family == fam and key in r.stats),
+                     key=lambda p: p[0])
+        pts = [(x, r) for x, r in pts if math.isfinite(x)]
+        if not pts:
+            continue
+        color = f"C{i % 10}"
+        xs = [x for x, _ in pts]
+        means = [r.stats[key].mean for _, r in pts]
+        errs = [r.stats[key].error_bar for _, r in pts]
+        ax.errorbar(xs, means, yerr=[e if e is not None else 0.0 for e in errs], color=color, marker="o", ms=4,
+                    capsize=3, lw=1.5, label=fam)
+        for x, r in pts:
+            if r.stats[key].n > 1:
+                ax.scatter([x] * r.stats[key].n, r.stats[key].values, color=color, s=9, alpha=0.45, zorder=3)
+            ticks.setdefault(x, [])
+            if r.kernel not in ticks[x]:
+                ticks[x].append(r.kernel)
+        drawn = True
+    if drawn:
+        ax.set_xticks(list(ticks), ["\n".join(v) for v in ticks.values()], fontsize=7)
+        ax.grid(alpha=0.3)
+        if legend:
+            ax.legend(fontsize=7)
+    return drawn
+
+
+def plot_metrics(rows: Sequence[Row], out: Path) -> dict[str, Path]:
+    """One PNG per table column (and per analysis scalar), and one grid per corruption benchmark."""
+    written: dict[str, Path] = {}
+    caption = "error bars: 95% t-interval over seeds; single runs: ±1.96 binomial SE"
+    for key in table_columns(rows) + analysis_columns(rows):
+        fig, axes = new_figure()
+        ax = axes[0][0]
+        if not _plot_metric(ax, rows, key):
+            continue
+        ax.set_title(column_label(key), fontsize=10)
+        ax.set_xlabel("kernel size (largest stage)")
+        ax.set_ylabel("%" if not key.startswith(ANALYSIS_PREFIX) else key.rsplit(".", 1)[-1])
+        fig.text(0.99, 0.01, caption, ha="right", va="bottom", fontsize=6, color="0.4")
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        name = key.replace(ANALYSIS_PREFIX, "analysis_").replace("/", "_").replace(".", "_") + ".png"
+        written[key] = save_figure(fig, out / name, tight=False)
+    for bench, corruptions in corruption_benchmarks(rows).items():
+        ncols = min(5, len(corruptions))
+        nrows = math.ceil(len(corruptions) / ncols)
+        fig, axes = new_figure(ncols, nrows, size=(2.6, 2.2))
+        for i, c in enumerate(corruptions):
+            ax = axes[i // ncols][i % ncols]
+            _plot_metric(ax, rows, f"{bench}/corruption_top1/{c}", legend=i == 0)
+            ax.set_title(c, fontsize=8)
+            ax.tick_params(labelsize=6)
+        for j in range(len(corruptions), nrows * ncols):
+            axes[j // ncols][j % ncols].set_visible(False)
+        fig.suptitle(f"{bench_label(bench)}: top-1 (%) per corruption vs kernel size", fontsize=10)
+        fig.text(0.99, 0.005, caption, ha="right", va="bottom", fontsize=6, color="0.4")
+        fig.tight_layout(rect=(0, 0.02, 1, 1))
+        written[f"corruptions:{bench}"] = save_figure(fig, out / f"{bench}_corruptions.png", tight=False)
+    return written
+
+
+def plot_analyses(runs: Sequence[Run], out: Path) -> dict[str, Path]:
+    """The analyses' curves (lesion, occlusion, ...) of every run overlaid, from lk_ablate.analysis.summary."""
+    written: dict[str, Path] = {}
+    by_protocol: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for r in runs:  # curves of different protocols are never drawn together: one set of plots per protocol
+        per: dict[str, dict[str, Any]] = {}
+        for name, entry in r.analyses.items():
+            per.setdefault((entry.get("protocol") if isinstance(entry, Mapping) else None) or "model", {})[name] = entry
+        for p, analyses in per.items():
+            by_protocol.setdefault(p, []).append((r.label, analyses))
+    for p, runs_p in by_protocol.items():
+        folder = out if p == "model" else out / f"protocol_{p}"
+        written.update({tagged(f"analysis:{f.stem}", p): f for f in plot_across_runs(runs_p, folder)})
+    return written
+
+
