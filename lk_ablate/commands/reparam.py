@@ -18,7 +18,8 @@ import torch
 from ..base.errors import ConfigError, DataError
 from ..base.files import atomic_torch_save
 from ..models.checkpoints import read_checkpoint, unwrap_state_dict
-from ..models.reparam import check_equivalence, infer_replknet_kwargs, reparam_state_dict, state_dict_form
+from ..models.reparam import infer_replknet_kwargs, reparam_state_dict, state_dict_form
+from ..models.replknet import check_equivalence
 from ._common import check_old_spellings, command_parser, parse
 
 __all__ = ["cli_main", "parse_args", "read_weights"]

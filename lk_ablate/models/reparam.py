@@ -206,24 +206,3 @@ def infer_replknet_kwargs(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return {"kernel_size": kernels, "layers": layers, "channels": channels, "small_kernel": small_kernel,
             "dw_ratio": dw_ratio, "ffn_ratio": ffn_ratio, "num_classes": 0 if head is None else head.shape[0],
             "in_chans": sd["stem.0.conv.weight"].shape[1], "deploy": form if form != "train" else False}
-
-
-def check_equivalence(sd: Mapping[str, torch.Tensor], merged: Mapping[str, torch.Tensor], image_size: int = 64,
-                      batch_size: int = 2, seed: int = 0) -> float:
-    """Build both networks, load each strictly, and return the norm-wise relative output difference in eval mode."""
-    from .replknet import RepLKNet
-
-    nets = []
-    for weights in (sd, merged):
-        net = RepLKNet(**infer_replknet_kwargs(weights)).eval()
-        try:
-            net.load_state_dict(weights, strict=True)
-        except RuntimeError as e:  # keys or shapes the inferred architecture does not have
-            raise DataError(f"the checkpoint does not fit a RepLKNet built from its own shapes: {e}") from None
-        nets.append(net)
-    before, after = nets
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, before.stem[0].conv.in_channels, image_size, image_size, generator=g)
-    with torch.no_grad():
-        y0, y1 = before(x).double(), after(x).double()
-    return float((y1 - y0).norm() / y0.norm())

@@ -8,13 +8,15 @@ parallel small kernel is a plain ``nn.Conv2d``, so ``LargeKernelDWConv`` modules
 Forms (``deploy``): ``False`` is the training form; ``True`` / ``"kernels"`` is the official structural
 re-parameterization (``lkb_origin`` + ``small_conv`` and their BNs merged into ``large_kernel.lkb_reparam``);
 ``"full"`` additionally folds every BatchNorm into its neighbouring conv / linear layer (no BN left). See
-:mod:`lk_ablate.models.reparam` for the arithmetic and the ``lk_ablate reparam`` command.
+:mod:`lk_ablate.models.reparam` for the arithmetic (state dicts only; it imports nothing of this module) and
+:mod:`lk_ablate.commands.reparam` for the ``lk_ablate reparam`` command (which checks a merge with
+:func:`check_equivalence`).
 Implements the model contract (:class:`lk_ablate.models.contract.AblationModel`); a residual unit is one
 (RepLKBlock, ConvFFN) pair.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -26,7 +28,7 @@ from .contract import ResidualUnit, layer_decay_group_starts
 from .kernel_sizes import KernelSpec, stage_kernel_sizes
 from .layers import LargeKernelDWConv
 from .registry import ModelConfig, register_model
-from .reparam import FORM_ORDER, normalize_form, reparam_state_dict, state_dict_form
+from .reparam import FORM_ORDER, infer_replknet_kwargs, normalize_form, reparam_state_dict, state_dict_form
 
 __all__ = ["RepLKNet", "RepLKBlock", "ConvFFN", "ReparamLargeKernelConv", "ConvBN", "replknet_31b", "replknet_31l",
            "replknet_xl", "replknet_3b"]
@@ -393,6 +395,26 @@ def _with_bias(conv: nn.Conv2d) -> nn.Conv2d:
         new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                         padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True)
     return new.to(device=w.device, dtype=w.dtype)
+
+
+def check_equivalence(sd: Mapping[str, torch.Tensor], merged: Mapping[str, torch.Tensor], image_size: int = 64,
+                      batch_size: int = 2, seed: int = 0) -> float:
+    """Build a RepLKNet for each state dict (architecture read from its shapes), load each strictly, and return the
+    norm-wise relative output difference in eval mode (``lk_ablate reparam``'s check of a merge)."""
+    nets = []
+    for weights in (sd, merged):
+        net = RepLKNet(**infer_replknet_kwargs(weights)).eval()
+        try:
+            net.load_state_dict(weights, strict=True)
+        except RuntimeError as e:  # keys or shapes the inferred architecture does not have
+            raise DataError(f"the checkpoint does not fit a RepLKNet built from its own shapes: {e}") from None
+        nets.append(net)
+    before, after = nets
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, before.stem[0].conv.in_channels, image_size, image_size, generator=g)
+    with torch.no_grad():
+        y0, y1 = before(x).double(), after(x).double()
+    return float((y1 - y0).norm() / y0.norm())
 
 
 def _build(kernel_size: KernelSpec, channels: Sequence[int], small_kernel: int | None, dw_ratio: float = 1.0,
