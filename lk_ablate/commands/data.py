@@ -156,7 +156,7 @@ def cli_main(argv: list[str]) -> int:
               + (f", {summary['ignored_extra_files']} other files ignored" if summary["ignored_extra_files"] else "")
               + ")")
         return 0
-    from ..data.ffcv import require_ffcv
+    from ..data.ffcv_import import require_ffcv
     from ..data.ffcv_writer import write_ffcv
 
     _require(args, "root", "out")
