@@ -10,7 +10,7 @@ from lk_ablate.cli import main
 from lk_ablate.models.registry import kernel_label
 from lk_ablate.report import Metric, benchmark_metrics, build_report, summarize
 from lk_ablate.robustness.metrics import ALL_CORRUPTIONS, CORRUPTIONS, summarize_imagenet_c
-from lk_ablate.base.results import make_results, write_results
+from lk_ablate.base.results import make_results, read_results, write_results
 
 # Student's t 97.5% quantiles (statistical tables), independent of scipy which the report uses.
 T975 = {1: 12.706204736174705, 2: 4.302652729911275}
@@ -282,3 +282,26 @@ def test_report_old_spellings_name_the_new_one(old, new, tmp_path, capsys):
     assert main(["report", str(tmp_path), *old]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lk_ablate: error: ") and new in err[0], err
+
+
+def test_partial_and_inexact_scoring_are_kept_apart(tmp_path):
+    """A benchmark scored with unreadable images skipped never enters a mean with complete runs; bf16 or
+    GPU-decoded scoring is named in the notes."""
+    full = {"imagenet_a": {"top1": 10.0, "correct": 20, "n": 200}, "imagenet_r": {"top1": 30.0, "correct": 60, "n": 200}}
+    partial = {"imagenet_a": {"top1": 50.0, "correct": 99, "n": 198, "skipped_images": ["x/a.jpg", "x/b.jpg"],
+                              "n_skipped": 2},
+               "imagenet_r": {"top1": 40.0, "correct": 80, "n": 200}}
+    write_run(tmp_path / "runs" / "s0", "last", "convnext_tiny", [7] * 4, full, seed=0)
+    path = write_run(tmp_path / "runs" / "s1", "last", "convnext_tiny", [7] * 4, partial, seed=1)
+    data = read_results(path)
+    data["settings"]["scoring"] = {"decode": "gpu", "precision": "bf16", "on_bad_image": "skip"}
+    write_results(path, data)
+    written = build_report([tmp_path / "runs"], tmp_path / "report")
+    (row,) = written["rows"]
+    assert row.stats["imagenet_a/top1"].n == 1 and row.stats["imagenet_a/top1"].mean == 10.0  # not (10 + 50) / 2
+    assert row.stats["imagenet_r/top1"].n == 2 and row.stats["imagenet_r/top1"].mean == 35.0
+    assert written["notes"] == [f"{path}: imagenet_a (2 unreadable images skipped) left out of the tables: scored on "
+                                "fewer images than the benchmark, not comparable with complete runs",
+                                f"{path}: scored with decode gpu, precision bf16; differs slightly from CPU-decoded "
+                                "fp32 scoring (docs/robustness.md)"]
+    assert written["notes"][0] in (tmp_path / "report" / "report.md").read_text()

@@ -84,6 +84,8 @@ class Run(_ModelKernel):
     analyses: dict[str, Any]
     errors: list[dict[str, Any]]
     protocol: str = "model"  # the benchmarks' (settings.protocol); each analysis entry records its own
+    partial: list[str] = field(default_factory=list)  # benchmarks left out: scored with images skipped
+    scoring: dict[str, Any] = field(default_factory=dict)  # settings.scoring: decode, precision, on_bad_image
 
     @property
     def label(self) -> str:
@@ -190,8 +192,12 @@ def load_run(path: Path, weights: str = "primary") -> Run | None:
         return None
     metrics: dict[str, Metric] = {}
     protocol = (data.get("settings") or {}).get("protocol") or "model"
+    partial: list[str] = []
     for bench, m in (benches or {}).items():
-        if isinstance(m, Mapping):
+        if isinstance(m, Mapping) and m.get("n_skipped"):
+            # Scored without its unreadable images (on_bad_image: skip): not comparable with complete runs.
+            partial.append(f"{bench} ({m['n_skipped']} unreadable images skipped)")
+        elif isinstance(m, Mapping):
             metrics.update(benchmark_metrics(tagged(bench, protocol), m))
     if analyses:
         for name, entry in analyses.items():
@@ -205,7 +211,8 @@ def load_run(path: Path, weights: str = "primary") -> Run | None:
     ckpt = data.get("checkpoint") or {}
     return Run(path=path, model=data["model"]["name"], kernel_sizes=None if ks is None else tuple(int(k) for k in ks),
                seed=_seed_of(data), epoch=ckpt.get("epoch"), step=ckpt.get("global_step"), weights=which,
-               metrics=metrics, analyses=analyses, errors=list(data.get("errors") or []), protocol=protocol)
+               metrics=metrics, analyses=analyses, errors=list(data.get("errors") or []), protocol=protocol,
+               partial=partial, scoring=dict((data.get("settings") or {}).get("scoring") or {}))
 
 
 def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary",
@@ -232,6 +239,13 @@ def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary",
         if run is None:
             notes.append(f"{path}: no {weights} weights scored; left out")
             continue
+        if run.partial:
+            notes.append(f"{path}: {', '.join(run.partial)} left out of the tables: scored on fewer images than "
+                         "the benchmark, not comparable with complete runs")
+        inexact = {k: v for k, v in run.scoring.items() if (k, v) in (("decode", "gpu"), ("precision", "bf16"))}
+        if inexact:
+            notes.append(f"{path}: scored with {', '.join(f'{k} {v}' for k, v in inexact.items())}; differs slightly "
+                         "from CPU-decoded fp32 scoring (docs/robustness.md)")
         key = (run.model, run.kernel_sizes, run.seed, run.protocol) if run.seed is not None \
             else ("folder", str(path.parent.resolve()), run.protocol)
         # newest step first; of equal steps prefer the uniquely named file over last.* (same weights)
