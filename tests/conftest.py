@@ -13,5 +13,17 @@ torch.set_num_threads(1)
 # at collection time, keeps capsys-captured tests from leaving it a closed stream.
 import lightning.pytorch  # noqa: E402,F401
 
-# The `slurm_cluster` fixture (a real one-node SLURM for the session) for every test module.
-pytest_plugins = ["slurm_cluster"]
+# The `slurm_cluster` fixture (a real one-node SLURM for the session) for every test module, and the rule that
+# nothing skips (no_skips.py: a skip is reported as a failure).
+pytest_plugins = ["slurm_cluster", "no_skips"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The one deselection of the suite: `gpu` tests run only where CUDA is present (a CPU machine cannot run them;
+    every other test runs everywhere, and a missing component fails its test instead of skipping it)."""
+    if torch.cuda.is_available():
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]

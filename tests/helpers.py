@@ -1,6 +1,7 @@
-"""Small generated datasets for tests."""
+"""Small generated datasets for tests, and lazily imported modules."""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -20,3 +21,17 @@ def make_image_folder(root: Path, classes: int = 4, per_class: int = 6, size: in
                 img = np.clip(base + rng.normal(0, 40, size=(size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(d / f"{split}_{c}_{i}.{ext}")
     return root
+
+
+class LazyModule:
+    """The module ``name``, imported at the first attribute access. Test modules name numba/FFCV code with it at
+    the top, so collecting the suite imports neither (``pytest -m "not ffcv"`` works without the ffcv extra, and
+    does not pay numba's import); the test that uses it imports it, and fails if it is missing."""
+
+    def __init__(self, name: str) -> None:
+        self.__dict__["_name"] = name
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("_"):  # what pytest probes at collection (_mock_name, __pytest_wrapped__, ...): no import
+            raise AttributeError(attr)
+        return getattr(importlib.import_module(self._name), attr)

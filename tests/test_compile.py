@@ -234,6 +234,7 @@ class CompiledRankDump(RankStateDump):
         torch.save(state, path)
 
 
+@pytest.mark.ddp
 def test_compiled_ddp_fit(tmp_path) -> None:
     """`lk_ablate fit --model.compile true` under DDP (2 gloo processes): both ranks end with the same weights.
 
@@ -331,7 +332,6 @@ def test_gpu_bench_runs_on_cpu(tmp_path, monkeypatch, capsys) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_inductor_matches_eager() -> None:
     """On the GPU: inductor with every implementation mixed in one small ConvNeXt, channels_last: float32 (TF32 off)
     within 1e-5 of eager; under bf16 autocast one graph, no breaks, and the same logits as eager bf16 within 1e-2."""

@@ -12,7 +12,9 @@ from lk_ablate.models.checkpoints import load_checkpoint
 
 DATA = Path(__file__).parent / "data"
 
-# timm convnext_tiny(kernel_sizes=k), counted independently (shared/notes/reference.md).
+# sum(p.numel()) of timm's convnext_tiny(kernel_sizes=k) (timm 1.0.31; source: timm/models/convnext.py of
+# https://github.com/huggingface/pytorch-image-models). k=7 is ConvNeXt-T's published 28.6 M; another k changes only
+# the depthwise weights, by 6624 (k^2 - 49) where 6624 = sum of depth x dim = 3*96 + 3*192 + 9*384 + 3*768.
 TIMM_PARAMS = {3: 28_324_168, 7: 28_589_128, 13: 29_384_008, 31: 34_630_216, 51: 45_493_576}
 
 
@@ -32,6 +34,7 @@ def test_registry_lists_models_and_configs():
 
 @pytest.mark.parametrize("k", sorted(TIMM_PARAMS))
 def test_convnext_tiny_parameter_count_equals_timm(k):
+    assert TIMM_PARAMS[k] == TIMM_PARAMS[7] + 6624 * (k * k - 49)  # the table is consistent with the count above
     assert n_params(lk_ablate.create_model("convnext_tiny", kernel_size=k)) == TIMM_PARAMS[k]
 
 

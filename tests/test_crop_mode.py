@@ -7,7 +7,6 @@ from PIL import Image
 from torchvision import transforms as T
 
 from lk_ablate.data import FFCVDataModule, ImageFolderDataModule
-from lk_ablate.data.ffcv_resize import resize_crop_area
 from lk_ablate.data.ffcv_writer import WriterConfig, write_ffcv
 from lk_ablate.data.transforms import eval_transform
 from lk_ablate.base.errors import ConfigError
@@ -45,8 +44,11 @@ def test_squash_equals_the_official_replknet_transform(wh):
     assert centre.shape == (3, 384, 384) and not torch.equal(centre, ref)
 
 
+@pytest.mark.ffcv
 def test_ffcv_validation_squash_resizes_the_whole_image(tmp_path):
     """FFCV validation with squash: each stored (non-square) image, whole, area-resized to the input square."""
+    from lk_ablate.data.ffcv_resize import resize_crop_area  # numba: inside the test, not at collection
+
     rng = np.random.default_rng(0)
     sources = []
     for split in ("train", "val"):

@@ -47,6 +47,7 @@ def read_metrics(csv_path: Path) -> dict[str, list[float]]:
     return out
 
 
+@pytest.mark.ddp
 def test_ddp_two_processes_same_weights_and_global_batch(tmp_path):
     root = make_image_folder(tmp_path / "data", classes=4, per_class=9, size=36)  # 36 images, 4 of them dropped
     out = tmp_path / "run"

@@ -7,7 +7,10 @@ import pytest
 from PIL import Image
 from timm.data import auto_augment as T
 
-from lk_ablate.data import ffcv_augment as A
+from helpers import LazyModule
+
+A = LazyModule("lk_ablate.data.ffcv_augment")  # numba: imported by the first test that uses it
+pytestmark = pytest.mark.ffcv
 
 FILL = (124, 116, 104)  # timm's img_mean for the ImageNet mean
 KW = dict(fillcolor=FILL, resample=Image.BICUBIC)

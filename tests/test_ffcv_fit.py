@@ -1,10 +1,13 @@
 """`lk_ablate fit` through FFCV, in process: a fast_dev_run, and the clear error for a missing .beton."""
 import threading
 
+import pytest
 import yaml
 
 from ffcv_helpers import write_betons
 from lk_ablate.cli import main
+
+pytestmark = pytest.mark.ffcv
 
 
 def config(tmp_path, train, val):

@@ -12,11 +12,10 @@ from PIL import Image
 from ffcv_helpers import write_betons, write_indexed_beton
 from lk_ablate.data import FFCVDataModule
 from lk_ablate.data.ffcv import ProgressiveResolution, require_ffcv
-from lk_ablate.data.ffcv_augment import build_params
-from lk_ablate.data.ffcv_loader import FFCVLoader, SeededAugment, SeededRandomResizedCrop, quasi_random_order
 from lk_ablate.base.errors import ConfigError, DataError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+pytestmark = pytest.mark.ffcv  # numba and FFCV: imported inside the tests and helpers, not at collection
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +30,9 @@ def indexed(tmp_path_factory):
 
 def train_loader(path, batch_size=4, epoch=0, seed=0, rank=0, world=1, order="random", train=True, size=32,
                  os_cache=True, **aug):
+    from lk_ablate.data.ffcv_augment import build_params
+    from lk_ablate.data.ffcv_loader import FFCVLoader, SeededAugment, SeededRandomResizedCrop
+
     params, ops = build_params(MEAN, STD, train, auto_augment="rand-m9-mstd0.5-inc1" if train else None,
                                re_prob=0.25 if train else 0.0, **aug)
     loader = FFCVLoader(path, SeededRandomResizedCrop((size, size)), SeededAugment(params, ops, train),
@@ -100,6 +102,8 @@ def test_ddp_sharding_of_an_odd_sized_set(indexed):
 
 
 def test_quasi_random_order_is_a_seeded_permutation():
+    from lk_ablate.data.ffcv_loader import quasi_random_order
+
     pages = {0: {0, 1, 2, 3}, 1: {4, 5, 6}, 3: {7, 8, 9, 10, 11}}
     a = quasi_random_order(pages, 12, seed=5, buffer_size=2)
     assert sorted(a.tolist()) == list(range(12))

@@ -4,9 +4,8 @@ import random
 
 import numpy as np
 import pytest
-from ffcv.libffcv import resize_crop
 
-from lk_ablate.data.ffcv_resize import axis_weights, resize_crop_area
+pytestmark = pytest.mark.ffcv  # numba and FFCV: imported inside the tests, not at collection
 
 
 def smooth_image(rng, h, w):
@@ -34,6 +33,10 @@ def random_crop(rnd, h, w):
 
 @pytest.mark.parametrize("out", [(224, 224), (160, 192), (32, 32)])
 def test_equals_ffcv_resize_within_one_level(out):
+    from ffcv.libffcv import resize_crop
+
+    from lk_ablate.data.ffcv_resize import resize_crop_area
+
     rng, rnd = np.random.default_rng(0), random.Random(0)
     dst, ref = np.empty((*out, 3), np.uint8), np.empty((*out, 3), np.uint8)
     kinds, fractions = {}, []
@@ -60,6 +63,8 @@ def test_equals_ffcv_resize_within_one_level(out):
 
 
 def test_identity_integer_factors_and_borders():
+    from lk_ablate.data.ffcv_resize import resize_crop_area
+
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
     tmp = np.empty(3 * 64 * 50, np.float32)
@@ -76,6 +81,8 @@ def test_identity_integer_factors_and_borders():
 
 
 def test_axis_weights_sum_to_one_and_stay_inside():
+    from lk_ablate.data.ffcv_resize import axis_weights
+
     for n_in, n_out in [(500, 224), (224, 224), (225, 224), (100, 224), (1, 5), (448, 224), (311, 7)]:
         area = n_in >= n_out
         taps = math.ceil(n_in / n_out) + 1 if area else 2

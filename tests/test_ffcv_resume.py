@@ -8,6 +8,8 @@ from lk_ablate.data import FFCVDataModule
 from lk_ablate.training import ImageClassifier
 from test_resume import KillAtStep, Killed, assert_same, final_state
 
+pytestmark = pytest.mark.ffcv
+
 
 def make(train, val, ckpt_dir, extra_callbacks=()):
     L.seed_everything(3)

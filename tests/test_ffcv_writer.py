@@ -12,6 +12,8 @@ from lk_ablate.data import ffcv_writer
 from lk_ablate.data.ffcv_writer import WriterConfig, read_meta, write_ffcv
 from lk_ablate.base.errors import DataError
 
+pytestmark = pytest.mark.ffcv
+
 
 def read_all(path):
     from ffcv.fields.basics import IntDecoder

@@ -14,7 +14,10 @@ from PIL import Image
 from scipy.stats import norm
 from timm.data import auto_augment as T
 
-from lk_ablate.data import ffcv_augment as A
+from helpers import LazyModule
+
+A = LazyModule("lk_ablate.data.ffcv_augment")  # numba: imported by the first test that uses it
+pytestmark = pytest.mark.ffcv
 
 FILL = (124, 116, 104)
 F = np.array(FILL, np.uint8)
@@ -25,38 +28,40 @@ def _noise(h: int, w: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3)).astype(np.uint8)
 
 
-# Every signed op, its timm name (inc1 = the increasing enhance ops) and timm's argument for sign +1 at level 9.
+# Every signed op (its constant's name in ffcv_augment), its timm name (inc1 = the increasing enhance ops) and
+# timm's argument for sign +1 at level 9.
 SIGNED = {
-    A.OP_ROTATE: ("Rotate", lambda p, s: T.rotate(p, s * 27.0, **KW)),
-    A.OP_COLOR: ("ColorIncreasing", lambda p, s: T.color(p, 1.0 + s * 0.81)),
-    A.OP_CONTRAST: ("ContrastIncreasing", lambda p, s: T.contrast(p, 1.0 + s * 0.81)),
-    A.OP_BRIGHTNESS: ("BrightnessIncreasing", lambda p, s: T.brightness(p, 1.0 + s * 0.81)),
-    A.OP_SHARPNESS: ("SharpnessIncreasing", lambda p, s: T.sharpness(p, 1.0 + s * 0.81)),
-    A.OP_SHEAR_X: ("ShearX", lambda p, s: T.shear_x(p, s * 0.27, **KW)),
-    A.OP_SHEAR_Y: ("ShearY", lambda p, s: T.shear_y(p, s * 0.27, **KW)),
-    A.OP_TRANSLATE_X: ("TranslateXRel", lambda p, s: T.translate_x_rel(p, s * 0.405, **KW)),
-    A.OP_TRANSLATE_Y: ("TranslateYRel", lambda p, s: T.translate_y_rel(p, s * 0.405, **KW)),
+    "OP_ROTATE": ("Rotate", lambda p, s: T.rotate(p, s * 27.0, **KW)),
+    "OP_COLOR": ("ColorIncreasing", lambda p, s: T.color(p, 1.0 + s * 0.81)),
+    "OP_CONTRAST": ("ContrastIncreasing", lambda p, s: T.contrast(p, 1.0 + s * 0.81)),
+    "OP_BRIGHTNESS": ("BrightnessIncreasing", lambda p, s: T.brightness(p, 1.0 + s * 0.81)),
+    "OP_SHARPNESS": ("SharpnessIncreasing", lambda p, s: T.sharpness(p, 1.0 + s * 0.81)),
+    "OP_SHEAR_X": ("ShearX", lambda p, s: T.shear_x(p, s * 0.27, **KW)),
+    "OP_SHEAR_Y": ("ShearY", lambda p, s: T.shear_y(p, s * 0.27, **KW)),
+    "OP_TRANSLATE_X": ("TranslateXRel", lambda p, s: T.translate_x_rel(p, s * 0.405, **KW)),
+    "OP_TRANSLATE_Y": ("TranslateYRel", lambda p, s: T.translate_y_rel(p, s * 0.405, **KW)),
 }
 N_SIGN = 300  # draws per op (seeds 0..299 of stream 7)
 
 
-@pytest.mark.parametrize("op", sorted(SIGNED), ids=[SIGNED[k][0] for k in sorted(SIGNED)])
-def test_random_sign_is_balanced(op):
+@pytest.mark.parametrize("name", sorted(SIGNED), ids=[SIGNED[k][0] for k in sorted(SIGNED)])
+def test_random_sign_is_balanced(name):
     """timm negates each signed argument with probability 1/2. Each draw must equal Pillow's op at +arg or -arg;
     the +arg count is Binomial(300, 1/2) (sd 8.7): the bound 150 +- 45 is > 5 sd wide, and an op that always
     (or never) negates lands at 0 or 300."""
+    op = getattr(A, name)
     x = _noise(19, 23, op)
     pil = Image.fromarray(x)
-    plus, minus = (np.asarray(SIGNED[op][1](pil, s)) for s in (1.0, -1.0))
+    plus, minus = (np.asarray(SIGNED[name][1](pil, s)) for s in (1.0, -1.0))
     assert not np.array_equal(plus, minus)
     n_plus = 0
     out = np.empty_like(x)
     for i in range(N_SIGN):
         A.apply_op(op, 9.0, True, x, out, F, A.seed_state(7, i, op), 1)
         is_plus, is_minus = np.array_equal(out, plus), np.array_equal(out, minus)
-        assert is_plus or is_minus, f"{SIGNED[op][0]} draw {i} equals neither sign of timm's op"
+        assert is_plus or is_minus, f"{SIGNED[name][0]} draw {i} equals neither sign of timm's op"
         n_plus += is_plus
-    assert 105 <= n_plus <= 195, (SIGNED[op][0], n_plus)
+    assert 105 <= n_plus <= 195, (SIGNED[name][0], n_plus)
 
 
 def _solarize_add_levels(spec: str, n: int, key: int) -> np.ndarray:

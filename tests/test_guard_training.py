@@ -69,6 +69,7 @@ def test_epoch_end_resume_is_exact(tmp_path):
                                                               re_prob=0.25, persistent_workers=False))
 
 
+@pytest.mark.ffcv
 def test_epoch_end_resume_through_ffcv_is_exact(tmp_path):
     train, val = write_betons(tmp_path / "data", classes=4, per_class=7, size=36, ext="jpg", write_mode="proportion")
     _epoch_end_resume(tmp_path, lambda: FFCVDataModule(train, val, batch_size=4, num_workers=2, input_size=32,
@@ -98,6 +99,7 @@ def test_imagefolder_augmentations_differ_across_epochs(tmp_path):
     assert sum(not torch.equal(e0[i], e1[i]) for i in e0) == 24
 
 
+@pytest.mark.ffcv
 def test_ffcv_augmentations_differ_across_epochs(tmp_path):
     """The same through FFCV: sample i of an indexed .beton (label i) gets other crops and ops in epoch 1."""
     path = write_indexed_beton(tmp_path, n=16, size=36)

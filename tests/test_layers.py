@@ -4,7 +4,6 @@ Tolerance everywhere: norm-wise relative difference ||a - b|| / ||b|| < 1e-5 in 
 """
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
@@ -21,7 +20,7 @@ from lk_ablate.models.layers import (IMPLS, METHODS, LargeKernelDWConv, crop_ker
 from lk_ablate.models.replknet import RepLKNet
 
 TOL = 1e-5
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # gpu: deselected where CUDA is absent
 KERNELS = list(range(3, 52, 2))  # every odd kernel of the study's range
 # Odd and even, square and not; 27 and 26 keep k up to 51 uncropped, 7 and 8 crop most kernels (to 13 / 15).
 MAPS = [(7, 7), (8, 8), (27, 26), (26, 27)]
@@ -49,12 +48,13 @@ def reference(x, w, b, g):
     return (y, *torch.autograd.grad(y, (x, w, b), g))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("k", KERNELS)
-def test_every_impl_matches_direct(k: int, batch: int) -> None:
+def test_every_impl_matches_direct(k: int, batch: int, device: str) -> None:
     """Outputs and x/w/b gradients of each impl vs direct conv, every odd k 3..51, odd/even maps, batch 1 and 3."""
     gen = torch.Generator().manual_seed(k * 10 + batch)
-    for (h, wd), device in itertools.product(MAPS, DEVICES):
+    for h, wd in MAPS:
         c = 3
         x = torch.randn(batch, c, h, wd, generator=gen).to(device)
         w = torch.randn(c, 1, k, k, generator=gen).to(device)

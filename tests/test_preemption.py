@@ -170,6 +170,8 @@ def assert_resumed_exactly(run: Run, straight: Run) -> None:
     assert_same(resumed, straight.final_state(), "resumed vs uninterrupted")
 
 
+@pytest.mark.slow
+@pytest.mark.ffcv
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(runs):
     all_runs, seen = runs
     run = all_runs["kills"]
@@ -183,6 +185,8 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(runs):
         "the partial file is removed by the next save"
 
 
+@pytest.mark.slow
+@pytest.mark.ffcv
 @pytest.mark.parametrize("loader", ["folder", "ffcv"])
 def test_sigkill_mid_epoch_then_resume_is_exact(runs, loader):
     all_runs, seen = runs
@@ -193,6 +197,8 @@ def test_sigkill_mid_epoch_then_resume_is_exact(runs, loader):
     assert resumed_from(run.log) == "last.ckpt@9"
 
 
+@pytest.mark.slow
+@pytest.mark.ffcv
 def test_sigusr1_requeue_saves_at_a_step_boundary_and_resumes_exactly(runs):
     """The pre-emption checkpoint is taken at the end of the step during which the signal came (step 5), not inside
     it. (Lightning's own handler saves right there: resuming from that checkpoint repeats the step.)"""
@@ -205,6 +211,8 @@ def test_sigusr1_requeue_saves_at_a_step_boundary_and_resumes_exactly(runs):
     assert resumed_from(run.log) == "hpc_ckpt_1.ckpt@5"
 
 
+@pytest.mark.slow
+@pytest.mark.ffcv
 def test_checkpoint_files_of_an_uninterrupted_run(runs):
     # Top-k by val/acc1 only where validation ran (epoch ends: steps 7, 14); last.ckpt holds the final step.
     straight = runs[0]["straight"]

@@ -2,7 +2,6 @@
 independent of worker count, cached on disk; and scoring models on the corrupted arrays."""
 from __future__ import annotations
 
-import imagecorruptions
 import numpy as np
 import pytest
 import torch
@@ -13,6 +12,10 @@ from lk_ablate.base.errors import ConfigError
 from lk_ablate.models.registry import ModelConfig
 from lk_ablate.robustness import corruptions as C
 from lk_ablate.robustness.metrics import ALL_CORRUPTIONS, CORRUPTIONS
+
+from helpers import LazyModule
+
+imagecorruptions = LazyModule("imagecorruptions")  # it imports numba: by the test that uses it, not at collection
 
 
 def _images(n, h=32, w=32, seed=0):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 HERE = Path(__file__).resolve()
@@ -66,6 +67,7 @@ def main(workdir: Path) -> None:
                                                        "world_size": trainer.world_size}))
 
 
+@pytest.mark.ddp
 def test_ddp_gather_equals_standalone_and_survives_a_rank_failure(tmp_path):
     from test_robustness_support import small_trees
 

@@ -24,8 +24,7 @@ from lk_ablate.robustness.evaluate import evaluate
 from lk_ablate.robustness.pipeline import BatchImages, device_decode, normalize_nhwc
 
 HERE = Path(__file__).resolve()
-gpu = pytest.mark.gpu
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+gpu = pytest.mark.gpu  # deselected where CUDA is absent (tests/conftest.py)
 BICUBIC_CONFIG = ModelConfig(input_size=(3, 32, 32), crop_pct=0.875, interpolation="bicubic", num_classes=1000)
 
 
@@ -264,7 +263,6 @@ def test_device_decode_path_reports_unreadable_files(tmp_path):
 
 
 @gpu
-@needs_cuda
 @pytest.mark.parametrize("cfg", [ORACLE_CONFIG, BICUBIC_CONFIG], ids=["bilinear", "bicubic"])
 def test_cuda_scoring_matches_the_cpu_path(tmp_path, cfg):
     """decode: cpu on CUDA: the same uint8 pixels, normalised on the GPU (equal within float rounding: the
@@ -313,6 +311,7 @@ def _ddp_main(rank: int, world: int, root: str, port: str, out_dir: str) -> None
     dist.destroy_process_group()
 
 
+@pytest.mark.ddp
 def test_ddp_bad_image_on_one_rank_raises_everywhere_without_hanging(tmp_path):
     bench, bad = _tree_with_bad(tmp_path)  # batch size 2: image 3 is in batch 1 (rank 1), image 7 in batch 3 (rank 1)
     single = evaluate({"raw": OracleNet()}, ORACLE_CONFIG, [bench], batch_size=2, num_workers=0,

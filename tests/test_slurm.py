@@ -100,6 +100,8 @@ def sweep(slurm_cluster, tmp_path_factory):
     return seen
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_every_array_task_finishes_with_its_checkpoint_and_results(sweep):
     assert sorted(sweep["states"]) == [f"{sweep['job']}_{t}" for t in TASKS]
     for key, fields in sweep["states"].items():
@@ -127,6 +129,8 @@ def starts(folder: Path) -> list[str]:
     return re.findall(r"restart (\d+)", (folder / "slurm_starts.log").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_sigusr1_saves_a_preemption_checkpoint_requeues_and_finishes(sweep):
     folder = task_dir(sweep["root"], USR1_TASK)
     assert starts(folder) == ["0", "1"]  # requeued once, by the training process itself (scontrol requeue)
@@ -138,6 +142,8 @@ def test_sigusr1_saves_a_preemption_checkpoint_requeues_and_finishes(sweep):
     assert "Restored all states from the checkpoint" in log
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_hard_requeue_resumes_from_the_last_periodic_checkpoint(sweep):
     folder = task_dir(sweep["root"], REQUEUE_TASK)
     assert sweep["requeue_last_step"] == 6  # periodic, mid-epoch (epoch 1 has steps 5..9)
@@ -150,6 +156,8 @@ def test_hard_requeue_resumes_from_the_last_periodic_checkpoint(sweep):
     assert log.count("starting from scratch") == 1 and not list(folder.glob("hpc_ckpt_*.ckpt"))
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_evaluation_array_scores_the_existing_checkpoints(sweep, slurm_cluster):
     """``slurm/submit.sh eval`` for tasks 0 and 3: ``lk_ablate robustness`` on each task's last.ckpt reproduces the
     numbers that the training's RobustnessEvaluation callback wrote for the same weights."""
