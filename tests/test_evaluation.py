@@ -84,10 +84,10 @@ def test_ffcv_val_crop_keeps_what_the_eval_transform_keeps(name):
 
 
 def test_compile_option_compiles_every_weight_set(tmp_path, monkeypatch):
-    import lk_ablate.models.compile as compile_mod
+    import lk_ablate.evaluation.loading as loading_mod
 
     calls = []
-    monkeypatch.setattr(compile_mod, "compile_model", lambda m, mode=None: calls.append((m, mode)) or m)
+    monkeypatch.setattr(loading_mod, "compile_model", lambda m, mode=None: calls.append((m, mode)) or m)
     ckpt = _demo_ckpt(tmp_path / "run.ckpt")
     em = load_for_eval(ModelOptions(ckpt=str(ckpt), weights="both", compile=True, compile_mode="max-autotune"))
     assert calls == [(em.models["raw"], "max-autotune"), (em.models["ema"], "max-autotune")]

@@ -36,11 +36,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..base.figures import new_figure, save_figure
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of,
-                     model_device, new_figure, percent, save_figure, script_eval_spec, seeded_generator, to_pixels)
+from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of, model_device,
+                     percent, script_eval_spec, seeded_generator, to_pixels)
+from .loading import create_timm_model, load_model
 
 SPACES = ("pixel", "normalized")
 SURROGATE_NORMS = ("imagenet", "model")
@@ -420,8 +422,6 @@ def run_pgd(model: nn.Module, cfg: PGDConfig, data: Any, model_config: ModelConf
 
 
 def load_surrogate(cfg: TAIGConfig) -> tuple[nn.Module, ModelConfig, str]:
-    from .loading import create_timm_model, load_model
-
     if cfg.surrogate_checkpoint is None:
         raise ConfigError("taig.surrogate_checkpoint is required: the surrogate's weights file (nothing is "
                           "downloaded), e.g. a timm vit_base_patch16_224 state dict")

@@ -8,21 +8,19 @@ analyses are iterables of ``(images, labels)`` batches whose images are *normali
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from ..base.errors import ConfigError, DataError
-from ..models.registry import ModelConfig
-
-if TYPE_CHECKING:
-    from ..data.transforms import EvalSpec
+from ..base.jsonable import to_jsonable
+from ..base.results import make_results, update_results, write_results
+from ..data.transforms import EvalSpec
+from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -51,7 +49,7 @@ class SectionConfig:
         pass
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(dataclasses.asdict(self))
+        return to_jsonable(self, nonfinite_to_none=True)
 
 
 def check_levels(name: str, values: Sequence[float], lo: float, hi: float, *, strict_lo: bool = False) -> None:
@@ -84,7 +82,7 @@ def from_pixels(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     return (x - mean) / std
 
 
-def script_eval_spec(cfg: ModelConfig, interpolation: str) -> "EvalSpec":
+def script_eval_spec(cfg: ModelConfig, interpolation: str) -> EvalSpec:
     """The released LKRobust scripts' eval geometry: resize the shorter side to 256, centre-crop 224, ImageNet
     mean/std (every model, ViTs included), with the script's ``interpolation``.
 
@@ -92,9 +90,6 @@ def script_eval_spec(cfg: ModelConfig, interpolation: str) -> "EvalSpec":
     the same geometry is scaled to ``s`` (resize ``floor(s * 256 / 224)``, crop ``s``; 384 -> 438 / 384): a
     project choice, the released code has no other size (the paper scored 31L at 384 px).
     """
-    from ..data.transforms import EvalSpec
-    from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
-
     h, w = (int(v) for v in cfg.input_size[-2:])
     return EvalSpec(crop=(h, w), resize=(min(h, w) * 256) // 224, squash=False, interpolation=interpolation,
                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -159,27 +154,6 @@ def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gen
 
 
 # --- output ---------------------------------------------------------------------------------------------
-def to_jsonable(obj: Any) -> Any:
-    """Tensors, numpy values, tuples and dataclasses -> plain JSON types; non-finite floats -> None."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def write_analysis_result(results_path: str | os.PathLike, name: str, result: Mapping[str, Any],
                           init: Mapping[str, Any] | None = None) -> None:
     """Store ``result`` as "analyses" -> ``name`` of the run's results JSON (lk_ablate.base.results schema).
@@ -188,8 +162,6 @@ def write_analysis_result(results_path: str | os.PathLike, name: str, result: Ma
     A missing file is created from ``init`` (keyword arguments of ``make_results``; ``weights`` defaults to an
     empty set, i.e. no benchmark scored yet); without ``init`` a missing file is a DataError.
     """
-    from ..base.results import make_results, update_results, write_results
-
     path = Path(results_path)
     if not path.is_file():
         if init is None:
@@ -199,21 +171,4 @@ def write_analysis_result(results_path: str | os.PathLike, name: str, result: Ma
         write_results(path, make_results(**kwargs))
     # update_results merges dicts recursively: clear the entry first so the new result replaces it
     update_results(path, f"analyses.{name}", None)
-    update_results(path, f"analyses.{name}", to_jsonable(result))
-
-
-def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.6)):
-    """A matplotlib Figure that needs no pyplot or GUI backend, and its axes."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=120)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes
-
-
-def save_figure(fig: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    update_results(path, f"analyses.{name}", to_jsonable(result, nonfinite_to_none=True))

@@ -46,11 +46,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..base.figures import new_figure, save_figure
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models.contract import AblationModel, unit_parts
 from ..models.registry import ModelConfig
-from .common import SectionConfig, iterate_batches, model_device, new_figure, save_figure, script_eval_spec
+from .common import SectionConfig, iterate_batches, model_device, script_eval_spec
 
 REDUCTIONS = ("per_image", "batch_mean")
 SAMPLINGS = ("consecutive", "permutations")

@@ -30,11 +30,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..base.figures import new_figure, save_figure
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError
 from ..models.registry import ModelConfig
-from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of, new_figure,
-                     percent, save_figure, script_eval_spec, seeded_generator, to_pixels)
+from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of, percent,
+                     script_eval_spec, seeded_generator, to_pixels)
 
 SCALES = ("pre_filter", "rms")
 SPACES = ("normalized", "pixel")

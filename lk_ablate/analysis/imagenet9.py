@@ -21,10 +21,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..base.figures import new_figure, save_figure
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from .common import SectionConfig, logits_of, new_figure, percent, save_figure
+from .common import SectionConfig, logits_of, percent
 
 
 def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:

@@ -28,8 +28,9 @@ import torch
 import torch.nn as nn
 
 from ..base.errors import ConfigError
+from ..base.figures import new_figure, save_figure
 from ..models.layers import LargeKernelDWConv
-from .common import SectionConfig, new_figure, save_figure
+from .common import SectionConfig
 
 SELECTIONS = ("auto", "large_kernel", "depthwise")
 

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..base.figures import new_figure, save_figure
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models import contract
 from ..models.registry import ModelConfig
-from .common import (SectionConfig, accuracy, iterate_batches, model_device, new_figure, save_figure,
-                     script_eval_spec)
+from .common import SectionConfig, accuracy, iterate_batches, model_device, script_eval_spec
 
 Unit = tuple[nn.Module, ...]
 

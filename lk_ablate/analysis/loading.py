@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..data.transforms import EvalSpec
 from ..base.errors import DataError
-from ..evaluation.loading import EvalModels, load_for_eval
+from ..evaluation.loading import EvalModels, load_for_eval, timm_model_config
 from ..evaluation.options import ModelOptions
 from ..models.registry import ModelConfig
 
@@ -58,9 +58,7 @@ def create_timm_model(name: str, checkpoint: str | os.PathLike | None = None, nu
                       **kwargs: Any) -> LoadedModel:
     """A timm model with weights from a local file (timm's key precedence, safe unpickling)."""
     if checkpoint is None:  # the analyses never download: random weights, as timm's pretrained=False
-        import timm
-
-        from ..evaluation.loading import timm_model_config
+        import timm  # lazy: only a timm model pays for timm.models
 
         model = timm.create_model(name, pretrained=False, **({"num_classes": num_classes} if num_classes else {}),
                                   **kwargs).eval()

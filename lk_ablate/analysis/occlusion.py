@@ -26,11 +26,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..base.figures import new_figure, save_figure
+from ..base.safe_load import load_torch_file
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of,
-                     model_device, new_figure, percent, save_figure, script_eval_spec, seeded_generator, to_pixels)
+from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of, model_device,
+                     percent, script_eval_spec, seeded_generator, to_pixels)
 
 MODES = ("random", "salient", "non_salient")
 
@@ -113,8 +115,6 @@ def load_dino(path: str | os.PathLike, arch: str = "vit_small_patch16_224", img_
 
     if not os.path.isfile(path):
         raise DataError(f"DINO weights not found: {path}")
-    from ..base.safe_load import load_torch_file
-
     obj = load_torch_file(path, what="DINO weights")  # allow-listed unpickling: downloaded weights run no code
     for key in ("teacher", "model", "state_dict", "student"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

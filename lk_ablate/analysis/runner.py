@@ -9,12 +9,13 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..base.jsonable import to_jsonable
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, one_line
 from ..evaluation.options import check_protocol
 from ..models.registry import ModelConfig
 from . import attacks, features, frequency, imagenet9, imagenet_p, kernel_distance, lesion, occlusion
-from .common import SectionConfig, to_jsonable, write_analysis_result
+from .common import SectionConfig, write_analysis_result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +227,7 @@ def run_analyses(model: nn.Module, config_sections: Mapping[str, Any], val_data:
             result["summary_scalars"] = spec.summary(result)
             if out_dir is not None:
                 result["plot"] = str(spec.plot(result, Path(out_dir) / f"{plot_prefix}{n}.png"))
-            result = to_jsonable(result)
+            result = to_jsonable(result, nonfinite_to_none=True)
             if results_path is not None:
                 write_analysis_result(results_path, n, result, results_init)
             results[n] = result

@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import new_figure, save_figure
+from ..base.figures import new_figure, save_figure
+from ..base.results import read_results
 from .runner import ANALYSES
 
 Runs = Sequence[tuple[str, Mapping[str, Any]]]
@@ -17,8 +18,6 @@ Runs = Sequence[tuple[str, Mapping[str, Any]]]
 
 def load_analyses(results_path: str | Path) -> dict[str, Any]:
     """The "analyses" section of a results JSON ({} when the run has none)."""
-    from ..base.results import read_results
-
     return dict(read_results(results_path).get("analyses") or {})
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..base.errors import DataError
+from ..models.registry import get_model_config
 from .fashion_mnist import CLASSES, DEBIAN_ROOT, FILES, _find, load_fashion_mnist, resize_grey
 from .ffcv import FFCVDataModule
 from .ffcv_import import require_ffcv
@@ -99,8 +100,6 @@ class FashionMNISTFFCVDataModule(FFCVDataModule):
                 if value != default and not (isinstance(value, (list, tuple)) and tuple(value) == tuple(default)):
                     raise DataError(f"FashionMNISTFFCVDataModule sets {k} itself")
         self.cache_dir, self.root, self.download = cache_dir, root, download
-        from ..models.registry import get_model_config
-
         side = size or kwargs.get("input_size") or get_model_config(kwargs["model_name"]).image_size
         self.paths = ensure_fashion_mnist_betons(cache_dir, int(side), root, download)
         super().__init__(train_path=self.paths["train"], val_path=self.paths["val"], scale=(1.0, 1.0),

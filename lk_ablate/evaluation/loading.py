@@ -19,6 +19,8 @@ import torch.nn as nn
 
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
+from ..models.checkpoints import load_checkpoint, load_timm_weights, read_checkpoint
+from ..models.compile import check_compile_options, compile_model
 from ..models.registry import CROP_MODES, ModelConfig, create_model, kernel_label
 from ..training.wandb import CHECKPOINT_KEY as _WANDB_KEY
 from .options import WEIGHTS, ModelOptions
@@ -92,8 +94,6 @@ def load_for_eval(opts: ModelOptions, device: torch.device | str | None = None,
     if opts.ckpt is not None and not os.path.isfile(opts.ckpt):
         raise DataError(f"checkpoint not found: {opts.ckpt}")
     if opts.compile:
-        from ..models.compile import check_compile_options
-
         check_compile_options(opts.compile_mode)
     if opts.timm:
         out = _load_timm(opts)
@@ -106,8 +106,6 @@ def load_for_eval(opts: ModelOptions, device: torch.device | str | None = None,
                               f"--model.ckpt (official or lk_ablate weights)")
         out = _load_registered(opts, None)
     else:
-        from ..models.checkpoints import read_checkpoint
-
         obj = read_checkpoint(opts.ckpt)
         if isinstance(obj, Mapping) and "state_dict" in obj and "hyper_parameters" in obj:
             out = _load_lightning(opts, obj)
@@ -121,8 +119,6 @@ def load_for_eval(opts: ModelOptions, device: torch.device | str | None = None,
         if device is not None:
             m.to(device)
         if opts.compile:  # in place: the same module, parameters and state-dict keys
-            from ..models.compile import compile_model
-
             compile_model(m, opts.compile_mode)
     out.meta["channels_last"] = bool(channels_last)
     return out
@@ -151,8 +147,6 @@ def _kernel_sizes(model: nn.Module) -> list[int] | None:
 
 
 def _load_lightning(opts: ModelOptions, obj: Mapping[str, Any]) -> EvalModels:
-    from ..models.checkpoints import load_checkpoint
-
     hp = dict(obj["hyper_parameters"])
     if "model_name" not in hp:
         raise DataError(f"{opts.ckpt}: Lightning checkpoint without hyper_parameters.model_name: not written by "
@@ -176,8 +170,6 @@ def _load_lightning(opts: ModelOptions, obj: Mapping[str, Any]) -> EvalModels:
 
 def _load_registered(opts: ModelOptions, obj: Any) -> EvalModels:
     """Official/foreign weights (or none) for a registered model."""
-    from ..models.checkpoints import load_checkpoint
-
     if not opts.name:
         raise ConfigError(f"{opts.ckpt} is not an lk_ablate checkpoint: say which registered model it holds with "
                           "--model.name NAME (see lk_ablate.list_models()), or --model.timm NAME for timm weights")
@@ -215,8 +207,6 @@ def timm_model_config(model: nn.Module, name: str) -> ModelConfig:
 
 def _load_timm(opts: ModelOptions) -> EvalModels:
     import timm
-
-    from ..models.checkpoints import load_timm_weights, read_checkpoint
 
     if opts.kernel_size is not None:
         raise ConfigError("--model.kernel_size applies to registered lk_ablate models (--model.name), not to "
