@@ -145,7 +145,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` atomically; ``torch.save`` streams into the file (no second in-memory copy)."""
-    import torch
+    import torch  # lazy: the bottom layer's text/JSON writers do not import torch
 
     atomic_write(path, lambda f: torch.save(obj, f))
 

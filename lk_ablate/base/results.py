@@ -276,7 +276,7 @@ def _deep_merge(old: dict, new: Mapping) -> dict:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    import fcntl
+    import fcntl  # lazy: POSIX only, needed by the read-modify-write of update_results alone
 
     lock = path.with_name(path.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
