@@ -42,6 +42,9 @@ class LkAblateCLI(LightningCLI):
         for action in parser._actions:
             if action.dest in INT_OR_FRACTION and hasattr(action, "_typehint"):
                 action._typehint = Optional[Union[int, float]]
+        # The model decides the image config its data is prepared with (size, crop, mean/std, interpolation; the
+        # DataModule's own overrides apply over it): one fact, stated once, known when the config is parsed.
+        parser.link_arguments("model.model_name", "data.init_args.model_name")
         # ModelCheckpoint whose every_n_train_steps refreshes last.ckpt only (top-k after validation), see preemption.py
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({

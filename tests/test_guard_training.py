@@ -63,12 +63,14 @@ def _epoch_end_resume(tmp_path, make_data) -> None:
         assert_same(a, b, part)
 
 
+@pytest.mark.slow
 def test_epoch_end_resume_is_exact(tmp_path):
     root = make_image_folder(tmp_path / "data", classes=4, per_class=7, size=36)
     _epoch_end_resume(tmp_path, lambda: ImageFolderDataModule(str(root), batch_size=4, num_workers=1, input_size=32,
                                                               re_prob=0.25, persistent_workers=False))
 
 
+@pytest.mark.slow
 @pytest.mark.ffcv
 def test_epoch_end_resume_through_ffcv_is_exact(tmp_path):
     train, val = write_betons(tmp_path / "data", classes=4, per_class=7, size=36, ext="jpg", write_mode="proportion")
@@ -124,7 +126,12 @@ def test_ffcv_augmentations_differ_across_epochs(tmp_path):
 class _Capture(L.Callback):
     def on_train_start(self, trainer, pl_module):
         self.groups = [dict(g) for g in trainer.optimizers[0].param_groups]
-        self.lr_at_start = [g["lr"] for g in trainer.optimizers[0].param_groups]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # the lr of the first optimizer step (the schedule's length is set in the module's on_train_start, which
+        # runs after the callbacks' on_train_start: see ImageClassifier.schedule_length)
+        if trainer.global_step == 0 and batch_idx == 0:
+            self.lr_at_start = [g["lr"] for g in trainer.optimizers[0].param_groups]
 
 
 def test_image_classifier_optimizer_groups(tmp_path):

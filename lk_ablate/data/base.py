@@ -78,11 +78,15 @@ class ClassificationDataModule(L.LightningDataModule):
         return self._seed if self._seed is not None else global_seed()
 
     def model_config(self) -> ModelConfig:
-        """The model's config with this DataModule's overrides applied."""
-        if self.trainer is not None and hasattr(self.trainer.lightning_module, "model_config"):
-            cfg = self.trainer.lightning_module.model_config
-        elif self.model_name is not None:
+        """The model's config with this DataModule's overrides applied.
+
+        The model is ``model_name``, which ``lk_ablate fit/validate/...`` links from ``model.model_name``
+        (lk_ablate/lightning_cli.py). Without it (the Python API), the attached LightningModule's config.
+        """
+        if self.model_name is not None:
             cfg = get_model_config(self.model_name)
+        elif self.trainer is not None and hasattr(self.trainer.lightning_module, "model_config"):
+            cfg = self.trainer.lightning_module.model_config
         else:
             cfg = ModelConfig()
         o = dict(self._overrides)
@@ -102,8 +106,17 @@ class ClassificationDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         cfg = self.model_config()
         self.datasets.update(self.build_datasets(stage, cfg))
-        if self.trainer is not None and self.trainer.logger is not None:
-            self.trainer.logger.log_hyperparams({"data_config": cfg.to_dict()})
+        self.log_data_config(cfg)
+
+    def log_data_config(self, cfg: ModelConfig) -> None:
+        """The config the data is prepared with, as the ``data_config`` hyperparameter (with the dataset's class
+        count, the model's too: fit and validate stop when they differ)."""
+        if self.trainer is None or self.trainer.logger is None:
+            return
+        classes = getattr(self, "num_classes", None)
+        if isinstance(classes, int) and not isinstance(classes, bool):
+            cfg = cfg.replace(num_classes=classes)
+        self.trainer.logger.log_hyperparams({"data_config": cfg.to_dict()})
 
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is None:

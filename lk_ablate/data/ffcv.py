@@ -161,8 +161,7 @@ class FFCVDataModule(ClassificationDataModule):
     # --- Lightning hooks ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         self._cfg = self.model_config()
-        if self.trainer is not None and self.trainer.logger is not None:
-            self.trainer.logger.log_hyperparams({"data_config": self._cfg.to_dict()})
+        self.log_data_config(self._cfg)
 
     def teardown(self, stage: str) -> None:
         for loader in self._loaders.values():

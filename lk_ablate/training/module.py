@@ -184,28 +184,31 @@ class ImageClassifier(L.LightningModule):
         return out
 
     def schedule_length(self) -> tuple[int, int]:
-        """(optimizer steps per epoch, total optimizer steps) of this fit.
+        """(optimizer steps per epoch, total optimizer steps) of this fit, from the trainer
+        (``estimated_stepping_batches``: the train loader's length after ``limit_train_batches``, gradient
+        accumulation, ``max_epochs`` / ``max_steps``).
 
-        Computed from the DataModule's batch count, not Lightning's ``estimated_stepping_batches``: that one
-        builds and iterates the train loader before a checkpoint is restored, so a resumed run would start
-        its epoch from the wrong position.
+        Called from ``on_train_start``, never earlier. Why (Lightning 2.6.6): ``configure_optimizers`` runs in
+        ``strategy.setup`` (trainer.py:1053), before ``restore_training_state`` (trainer.py:1070) restores the loop
+        progress and the loader state (fit_loop.py:528). There, with no train loader yet,
+        ``estimated_stepping_batches`` calls ``fit_loop.setup_data()`` (trainer.py:1772-1774), which creates the
+        train iterator at once (fit_loop.py:276), so our resumable loader reads its position (epoch 0, batch 0)
+        before the checkpoint is restored; ``FitLoop.run``'s own ``setup_data`` (fit_loop.py:209) then returns early
+        (fit_loop.py:227), the restored loader state is never applied (fit_loop.py:552-555), and a resumed epoch
+        keeps that iterator (training_epoch_loop.py:245): the epoch would replay from its first batch. In
+        ``on_train_start`` (fit_loop.py:414, after the restore and after :209) the loader exists and the property
+        only reads ``num_training_batches``.
         """
-        trainer, dm = self.trainer, self.trainer.datamodule
-        if dm is None or not hasattr(dm, "train_batches_per_epoch"):
-            total = int(trainer.estimated_stepping_batches)
-            return (total // trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else total), total
-        batches = dm.train_batches_per_epoch()
-        limit = trainer.limit_train_batches
-        batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
-        per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
-        epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
-        if trainer.max_steps > 0:
-            total = min(trainer.max_steps, per_epoch * epochs) if epochs else trainer.max_steps
-        elif epochs:
-            total = per_epoch * epochs
-        else:
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if total == float("inf"):
             raise ConfigError("set trainer.max_epochs or trainer.max_steps: the lr schedule needs a length")
-        return per_epoch, total
+        batches = trainer.num_training_batches
+        if batches == float("inf"):  # an iterable dataset without a length: max_steps spread over the epochs
+            per_epoch = total // trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else total
+        else:
+            per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+        return int(per_epoch), int(total)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -213,19 +216,28 @@ class ImageClassifier(L.LightningModule):
         lr = scaled_lr(hp.base_lr, hp.base_batch_size, global_batch)
         groups = self.param_groups(lr)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas))
-        steps_per_epoch, total = self.schedule_length()
-        warmup = int(round(hp.warmup_epochs * steps_per_epoch))
+        # The schedule's length comes from the trainer in on_train_start (see schedule_length); until then the
+        # factor is 1 and no optimizer step is taken. The lengths live in this dict, not in the partial's
+        # attributes, so the scheduler's state dict (and the checkpoint) is what it always was.
+        self._schedule_length: dict[str, int] = {}
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, partial(warmup_cosine_factor, total_steps=total, warmup_steps=warmup, peak_lr=lr,
-                               min_lr=hp.min_lr))
-        self.schedule_facts = {"global_batch_size": global_batch, "peak_lr": lr, "total_steps": total,
-                               "warmup_steps": warmup}
-        if self.logger is not None:
-            self.logger.log_hyperparams({"schedule": self.schedule_facts})
+            optimizer, partial(_schedule_factor, self._schedule_length, peak_lr=lr, min_lr=hp.min_lr))
+        self.schedule_facts = {"global_batch_size": global_batch, "peak_lr": lr}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_start(self) -> None:
-        facts = self.schedule_facts
+        steps_per_epoch, total = self.schedule_length()
+        warmup = int(round(self.hparams.warmup_epochs * steps_per_epoch))
+        self._schedule_length.update(total_steps=total, warmup_steps=warmup)
+        # The lr of the step about to run, now that the length is known: the LambdaLR formula (base_lr x factor),
+        # so a restored run gets the value its checkpoint holds, bit for bit.
+        schedule = self.lr_schedulers()
+        for group, base_lr, factor in zip(schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas):
+            group["lr"] = base_lr * factor(schedule.last_epoch)
+        schedule._last_lr = [group["lr"] for group in schedule.optimizer.param_groups]
+        facts = self.schedule_facts = {**self.schedule_facts, "total_steps": total, "warmup_steps": warmup}
+        if self.logger is not None:
+            self.logger.log_hyperparams({"schedule": facts})
         self.log_dict({"train/global_batch_size": float(facts["global_batch_size"]),
                        "train/peak_lr": facts["peak_lr"]}, rank_zero_only=True)
 
@@ -259,3 +271,10 @@ class ImageClassifier(L.LightningModule):
                                    "kernel_sizes": list(self.model.kernel_sizes),
                                    "model_config": self.model_config.to_dict(),
                                    "has_ema": self.ema is not None, "seed": self.run_seed}
+
+
+def _schedule_factor(length: dict[str, int], step: int, peak_lr: float, min_lr: float) -> float:
+    """The warmup-cosine factor at ``step`` once ``length`` holds total_steps / warmup_steps (1 before)."""
+    if not length:
+        return 1.0
+    return warmup_cosine_factor(step, length["total_steps"], length["warmup_steps"], peak_lr, min_lr)
