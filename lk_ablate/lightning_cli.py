@@ -45,6 +45,10 @@ class LkAblateCLI(LightningCLI):
         # The model decides the image config its data is prepared with (size, crop, mean/std, interpolation; the
         # DataModule's own overrides apply over it): one fact, stated once, known when the config is parsed.
         parser.link_arguments("model.model_name", "data.init_args.model_name")
+        # The class count is checked, not linked: the dataset knows it only once built (a folder listing, a .beton
+        # header), a link applied on instantiation would drop model.num_classes from every config, and in
+        # validate/test the checkpoint decides it (_parse_ckpt_path); so fit (ImageClassifier.on_fit_start) and
+        # the evaluation commands (_check_dataset_classes) stop with one line when the two differ.
         # ModelCheckpoint whose every_n_train_steps refreshes last.ckpt only (top-k after validation), see preemption.py
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({

@@ -98,7 +98,12 @@ class ImageClassifier(L.LightningModule):
         return self.hparams.seed if self.hparams.seed is not None else global_seed()
 
     def global_batch_size(self) -> int:
-        """Per-device batch x devices x nodes x gradient accumulation."""
+        """Per-device batch x devices x nodes x gradient accumulation.
+
+        The per-device batch is the DataModule's option, read here because the peak lr is needed when the
+        optimizer is built (configure_optimizers), before the trainer has a train loader to ask (see
+        schedule_length); linking it into the model would make it a model hyperparameter in every checkpoint.
+        """
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "batch_size"):
             raise ConfigError("cannot scale the learning rate: the DataModule has no batch_size")
