@@ -51,6 +51,7 @@ class Capture(nn.Module):
         return a
 
 
+@pytest.mark.slow
 def test_dino_weights_load_and_attention_matches_timm(tmp_path):
     ref = _save_dino(tmp_path / "plain.pth")
     _save_dino(tmp_path / "dino.pth", dino_style=True)

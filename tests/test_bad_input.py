@@ -101,6 +101,7 @@ def test_reparam_out_needs_force_to_overwrite(tmp_path, capsys):
     assert "model" in torch.load(out, weights_only=True)
 
 
+@pytest.mark.slow
 def test_top_k_files_of_a_killed_start_are_removed_on_resume(data, tmp_path, capsys):
     run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
     args = ["fit", "--config", TINY, "--data.init_args.root", str(data), "--trainer.logger", "false",

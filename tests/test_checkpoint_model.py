@@ -32,6 +32,7 @@ def _last_error(capsys) -> str:
     return capsys.readouterr().err.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_configured_model_differs_from_the_checkpoint(trained, capsys):
     ckpt = trained["ckpt"]
     common = ["validate", "--config", TINY, "--data.init_args.root", str(trained["data"]), "--trainer.logger",
@@ -47,6 +48,7 @@ def test_configured_model_differs_from_the_checkpoint(trained, capsys):
     assert main([*common, "--model.kernel_size", "[5, 5, 5, 5]", "--trainer.limit_val_batches", "1"]) == 0
 
 
+@pytest.mark.slow
 def test_no_model_options_use_the_checkpoint_and_say_so(trained, tmp_path, capsys):
     data_args = ["--data", "lk_ablate.data.ImageFolderDataModule", "--data.batch_size", "4", "--data.num_workers",
                  "0", "--data.input_size", "32", "--trainer.logger", "false", "--trainer.accelerator", "cpu",

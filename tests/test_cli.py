@@ -19,7 +19,7 @@ def print_config(capsys, *args):
     return yaml.safe_load(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("k", [3, 7, 13, 31, 51])
+@pytest.mark.parametrize("k", [pytest.param(k, marks=pytest.mark.slow) for k in (3, 7, 13, 31)] + [51])
 def test_convnext_configs_resolve_to_the_120_epoch_recipe(k, capsys):
     cfg = print_config(capsys, "--config", str(CONFIGS / f"convnext_k{k}.yaml"))
     t, m, d = cfg["trainer"], cfg["model"], cfg["data"]["init_args"]
@@ -48,6 +48,7 @@ def fit_args(root, *extra):
             "--trainer.accumulate_grad_batches", "1", "--trainer.logger", "false", *extra]
 
 
+@pytest.mark.slow
 def test_fit_fast_dev_run_convnext_k31(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "data", classes=3, per_class=4, size=40)
     monkeypatch.chdir(tmp_path)
@@ -68,10 +69,10 @@ def test_fit_without_data_is_one_clear_message(capsys, tmp_path, monkeypatch):
     (["--model.kernel_size", "[3,5,7]"], "one size per stage"),
     (["--model.model_name", "convnext_huge"], "unknown model 'convnext_huge'"),
     (["--model.drop_path_rate", "1.5"], "drop_path_rate must be in"),
-    (["--model.num_classes", "5"], "the dataset has 3 classes but model.num_classes is 5"),
-    (["--data.init_args.batch_size", "3"], "need an even per-device batch size"),
-    (["--data.init_args.batch_size", "0"], "batch_size must be >= 1"),
-    (["--model.ema_decay", "1.5"], "ema_decay must be in"),
+    pytest.param(["--model.num_classes", "5"], "the dataset has 3 classes but model.num_classes is 5", marks=pytest.mark.slow),
+    pytest.param(["--data.init_args.batch_size", "3"], "need an even per-device batch size", marks=pytest.mark.slow),
+    pytest.param(["--data.init_args.batch_size", "0"], "batch_size must be >= 1", marks=pytest.mark.slow),
+    pytest.param(["--model.ema_decay", "1.5"], "ema_decay must be in", marks=pytest.mark.slow),
 ])
 def test_invalid_config_messages(extra, message, tmp_path, monkeypatch, capsys):
     root = make_image_folder(tmp_path / "data", classes=3, per_class=2, size=36)
@@ -88,6 +89,7 @@ def test_help_lists_commands(capsys):
         assert cmd in out
 
 
+@pytest.mark.slow
 def test_commands_import_only_what_they_use():
     """`fit` never imports FFCV/numba or the evaluation commands' code; `robustness` never imports the analyses."""
     import subprocess

@@ -66,6 +66,7 @@ def big_models():
                                      small_kernel=5, num_classes=10)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,impl", [("convnext_tiny", "auto"), ("convnext_tiny", "fft"), ("convnext_tiny", "cycle"),
                                        ("replknet_31b", "cycle")])
 def test_no_graph_breaks(big_models, name: str, impl: str) -> None:
@@ -101,6 +102,7 @@ def _loss_and_grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, se
     return out.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
+@pytest.mark.slow
 def test_aot_eager_matches_eager() -> None:
     """Output and every parameter's gradient, compiled (aot_eager: AOTAutograd's joint graph) vs eager, with every
     implementation in one small ConvNeXt (drop path on)."""
@@ -118,6 +120,7 @@ def test_aot_eager_matches_eager() -> None:
         assert rel(a, b) < TOL, (what, rel(a, b))
 
 
+@pytest.mark.slow
 def test_inductor_matches_eager() -> None:
     """One real inductor compile (forward + backward) of a small ConvNeXt with FFT, auto and mixed plans."""
     torch.manual_seed(0)
@@ -190,6 +193,7 @@ def final_state(model, trainer):
             trainer.lr_scheduler_configs[0].scheduler.state_dict())
 
 
+@pytest.mark.slow
 def test_compiled_resume_is_exact_and_checkpoints_are_eager(tmp_path) -> None:
     """Compiled: stopped at a mid-epoch checkpoint and resumed == uninterrupted, bit for bit (model, EMA, AdamW,
     schedule). The checkpoint's keys are the eager model's, and it loads and predicts the same without compile."""
@@ -234,6 +238,7 @@ class CompiledRankDump(RankStateDump):
         torch.save(state, path)
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_compiled_ddp_fit(tmp_path) -> None:
     """`lk_ablate fit --model.compile true` under DDP (2 gloo processes): both ranks end with the same weights.
@@ -301,6 +306,7 @@ def test_gpu_bench_checks() -> None:
     assert "| convnext_tiny | 13 | train | eager | cut |" in text
 
 
+@pytest.mark.slow
 def test_gpu_bench_runs_on_cpu(tmp_path, monkeypatch, capsys) -> None:
     """The one-command GPU script end to end on the CPU with tiny sizes: rule rows written and used, eager and
     compiled (own process) comparisons, one table, the check lines, the files under the output folder."""

@@ -32,7 +32,7 @@ def test_registry_lists_models_and_configs():
     assert m.model_config.num_classes == 7 and m.model_name == "convnext_tiny"
 
 
-@pytest.mark.parametrize("k", sorted(TIMM_PARAMS))
+@pytest.mark.parametrize("k", [k if k == 7 else pytest.param(k, marks=pytest.mark.slow) for k in sorted(TIMM_PARAMS)])
 def test_convnext_tiny_parameter_count_equals_timm(k):
     assert TIMM_PARAMS[k] == TIMM_PARAMS[7] + 6624 * (k * k - 49)  # the table is consistent with the count above
     assert n_params(lk_ablate.create_model("convnext_tiny", kernel_size=k)) == TIMM_PARAMS[k]
@@ -46,7 +46,7 @@ def test_per_stage_kernel_list():
     assert n_params(m) == n_params(t)
 
 
-@pytest.mark.parametrize("k", [3, 13, 51, [5, 9, 15, 21]])
+@pytest.mark.parametrize("k", [3] + [pytest.param(k, marks=pytest.mark.slow) for k in (13, 51, [5, 9, 15, 21])])
 def test_outputs_equal_timm_with_same_weights(k):
     torch.manual_seed(0)
     ours = lk_ablate.create_model("convnext_tiny", kernel_size=k).eval()
@@ -74,6 +74,7 @@ def test_demo_model_equals_timm_patch2_convnext(k):
     assert ((a - b).norm() / b.norm()).item() < 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,k", [("convnext_tiny", 3), ("convnext_tiny", 31), ("convnext_demo", 13)])
 def test_forward_backward_small_resolution(name, k):
     m = lk_ablate.create_model(name, kernel_size=k, num_classes=10, drop_path_rate=0.1)
@@ -116,6 +117,7 @@ def test_official_checkpoint_reproduces_official_outputs(tmp_path):
     assert (torch.linalg.norm(y - blob["y"]) / torch.linalg.norm(blob["y"])).item() < 1e-6
 
 
+@pytest.mark.slow
 def test_timm_state_dict_and_lightning_checkpoint_load():
     t = timm.create_model("convnext_tiny", kernel_sizes=13)
     ours = lk_ablate.create_model("convnext_tiny", kernel_size=13)

@@ -44,6 +44,7 @@ def test_squash_equals_the_official_replknet_transform(wh):
     assert centre.shape == (3, 384, 384) and not torch.equal(centre, ref)
 
 
+@pytest.mark.slow
 @pytest.mark.ffcv
 def test_ffcv_validation_squash_resizes_the_whole_image(tmp_path):
     """FFCV validation with squash: each stored (non-square) image, whole, area-resized to the input square."""

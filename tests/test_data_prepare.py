@@ -31,6 +31,7 @@ def flat_val(tmp_path_factory):
     return src
 
 
+@pytest.mark.slow
 def test_prepare_sorts_1000_classes_of_50_and_can_be_repeated(flat_val, tmp_path, capsys):
     out = tmp_path / "val"
     assert main(["data", "prepare-imagenet-val", "--src", str(flat_val), "--out", str(out)]) == 0
@@ -43,6 +44,7 @@ def test_prepare_sorts_1000_classes_of_50_and_can_be_repeated(flat_val, tmp_path
     assert again["placed"] == 0 and again["already_there"] == 50_000
 
 
+@pytest.mark.slow
 def test_prepare_errors(flat_val, tmp_path, capsys):
     with pytest.raises(DataError, match="ImageNet val folder not found"):
         prepare_imagenet_val(tmp_path / "nope", tmp_path / "out")

@@ -47,6 +47,7 @@ def read_metrics(csv_path: Path) -> dict[str, list[float]]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_ddp_two_processes_same_weights_and_global_batch(tmp_path):
     root = make_image_folder(tmp_path / "data", classes=4, per_class=9, size=36)  # 36 images, 4 of them dropped
@@ -100,7 +101,7 @@ SWEEP = {  # config -> (global batch of the recipe, SyncBatchNorm)
 }
 
 
-@pytest.mark.parametrize("name", sorted(SWEEP))
+@pytest.mark.parametrize("name", [n if n == "replknet_31b" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(SWEEP)])
 def test_sweep_configs_are_the_multi_gpu_recipe(name, capsys):
     with pytest.raises(SystemExit) as e:
         main(["fit", "--config", str(REPO / "configs" / f"{name}.yaml"), "--print_config"])

@@ -41,6 +41,7 @@ def test_grey_transform_flips_and_pad_crops():
                    for i in range(5) for j in range(5) for w in [padded[i:i + 32, j:j + 32]])
 
 
+@pytest.mark.slow
 @pytest.mark.ffcv
 def test_ffcv_and_in_memory_validation_batches_are_equal(tmp_path):
     """The .beton stores the same bilinear 32 px images raw: validation batches agree to float rounding."""
@@ -59,6 +60,7 @@ def test_ffcv_and_in_memory_validation_batches_are_equal(tmp_path):
     assert ffcv.train_batches_per_epoch() == 60000 // 250
 
 
+@pytest.mark.slow
 @pytest.mark.ffcv
 def test_demo_end_to_end(tmp_path, capsys):
     """`lk_ablate demo`, shortened: two kernel sizes, a few steps, 20 corrupted images; table, JSONs, report."""

@@ -12,6 +12,7 @@ from lk_ablate.base.errors import ConfigError, DataError
 from lk_ablate.evaluation import ModelOptions, load_for_eval, weight_sets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels_last", ["null", "true"])  # as trained (contiguous here), and channels_last
 def test_robustness_and_analyze_feed_the_model_the_same_tensors(tmp_path, recorded, channels_last):  # noqa: F811
     random_tree(tmp_path / "val", imagenet_wnids(), size=(41, 37), seed=5)  # 1000 classes, one image each

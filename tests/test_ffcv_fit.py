@@ -26,6 +26,7 @@ def config(tmp_path, train, val):
     return str(path)
 
 
+@pytest.mark.slow
 def test_fit_fast_dev_run_through_ffcv(tmp_path):
     train, val = write_betons(tmp_path / "d", classes=4, per_class=6, size=40, ext="jpg", write_mode="proportion")
     before = threading.active_count()
@@ -34,6 +35,7 @@ def test_fit_fast_dev_run_through_ffcv(tmp_path):
     assert threading.active_count() <= before + 1  # numba's pool may start one thread; no epoch thread leaks
 
 
+@pytest.mark.slow
 def test_fit_with_a_missing_beton_fails_at_start_with_one_message(tmp_path, capsys):
     train, val = write_betons(tmp_path / "d", classes=4, per_class=2, size=36)
     assert main(["fit", "--config", config(tmp_path, train, str(tmp_path / "missing.beton"))]) == 2

@@ -71,6 +71,7 @@ def test_train_and_val_pipelines(betons):
     dm2.teardown("validate")
 
 
+@pytest.mark.slow
 def test_batches_are_functions_of_seed_epoch_and_index(betons):
     a = collect(train_loader(betons[0], epoch=0))
     b = collect(train_loader(betons[0], epoch=0))
@@ -190,6 +191,7 @@ def test_missing_or_wrong_files_fail_at_start(betons, tmp_path):
         FFCVDataModule(train, val, order="sequential")
 
 
+@pytest.mark.slow
 def test_ffcv_is_imported_lazily_and_its_absence_is_explained(monkeypatch):
     code = "import sys, lk_ablate.data, lk_ablate.commands.data; assert 'ffcv' not in sys.modules, 'ffcv imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -198,6 +200,7 @@ def test_ffcv_is_imported_lazily_and_its_absence_is_explained(monkeypatch):
         require_ffcv()
 
 
+@pytest.mark.slow
 def test_ffcv_leaves_torch_thread_count_alone(betons):
     """Importing FFCV runs torch.set_num_threads(1) and its Loader sets num_workers: training would run on one
     core. A fresh process: torch's thread count survives the import, a DataModule and a full epoch."""

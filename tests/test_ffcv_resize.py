@@ -31,7 +31,8 @@ def random_crop(rnd, h, w):
     return 0, 0, h, w
 
 
-@pytest.mark.parametrize("out", [(224, 224), (160, 192), (32, 32)])
+@pytest.mark.parametrize("out", [pytest.param((224, 224), marks=pytest.mark.slow), pytest.param((160, 192), marks=pytest.mark.slow),
+                                 (32, 32)])
 def test_equals_ffcv_resize_within_one_level(out):
     from ffcv.libffcv import resize_crop
 

@@ -8,7 +8,7 @@ from lk_ablate.data import FFCVDataModule
 from lk_ablate.training import ImageClassifier
 from test_resume import KillAtStep, Killed, assert_same, final_state
 
-pytestmark = pytest.mark.ffcv
+pytestmark = [pytest.mark.ffcv, pytest.mark.slow]
 
 
 def make(train, val, ckpt_dir, extra_callbacks=()):

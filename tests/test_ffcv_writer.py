@@ -26,6 +26,7 @@ def read_all(path):
     return np.concatenate(images), np.concatenate(labels), loader.reader.metadata["f0"]["mode"]
 
 
+@pytest.mark.slow
 def test_raw_round_trip_is_exact(tmp_path):
     root = make_image_folder(tmp_path / "data", classes=3, per_class=5, size=24)
     res = write_ffcv(root, tmp_path / "out", cfg=WriterConfig(write_mode="raw", num_workers=2))
@@ -40,6 +41,7 @@ def test_raw_round_trip_is_exact(tmp_path):
     assert meta["skipped"] == [] and meta["writer"]["max_resolution"] == 500
 
 
+@pytest.mark.slow
 def test_ffcv_imagenet_defaults_and_seeded_jpeg_choice(tmp_path):
     cfg = WriterConfig()
     assert (cfg.max_resolution, cfg.write_mode, cfg.compress_probability, cfg.jpeg_quality, cfg.chunk_size) == \

@@ -54,7 +54,7 @@ def _pair(k: int) -> tuple[nn.Module, nn.Module]:
     return ours, ref
 
 
-@pytest.mark.parametrize("k", KERNELS)
+@pytest.mark.parametrize("k", [pytest.param(k, marks=pytest.mark.slow) if k == 51 else k for k in KERNELS])
 def test_convnext_with_random_layer_scale_equals_timm(k):
     """Outputs and every parameter's gradient equal timm's in float64 (||a-b||/||b|| < 1e-10), for the default
     depthwise implementation and each named one."""

@@ -39,6 +39,7 @@ def pause_at(step: int, marker: Path) -> list[str]:
             "--trainer.callbacks.marker", str(marker)]
 
 
+@pytest.mark.slow
 def test_second_fit_is_refused_and_signals_exit_with_128_plus_signum(tmp_path, capsys, monkeypatch):
     for k in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(k)
@@ -104,6 +105,7 @@ def _write_lease(folder: Path, **info) -> None:
     (folder / LEASE_NAME).write_text(json.dumps({"token": "old", "beats": 3, **info}))
 
 
+@pytest.mark.slow
 def test_expired_or_orphaned_leases_are_taken_over_live_ones_are_not(tmp_path, monkeypatch):
     for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_RESTART_COUNT"):
         monkeypatch.delenv(k, raising=False)
@@ -132,6 +134,7 @@ def test_expired_or_orphaned_leases_are_taken_over_live_ones_are_not(tmp_path, m
         holder.wait()
 
 
+@pytest.mark.slow
 def test_requeued_job_waits_for_the_old_start_then_takes_over_or_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")

@@ -27,12 +27,15 @@ DEFAULT_KERNELS = {"convnext_demo": (7,) * 4, "convnext_tiny": (7,) * 4, "replkn
 IMG = 64
 
 
-def _cases() -> list[tuple[str, int | None]]:
-    """(name, kernel): kernels 3 and 13 and the variant's default (None), without duplicates."""
+def _cases() -> list:
+    """(name, kernel): kernels 3 and 13 and the variant's default (None), without duplicates; the fast tier runs
+    the defaults of ConvNeXt-T and RepLKNet-31B, the slow tier the rest."""
     out = []
     for name in sorted(DEPTHS):
         default = DEFAULT_KERNELS[name]
-        out += [(name, k) for k in (3, 13) if default != (k,) * 4] + [(name, None)]
+        out += [pytest.param(name, k, marks=pytest.mark.slow) for k in (3, 13) if default != (k,) * 4]
+        out += [(name, None) if name in ("convnext_tiny", "replknet_31b") else
+                pytest.param(name, None, marks=pytest.mark.slow)]
     return out
 
 

@@ -72,6 +72,7 @@ def a_tree(tmp_path_factory):
     return root, random_tree(root, benchmark_wnids("a"), size=(150, 130))
 
 
+@pytest.mark.slow
 def test_benchmark_protocols_feed_the_authors_or_the_models_transform(a_tree):
     root, files = a_tree
     # a ViT-like 224 model whose own config differs from the paper's in every respect
@@ -146,6 +147,7 @@ def recorded(monkeypatch):
     return record
 
 
+@pytest.mark.slow
 def test_robustness_preset_paper_end_to_end(tmp_path, a_tree, recorded):
     root, files = a_tree
     ckpt = _demo_ckpt(tmp_path / "demo.ckpt")

@@ -32,7 +32,8 @@ def test_replknet_31b_finetune_224_is_the_official_22k_to_1k_command(capsys):
     assert m["pretrained_path"].endswith("RepLKNet-31B_ImageNet-22K.pth")
 
 
-@pytest.mark.parametrize("config", ["convnext_k3.yaml", "convnext_k51.yaml", "replknet_31b.yaml", "replknet_3b.yaml"])
+@pytest.mark.parametrize("config", ["convnext_k51.yaml"] + [pytest.param(c, marks=pytest.mark.slow) for c in (
+    "convnext_k3.yaml", "replknet_31b.yaml", "replknet_3b.yaml")])
 def test_120_epoch_configs_warm_up_20_epochs_and_keep_best_raw_and_best_ema(config, capsys):
     cfg = print_config(capsys, config)
     assert cfg["trainer"]["max_epochs"] == 120 and cfg["model"]["warmup_epochs"] == 20

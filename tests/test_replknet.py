@@ -105,7 +105,7 @@ SIZES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(SIZES))
+@pytest.mark.parametrize("name", [n if n == "replknet_31b" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(SIZES)])
 def test_parameter_counts_equal_official(name):
     train, kernels, full = SIZES[name]
     assert n_params(meta_model(name)) == train
@@ -130,11 +130,14 @@ MACS = [
 ]
 
 
-@pytest.mark.parametrize("name,deploy,size,expected", MACS)
+@pytest.mark.parametrize("name,deploy,size,expected",
+                         [m if m[:3] == ("replknet_31b", False, 224) else pytest.param(*m, marks=pytest.mark.slow)
+                          for m in MACS])
 def test_macs_counted(name, deploy, size, expected):
     assert macs(meta_model(name, deploy=deploy), size) == expected
 
 
+@pytest.mark.slow
 def test_macs_rounded_figures():
     assert round(macs(meta_model("replknet_31b", deploy=True), 224) / 1e9, 2) == 15.35
     assert round(macs(meta_model("replknet_3b"), 224) / 1e9, 2) == 12.94
@@ -262,6 +265,7 @@ def full_model(request):
     return request.param, fill_deterministic_(create_model(request.param)).eval()
 
 
+@pytest.mark.slow
 def test_full_size_outputs_equal_official(full_model, reference):
     name, model = full_model
     ref = reference["outputs"][name]
@@ -275,6 +279,7 @@ def test_full_size_outputs_equal_official(full_model, reference):
     assert rel(y2, torch.tensor(ref["structural_reparam"])) < 1e-5
 
 
+@pytest.mark.slow
 def test_full_size_reparam_equivalence(full_model):
     name, model = full_model
     x = reference_input(64)
@@ -293,6 +298,7 @@ def test_full_size_reparam_equivalence(full_model):
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in full.modules())
 
 
+@pytest.mark.slow
 def test_full_size_forward_backward(full_model):
     name, model = full_model
     m = copy.deepcopy(model).train()
@@ -307,8 +313,8 @@ def test_full_size_forward_backward(full_model):
 
 # --- reduced widths: many kernel sizes ------------------------------------------------------------------
 @pytest.mark.parametrize("kernel_size,small_kernel", [
-    (3, None), (5, None), (5, 3), (7, 5), (13, 5), (31, 5), (51, 5), (51, None), ([31, 29, 27, 13], 5),
-    ([3, 7, 13, 51], None)])
+    (3, None), (5, 3), ([31, 29, 27, 13], 5), ([3, 7, 13, 51], None)] + [pytest.param(*c, marks=pytest.mark.slow) for c in (
+        (5, None), (7, 5), (13, 5), (31, 5), (51, 5), (51, None))])
 def test_reparam_equivalence_reduced_widths(kernel_size, small_kernel):
     torch.manual_seed(0)
     model = fill_deterministic_(small_replknet(kernel_size, small_kernel)).eval()
@@ -537,6 +543,7 @@ def fit_args(config: str, root: Path, *extra: str) -> list[str]:
             *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["replknet_31b.yaml", "replknet_3b.yaml"])
 def test_fit_fast_dev_run(config, tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "data", classes=3, per_class=2, size=72)
@@ -544,6 +551,7 @@ def test_fit_fast_dev_run(config, tmp_path, monkeypatch):
     assert cli(fit_args(config, root)) == 0
 
 
+@pytest.mark.slow
 def test_finetune_config_starts_from_checkpoint_with_new_head(tmp_path, monkeypatch, capsys):
     from lk_ablate.lightning_cli import build_cli
 

@@ -177,6 +177,7 @@ def demo_runs(root: Path) -> list[tuple[Path, object]]:
     return out
 
 
+@pytest.mark.slow
 def test_report_demo_format_with_analyses(tmp_path):
     import json
 

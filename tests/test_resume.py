@@ -61,6 +61,7 @@ def assert_same(a, b, what):
         assert a == b, what
 
 
+@pytest.mark.slow
 def test_mid_epoch_resume_is_exact(tmp_path):
     root = make_image_folder(tmp_path / "data", classes=4, per_class=7, size=36)  # 28 images: 7 batches/epoch
     model_a, data_a, trainer_a = make(root, tmp_path / "a")

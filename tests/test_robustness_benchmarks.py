@@ -77,6 +77,7 @@ def _score(model, benches, **kw):
     return evaluate({"raw": model}, ORACLE_CONFIG, benches, batch_size=64, num_workers=0, **kw)
 
 
+@pytest.mark.slow
 def test_imagenet_a_and_r_masked_top1(trees):
     root, exp = trees
     benches = build_benchmarks(imagenet_a=root / "imagenet-a", imagenet_r=root / "imagenet-r")
@@ -127,7 +128,7 @@ def test_imagenet_c_subset_per_cell(trees):
     assert c["severity5_mean_top1"] is None and c["ce"] == {}
 
 
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_sharded_ranks_equal_one_process_and_a_failing_rank_is_reported(trees, world):
     root, _ = trees
     benches = [b for b in build_benchmarks(imagenet_val=root / "val_o", imagenet_a=root / "imagenet-a",

@@ -61,6 +61,7 @@ def trees(tmp_path_factory):
     return small_trees(tmp_path_factory.mktemp("trees"), a=True)
 
 
+@pytest.mark.slow
 def test_scores_each_epoch_writes_json_beside_checkpoints_and_logs(tmp_path, trees):
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_top_k=-1, save_last=True)
     rob = RobustnessEvaluation(**trees, every_n_epochs=1, batch_size=32, num_workers=0)
@@ -125,6 +126,7 @@ def test_every_checkpoint_mid_epoch(tmp_path, trees):
     assert not all(torch.equal(rob.seen[0][1][k], rob.seen[1][1][k]) for k in rob.seen[0][1])
 
 
+@pytest.mark.slow
 def test_fit_end_without_checkpoint_and_a_bad_image(tmp_path, trees):
     broken = tmp_path / "imagenet-a"
     import shutil
@@ -180,6 +182,7 @@ class _TenClasses(RandomData):
         self.ds = torch.utils.data.TensorDataset(self.ds.tensors[0], self.ds.tensors[1] % 10)
 
 
+@pytest.mark.slow
 def test_results_json_is_plain_json(tmp_path, trees):
     rob = RobustnessEvaluation(**trees, batch_size=64, num_workers=0)
     trainer = make_trainer(tmp_path, [rob, ModelCheckpoint(dirpath=tmp_path / "c")], max_epochs=1)
@@ -188,7 +191,7 @@ def test_results_json_is_plain_json(tmp_path, trees):
     assert json.loads(text)["weights"]["raw"]["imagenet_a"]["n"] == 201 and "NaN" not in text
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])
 def test_signal_during_end_of_fit_scoring_stops_with_the_signal_status(tmp_path, trees, monkeypatch, signum, code):
     """A job killed while the end-of-fit scoring runs exits 128 + signal, not 0 as if the scoring had completed."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException

@@ -58,6 +58,7 @@ def test_small_or_wrong_images_are_rejected():
         C.image_seed(0, "rain", 1, 0)
 
 
+@pytest.mark.slow
 def test_workers_and_cache(tmp_path, monkeypatch):
     imgs = _images(6)
     cs, ss = ("glass_blur", "frost", "shot_noise"), (1, 5)

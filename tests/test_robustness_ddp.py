@@ -67,6 +67,7 @@ def main(workdir: Path) -> None:
                                                        "world_size": trainer.world_size}))
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_ddp_gather_equals_standalone_and_survives_a_rank_failure(tmp_path):
     from test_robustness_support import small_trees

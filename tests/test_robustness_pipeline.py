@@ -311,6 +311,7 @@ def _ddp_main(rank: int, world: int, root: str, port: str, out_dir: str) -> None
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_ddp_bad_image_on_one_rank_raises_everywhere_without_hanging(tmp_path):
     bench, bad = _tree_with_bad(tmp_path)  # batch size 2: image 3 is in batch 1 (rank 1), image 7 in batch 3 (rank 1)

@@ -99,6 +99,7 @@ for i in range(20):
 """
 
 
+@pytest.mark.slow
 def test_concurrent_updates_lose_nothing(tmp_path):
     # Fresh interpreters, not fork: forking a process that already runs torch's and other tests' threads can
     # deadlock the children (seen as a CI hang). The barrier makes the two writers start together.

@@ -37,6 +37,7 @@ def _lightning_ckpt(path, ema=True):
     return module
 
 
+@pytest.mark.slow
 def test_lightning_checkpoint_with_config(tmp_path, trees, capsys):
     ckpt = tmp_path / "epoch=3-step=40.ckpt"
     module = _lightning_ckpt(ckpt)
@@ -89,6 +90,7 @@ def test_official_style_checkpoints(tmp_path, trees):
                   "--model.kernel_size", "7"])
 
 
+@pytest.mark.slow
 def test_timm_model_by_name_uses_timm_eval_config(tmp_path, trees):
     import timm
     from timm.data import create_transform, resolve_model_data_config

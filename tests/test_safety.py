@@ -124,6 +124,7 @@ def test_trust_opt_in_loads_it(evil, monkeypatch):
     assert marker.exists()  # the user asked for it: the pickle ran
 
 
+@pytest.mark.slow
 def test_own_and_official_formats_load(tmp_path, data):
     """A real lk_ablate checkpoint (Lightning's full dict) and an official-style training checkpoint with
     argparse.Namespace args, numpy scalars, dtypes and arrays load without the opt-in, weights unchanged."""
