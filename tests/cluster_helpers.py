@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = REPO / "tests"
+from helpers import REPO, TESTS, test_pythonpath
+
 TEST_CONFIGS = TESTS / "configs"
 
 
@@ -26,7 +26,7 @@ def cli_env(**extra: str) -> dict[str, str]:
     """Environment for CLI subprocesses: one thread each, and tests/ importable (probe callbacks live there)."""
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", WANDB_MODE="offline",
-               PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+               PYTHONPATH=test_pythonpath(env.get("PYTHONPATH", "")))
     for k in list(env):  # runs outside SLURM must not look like SLURM tasks (Lightning would pick SLURMEnvironment)
         if k.startswith("SLURM_"):
             del env[k]

@@ -5,6 +5,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+import sys  # noqa: E402
+
+from helpers import TEST_DIRS  # noqa: E402
+
+sys.path[:0] = [str(d) for d in TEST_DIRS if str(d) not in sys.path]
+
 import torch  # noqa: E402
 
 torch.set_num_threads(1)

@@ -2,10 +2,23 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+# The test folders (they mirror lk_ablate/). Tests share helpers, fixtures and probe callbacks by module name
+# (`from test_resume import KillAtStep`, `--trainer.callbacks+=test_ddp.RankStateDump`), so every folder is
+# importable: tests/conftest.py puts them on sys.path, subprocesses get them through test_pythonpath().
+TEST_DIRS = [TESTS, *sorted(d for d in TESTS.iterdir() if d.is_dir() and any(d.glob("test_*.py")))]
+
+
+def test_pythonpath(*extra: str) -> str:
+    """PYTHONPATH for a subprocess that imports test modules: the test folders, the repository, then ``extra``."""
+    return os.pathsep.join([*map(str, TEST_DIRS), str(REPO), *(e for e in extra if e)])
 
 
 def make_image_folder(root: Path, classes: int = 4, per_class: int = 6, size: int = 40, splits=("train", "val"),

@@ -10,7 +10,7 @@ import lk_ablate
 from lk_ablate.base.errors import ConfigError, DataError
 from lk_ablate.models.checkpoints import load_checkpoint
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "assets"
 
 # sum(p.numel()) of timm's convnext_tiny(kernel_sizes=k) (timm 1.0.31; source: timm/models/convnext.py of
 # https://github.com/huggingface/pytorch-image-models). k=7 is ConvNeXt-T's published 28.6 M; another k changes only

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import test_pythonpath
+
 HERE = Path(__file__).resolve()
 
 
@@ -79,7 +81,7 @@ def test_ddp_gather_equals_standalone_and_survives_a_rank_failure(tmp_path):
     config = {"trainer": {"callbacks": [{"class_path": "lk_ablate.robustness.RobustnessEvaluation",
                                          "init_args": _callback_args(trees)}]}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE.parent.parent), str(HERE.parent)]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=test_pythonpath())
     env.pop("LOCAL_RANK", None)
     proc = subprocess.run([sys.executable, str(HERE), str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)

@@ -23,6 +23,7 @@ from lk_ablate.base.results import read_results
 from lk_ablate.training.preemption import checkpoint_step
 
 import slurm_cluster as slurm_cluster_module
+from helpers import test_pythonpath
 from cluster_helpers import REPO, TEST_CONFIGS, TESTS, load_ckpt, make_wnid_folder, tail, wait_for
 
 SUBMIT = REPO / "slurm" / "submit.sh"
@@ -38,7 +39,7 @@ def write_cluster_env(path: Path, configs: list[Path], seeds: list[int], root: P
         f"LK_CONFIGS=({' '.join(str(c) for c in configs)})", f"LK_SEEDS=({' '.join(map(str, seeds))})",
         f"LK_OUTPUT_ROOT={root}", f"LK_PYTHON={sys.executable}",
         # One thread per task; tests/ importable for the probe callback of the tiny config.
-        f'LK_SETUP="export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 PYTHONPATH={TESTS}:{REPO}"',
+        f'LK_SETUP="export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 PYTHONPATH={test_pythonpath()}"',
         "LK_FIT_ARGS=()", "LK_EVAL_ARGS=(--data.num_workers 0)", ""]))
     return path
 

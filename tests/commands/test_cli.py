@@ -8,7 +8,7 @@ from lk_ablate.cli import main
 
 from helpers import make_image_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 
 

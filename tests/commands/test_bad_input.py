@@ -15,7 +15,7 @@ from lk_ablate.lightning_cli import build_cli
 
 from helpers import make_image_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "tests" / "configs" / "cluster_tiny.yaml")
 
 

@@ -2,7 +2,7 @@
 trees in the released layouts, and an oracle model whose predictions are written into the images.
 
 Reference wnids come from timm's ``imagenet_synsets.txt`` (the same sorted 1000 as the official scripts'
-``all_wnids``) and the official mask indices checked in under tests/data/robustness (see its README).
+``all_wnids``) and the official mask indices checked in under tests/assets/robustness (see its README).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 
 from lk_ablate.models.registry import ModelConfig
 
-DATA = Path(__file__).parent / "data" / "robustness"
+DATA = Path(__file__).resolve().parents[1] / "assets" / "robustness"
 TIMM_INFO = Path(timm.__file__).parent / "data" / "_info"
 ORACLE_CONFIG = ModelConfig(input_size=(3, 32, 32), crop_pct=0.875, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
                             interpolation="bilinear", num_classes=1000)

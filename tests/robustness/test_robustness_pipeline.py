@@ -23,6 +23,8 @@ from lk_ablate.robustness.benchmarks import Benchmark, Part
 from lk_ablate.robustness.evaluate import evaluate
 from lk_ablate.robustness.pipeline import BatchImages, device_decode, normalize_nhwc
 
+from helpers import test_pythonpath
+
 HERE = Path(__file__).resolve()
 gpu = pytest.mark.gpu  # deselected where CUDA is absent (tests/conftest.py)
 BICUBIC_CONFIG = ModelConfig(input_size=(3, 32, 32), crop_pct=0.875, interpolation="bicubic", num_classes=1000)
@@ -317,7 +319,7 @@ def test_ddp_bad_image_on_one_rank_raises_everywhere_without_hanging(tmp_path):
     bench, bad = _tree_with_bad(tmp_path)  # batch size 2: image 3 is in batch 1 (rank 1), image 7 in batch 3 (rank 1)
     single = evaluate({"raw": OracleNet()}, ORACLE_CONFIG, [bench], batch_size=2, num_workers=0,
                       on_bad_image="skip")[0]["raw"]["imagenet_r"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE.parent.parent), str(HERE.parent)]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=test_pythonpath())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])

@@ -9,7 +9,7 @@ import yaml
 from lk_ablate.cli import main
 from lk_ablate.training.best_checkpoint import BestCheckpoint
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 EMA_CALLBACK = "lk_ablate.training.best_checkpoint.BestCheckpoint"
 
 

@@ -19,8 +19,8 @@ from lk_ablate.training.wandb import (CHECKPOINT_KEY, log_robustness, read_run_i
 
 from helpers import make_image_folder
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = Path(__file__).resolve().parent / "configs" / "wandb_tiny.yaml"
+REPO = Path(__file__).resolve().parents[2]
+TINY = Path(__file__).resolve().parents[1] / "configs" / "wandb_tiny.yaml"
 
 
 # --- reading offline runs ---------------------------------------------------------------------------------

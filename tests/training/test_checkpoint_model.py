@@ -12,7 +12,7 @@ from lk_ablate.cli import main
 
 from helpers import make_image_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "tests" / "configs" / "cluster_tiny.yaml")
 
 
