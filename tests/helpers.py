@@ -48,3 +48,23 @@ class LazyModule:
         if attr.startswith("_"):  # what pytest probes at collection (_mock_name, __pytest_wrapped__, ...): no import
             raise AttributeError(attr)
         return getattr(importlib.import_module(self._name), attr)
+
+
+def write_demo_checkpoint(path: Path, kernel_size: int | list[int] = 3, num_classes: int = 1000, ema: bool = True,
+                          epoch: int = 1, global_step: int = 5, seed: int = 0):
+    """A Lightning-format checkpoint of ``convnext_demo`` (EMA weights = raw / 2, so the two sets differ); returns
+    the module it holds."""
+    import torch
+
+    from lk_ablate.training import ImageClassifier
+
+    torch.manual_seed(seed)
+    module = ImageClassifier(model_name="convnext_demo", kernel_size=kernel_size, num_classes=num_classes,
+                             drop_path_rate=0.0, ema_decay=0.9 if ema else None)
+    if ema:
+        with torch.no_grad():
+            for p in module.ema.module.parameters():
+                p.mul_(0.5)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": epoch,
+                "global_step": global_step}, path)
+    return module

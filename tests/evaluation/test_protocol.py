@@ -12,6 +12,7 @@ import torch.nn as nn
 import torchvision.transforms as trn
 import yaml
 from PIL import Image
+from helpers import write_demo_checkpoint
 from test_robustness_support import benchmark_wnids
 
 from lk_ablate.cli import main
@@ -115,16 +116,7 @@ def test_paper_protocol_at_other_input_sizes_and_imagenet_c(a_tree):
 
 
 def _demo_ckpt(path, num_classes=1000, seed=0):
-    from lk_ablate.training import ImageClassifier
-
-    torch.manual_seed(seed)
-    module = ImageClassifier(model_name="convnext_demo", kernel_size=3, num_classes=num_classes, drop_path_rate=0.0,
-                             ema_decay=0.9)
-    with torch.no_grad():
-        for p in module.ema.module.parameters():
-            p.mul_(0.5)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 1,
-                "global_step": 5}, path)
+    write_demo_checkpoint(path, num_classes=num_classes, seed=seed)
     return path
 
 

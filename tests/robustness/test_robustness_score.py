@@ -5,6 +5,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from helpers import write_demo_checkpoint
 from test_robustness_support import small_trees
 
 from lk_ablate import create_model
@@ -16,7 +17,6 @@ from lk_ablate.robustness.evaluate import evaluate
 from lk_ablate.evaluation import ModelOptions, load_for_eval
 from lk_ablate.commands.robustness import cli_main
 from lk_ablate.robustness.score import format_table, load_config, robustness_settings
-from lk_ablate.training import ImageClassifier
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +25,7 @@ def trees(tmp_path_factory):
 
 
 def _lightning_ckpt(path, ema=True):
-    torch.manual_seed(0)
-    module = ImageClassifier(model_name="convnext_demo", kernel_size=[3, 5, 7, 9], num_classes=1000,
-                             drop_path_rate=0.0, ema_decay=0.9 if ema else None)
-    if ema:  # make the EMA differ from the raw weights
-        with torch.no_grad():
-            for p in module.ema.module.parameters():
-                p.mul_(0.5)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 3,
-                "global_step": 40}, path)
-    return module
+    return write_demo_checkpoint(path, kernel_size=[3, 5, 7, 9], ema=ema, epoch=3, global_step=40)
 
 
 @pytest.mark.slow
