@@ -13,11 +13,11 @@ from typing import Any
 from ..base.errors import ConfigError, one_line
 from ..evaluation.options import ModelOptions, Protocol
 
-__all__ = ["OLD_SPELLINGS", "base_parser", "check_old_spellings", "command_parser", "config_files", "one_line",
-           "parse", "preset_argv", "preset_names"]
+__all__ = ["OLD_SPELLINGS", "base_parser", "check_old_evaluation_spellings", "check_old_spellings", "command_parser",
+           "config_files", "one_line", "parse", "preset_argv", "preset_names"]
 
-# Spellings of the argparse versions of `robustness` / `analyze` -> the option that replaced them (a command adds
-# its own with ``check_old_spellings(argv, extra)``).
+# Spellings of the argparse versions of `robustness` / `analyze` -> the option that replaced them (the other
+# commands keep their own table: these options do not exist there).
 OLD_SPELLINGS: dict[str, str] = {
     "--ckpt": "--model.ckpt PATH",
     "--kernel-size": "--model.kernel_size 31 (or [31,29,27,13])",
@@ -103,21 +103,28 @@ def preset_argv(argv: Sequence[str], package: str) -> list[str]:
     return files + out
 
 
-def check_old_spellings(argv: Sequence[str], extra: Mapping[str, str] | None = None) -> None:
-    """One ConfigError naming the new spelling for the first option of an earlier version in ``argv``."""
-    table = dict(OLD_SPELLINGS, **(extra or {}))
-    for i, a in enumerate(argv):
+def check_old_spellings(argv: Sequence[str], table: Mapping[str, str]) -> None:
+    """One ConfigError naming the new spelling for the first option of ``table`` (a command's own spellings of its
+    earlier version -> the option that replaced them) in ``argv``."""
+    for a in argv:
         flag = a.split("=", 1)[0]
         if flag in table:
             raise ConfigError(f"{flag} is now {table[flag]}")
+
+
+def check_old_evaluation_spellings(argv: Sequence[str]) -> None:
+    """``robustness`` / ``analyze``: OLD_SPELLINGS, the group names that took a plain value, ``--config paper``."""
+    check_old_spellings(argv, OLD_SPELLINGS)
+    for i, a in enumerate(argv):
+        flag = a.split("=", 1)[0]
+        if flag not in _OLD_GROUP_VALUES and flag != "--config":
+            continue
+        value = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
         if flag in _OLD_GROUP_VALUES:
-            value = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
             if not (value.startswith(("{", "[")) or value.endswith((".yaml", ".yml", ".json"))):
                 raise ConfigError(f"{flag} {value} is now {_OLD_GROUP_VALUES[flag]}")
-        if flag == "--config":
-            value = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
-            if value == "paper" and not Path(value).exists():
-                raise ConfigError("--config paper is now --preset paper")
+        elif value == "paper" and not Path(value).exists():
+            raise ConfigError("--config paper is now --preset paper")
 
 
 def parse(parser: Any, argv: Sequence[str]) -> argparse.Namespace:

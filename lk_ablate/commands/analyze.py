@@ -25,7 +25,7 @@ from ..analysis.runner import ANALYSES, PRESETS_PACKAGE, add_section_arguments, 
 from ..base.errors import ConfigError
 from ..evaluation.loading import load_for_eval
 from ..evaluation.options import DataOptions, ModelOptions
-from ._common import base_parser, check_old_spellings, config_files, parse, preset_argv
+from ._common import base_parser, check_old_evaluation_spellings, config_files, parse, preset_argv
 
 __all__ = ["AnalysisDataOptions", "cli_main", "parse_args", "sections_of"]
 
@@ -68,7 +68,7 @@ def parse_args(argv: Sequence[str]) -> tuple[str | None, Any, list[str]]:
     """(analysis name or None, options, the sections named by --config/--preset files or options)."""
     argv = list(argv)
     name = argv.pop(0) if argv and not argv[0].startswith("-") else None
-    check_old_spellings(argv)
+    check_old_evaluation_spellings(argv)
     _check_old_section_presets(argv)
     argv = preset_argv(argv, PRESETS_PACKAGE)
     named = _named_sections(argv)

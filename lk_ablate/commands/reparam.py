@@ -26,6 +26,7 @@ __all__ = ["cli_main", "parse_args", "read_weights"]
 
 # Spellings of the argparse version -> the option that replaced them.
 OLD_SPELLINGS = {
+    "--ckpt": "--model.ckpt PATH",
     "--weights": "--model.weights raw|ema",
     "--no-check": "--no_check",
     "--check-size": "--check_size N",

@@ -21,9 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..base.errors import ConfigError
 from ..report import build_report
-from ._common import command_parser, parse
+from ._common import check_old_spellings, command_parser, parse
 
 __all__ = ["OLD_SPELLINGS", "WandbOptions", "cli_main", "parse_args"]
 
@@ -67,16 +66,8 @@ def _parser() -> Any:
     return p
 
 
-def check_old_spellings(argv: Sequence[str]) -> None:
-    """One ConfigError naming the new spelling for the first option of the argparse version in ``argv``."""
-    for a in argv:
-        flag = a.split("=", 1)[0]
-        if flag in OLD_SPELLINGS:
-            raise ConfigError(f"{flag} is now {OLD_SPELLINGS[flag]}")
-
-
 def parse_args(argv: Sequence[str]) -> Any:
-    check_old_spellings(argv)
+    check_old_spellings(argv, OLD_SPELLINGS)
     return parse(_parser(), argv)
 
 

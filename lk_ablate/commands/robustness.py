@@ -24,7 +24,7 @@ from ..base.errors import ConfigError
 from ..base.results import results_path, write_results
 from ..evaluation.options import ModelOptions
 from ..robustness.score import BenchmarkOptions, format_table, load_config, robustness_settings, score
-from ._common import base_parser, check_old_spellings, config_files, parse, preset_argv
+from ._common import base_parser, check_old_evaluation_spellings, config_files, parse, preset_argv
 
 __all__ = ["cli_main", "fit_config_defaults", "parse_args"]
 
@@ -52,7 +52,7 @@ def _parser() -> Any:
 
 def parse_args(argv: Sequence[str]) -> Any:
     """The command's options from ``argv`` (presets, --config files, --fit_config defaults, options)."""
-    check_old_spellings(argv)
+    check_old_evaluation_spellings(argv)
     argv = preset_argv(argv, PRESETS_PACKAGE)
     _refuse_fit_configs(config_files(argv))
     parser = _parser()

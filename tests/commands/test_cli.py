@@ -103,3 +103,19 @@ def test_commands_import_only_what_they_use():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('ffcv', 'numba') or m.startswith('lk_ablate.analysis')]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["data", "write-ffcv", "--num-workers", "2"], "--num-workers is now --num_workers N"),
+    (["data", "write-ffcv", "--batch-size", "2"], "unrecognized arguments: --batch-size 2"),
+    (["reparam", "--ckpt", "a.pth"], "--ckpt is now --model.ckpt PATH"),
+    (["report", "--batch-size", "2", "runs"], "unrecognized arguments: --batch-size"),
+    (["robustness", "--num-workers", "2"], "--num-workers is now --data.num_workers N"),
+    (["analyze", "--config", "paper"], "--config paper is now --preset paper"),
+])
+def test_old_spellings_are_each_commands_own(argv, message, capsys):
+    """An old spelling names the option of the command it was given to: `data` has no --data.* group, so the
+    evaluation commands' table (--batch-size -> --data.batch_size) must not answer for it."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"lk_ablate: error: {message}"), err
