@@ -158,8 +158,13 @@ class ImageClassifier(L.LightningModule):
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:  # called once per real optimizer step (after gradient accumulation)
-            self.ema.update(self.model, step=self.global_step)
+        # Once per real optimizer step (after gradient accumulation), at the constant decay from the first step,
+        # starting from the weights the EMA copied at construction (after pretrained_path): the official ConvNeXt /
+        # RepLKNet update (timm ModelEma, ema = decay * ema + (1 - decay) * model; facebookresearch/ConvNeXt
+        # engine.py:74-75, 82-83). No ``step``: ModelEmaV3.get_decay(step) is 0 for steps <= 1, which with
+        # Lightning's 0-based global_step replaced the EMA by the weights of the first two steps.
+        if self.ema is not None:
+            self.ema.update(self.model)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Weight decay except on 1-D params and biases; with ``layer_decay``, per-layer lr scales.

@@ -7,6 +7,7 @@ import yaml
 from lk_ablate.cli import main
 
 from helpers import make_image_folder
+from recipe_probes import check_config_effects
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -32,6 +33,9 @@ def test_convnext_configs_resolve_to_the_120_epoch_recipe(k, capsys):
     assert global_batch == 4096
     # The module's rule: lr = base_lr * global / base_batch -> the recipe's 4e-3 at 4096.
     assert m["base_lr"] * global_batch / m["base_batch_size"] == pytest.approx(4e-3, rel=0, abs=1e-15)
+    # ... and the module this section instantiates computes it: drop path per block, smoothed soft targets,
+    # mixup/cutmix draws, EMA decay, the lr and weight decay of its AdamW at this global batch, the warmup
+    check_config_effects(m, d["batch_size"], t["devices"] * t["num_nodes"], t["accumulate_grad_batches"])
 
 
 def test_print_config_shows_overrides(capsys):
