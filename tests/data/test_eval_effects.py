@@ -94,10 +94,10 @@ def _tree(root, images):
 @pytest.mark.parametrize("crop_mode", ["center", "squash"])
 def test_imagefolder_validation_applies_the_data_overrides(crop_mode, tmp_path):
     """ImageFolderDataModule's validation samples with input_size 48, crop_pct 0.8, bilinear, mean/std and crop_mode
-    overrides (convnext_demo's own config is 32 px, 0.875, bicubic, ImageNet mean/std) equal the reference at
-    resize floor(48 / 0.8) = 60."""
+    overrides (the model's own config, convnext_tiny's, is 224 px, 0.875, bicubic, ImageNet mean/std, center) equal
+    the reference at resize floor(48 / 0.8) = 60."""
     images = [noise(70, 90), noise(90, 70, seed=1)]
-    dm = ImageFolderDataModule(str(_tree(tmp_path, images)), batch_size=2, num_workers=0, model_name="convnext_demo",
+    dm = ImageFolderDataModule(str(_tree(tmp_path, images)), batch_size=2, num_workers=0, model_name="convnext_tiny",
                                crop_mode=crop_mode, **OVERRIDES)
     dm.setup("validate")
     for i, img in enumerate(images):
@@ -123,7 +123,7 @@ def test_ffcv_validation_applies_the_data_overrides(crop_mode, tmp_path):
     res = write_ffcv(_tree(tmp_path / "tree", images), tmp_path / "ffcv",
                      cfg=WriterConfig(write_mode="raw", num_workers=1, max_resolution=None))
     dm = FFCVDataModule(res["train"]["path"], res["val"]["path"], batch_size=2, num_workers=1,
-                        model_name="convnext_demo", crop_mode=crop_mode, **OVERRIDES)
+                        model_name="convnext_tiny", crop_mode=crop_mode, **OVERRIDES)
     dm.setup("validate")
     (x, y), = list(dm.val_dataloader())
     mean, std = np.array(OVERRIDES["mean"]), np.array(OVERRIDES["std"])
