@@ -372,6 +372,11 @@ MUTANTS: list[Mutant] = [
       "std = torch.as_tensor(self.std,", "std = torch.as_tensor((1.0, 1.0, 1.0),",
       (TE + "test_each_eval_option_changes_the_tensor_as_the_reference_says[std=(0.2, 0.3, 0.4)]",),
       "EvalSpec.std ignored"),
+    M("eval-scoring-mean-ignored", "lk_ablate/robustness/pipeline.py",
+      "mean = torch.as_tensor(spec.mean,", "mean = torch.as_tensor((0.485, 0.456, 0.406),",
+      ("tests/evaluation/test_scoring_input_effects.py::"
+       "test_scoring_input_follows_every_eval_option_of_the_model_config",),
+      "robustness scoring normalises with ImageNet's mean whatever the model's"),
     M("eval-crop-pct-ignored", "lk_ablate/models/model_config.py",
       "math.floor(self.image_size / self.crop_pct)", "math.floor(self.image_size / 0.875)",
       (TE + "test_crop_pct_sets_the_resize_of_the_model_config[0.8-60]",),
