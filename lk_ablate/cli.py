@@ -17,6 +17,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("lk_ablate.commands.analyze:cli_main", "run one of the paper's robustness analyses"),
     "data": ("lk_ablate.commands.data:cli_main", "prepare-imagenet-val, write-ffcv, check"),
     "report": ("lk_ablate.commands.report:cli_main", "tables and plots across runs"),
+    "dashboard": ("lk_ablate.commands.dashboard:cli_main", "the W&B workspace view and report of an ablation"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 

@@ -13,6 +13,7 @@ NAME`` loads a shipped preset (lk_ablate/analysis/presets/NAME.yaml; ``paper``: 
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ class AnalysisDataOptions(DataOptions):
 
 
 def _parser() -> Any:
+    from jsonargparse import ActionYesNo
+
     p = base_parser("lk_ablate analyze", __doc__.split("\n\n")[0], default_weights="auto")
     p.add_class_arguments(AnalysisDataOptions, "data")
     p.set_defaults({"data.num_workers": 2})
@@ -51,6 +54,10 @@ def _parser() -> Any:
                    help="results JSON to store into (default: the checkpoint's <stem>.robustness.json beside it, "
                         "shared with `lk_ablate robustness`; created when missing)")
     p.add_argument("--plot_dir", type=str | None, default=None, help="folder for the PNGs (default: beside --results)")
+    p.add_argument("--wandb", action=ActionYesNo, default=False,
+                   help="also put the analyses' scalar summaries (analysis/<name>/<scalar>) into the checkpoint's W&B "
+                        "training run (resumed by the id the checkpoint stores; WANDB_MODE=offline writes it locally "
+                        "beside the checkpoint)")
     add_section_arguments(p)
     return p
 
@@ -140,6 +147,10 @@ def cli_main(argv: list[str]) -> int:
         raise ConfigError("analyze runs on one weight set: --model.weights auto (EMA when the checkpoint has it), "
                           "raw or ema")
     em = load_for_eval(opts, device=device, allow_random=True)  # a name alone: random weights (smoke runs)
+    if args.wandb and not em.wandb_run:  # before the analyses run, not after
+        raise ConfigError(f"--wandb: {opts.ckpt or opts.timm or opts.name} records no W&B run (only lk_ablate "
+                          "checkpoints of runs that logged to W&B do); analyse without --wandb, and log the report "
+                          "with `lk_ablate report --wandb.project P`")
     lm = LoadedModel.from_eval_models(em)
     val = None
     if any(ANALYSES[n].needs_val for n in names):
@@ -158,5 +169,11 @@ def cli_main(argv: list[str]) -> int:
         scalars = ", ".join(f"{k} {v:.4g}" for k, v in result["summary_scalars"].items() if v is not None)
         print(f"{n}: {scalars}\n  plot: {result.get('plot')}")
     print(f"results: {results_path}")
+    if args.wandb:
+        from ..training.wandb import log_analyses_to_run
+
+        save_dir = os.environ.get("WANDB_DIR") or Path(opts.ckpt).parent
+        run_id, logged = log_analyses_to_run(results, em.wandb_run, kernel_sizes=em.kernel_sizes, save_dir=save_dir)
+        print(f"W&B: {len(logged)} analysis scalar(s) added to run {run_id} ({em.wandb_run.get('project')})")
     return 0
 

@@ -9,8 +9,10 @@ cell the mean over seeds with the sample sd and a 95% Student-t interval, or a s
 error; then top-1 per corruption, the analyses' scalar summaries and the runs), ``report.csv`` (the same table),
 ``runs.csv`` (every value of every run) and the PNGs (each metric against kernel size, one line per architecture).
 
-With ``--wandb.project P`` (default ``$WANDB_PROJECT``) the same tables and plots are logged to a W&B run
-(job type ``report``); ``--wandb.project null`` never logs. docs/report.md has the details.
+With ``--wandb.project P`` (default ``$WANDB_PROJECT``) the same tables and plots, and a native W&B chart of every
+metric against kernel size, are logged to a W&B run (job type ``report``); ``--wandb.project null`` never logs.
+``--wandb.dashboard true`` also creates or updates the project's dashboard (``lk_ablate dashboard``) with this
+report's table. docs/report.md has the details.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..base.errors import ConfigError
 from ..report import build_report
 from ._common import check_old_spellings, command_parser, parse
 
@@ -43,11 +46,13 @@ class WandbOptions:
         project: W&B project (default: $WANDB_PROJECT; null: no W&B)
         entity: W&B entity (default: yours)
         group: W&B group (default: <family>-kernel when every run is of one family, else report)
+        dashboard: also create or update the project's W&B dashboard (`lk_ablate dashboard`) with this table
     """
 
     project: str | None = None
     entity: str | None = None
     group: str | None = None
+    dashboard: bool = False
 
 
 def _parser() -> Any:
@@ -73,6 +78,14 @@ def parse_args(argv: Sequence[str]) -> Any:
 
 def cli_main(argv: list[str]) -> int:
     args = parse_args(argv)
+    api = None
+    if args.wandb.dashboard:  # every W&B problem before the report is built
+        if not args.wandb.project:
+            raise ConfigError("--wandb.dashboard true needs the W&B project: --wandb.project P (or set WANDB_PROJECT)")
+        from ..report.dashboard_wandb import check_online, connect
+
+        check_online()
+        api = connect()
     with warnings.catch_warnings():  # skipped files are printed below, one "note:" line each
         warnings.filterwarnings("ignore", message=r"skipped \d+ bad results file")
         written = build_report(args.runs, args.out, args.weights, args.wandb.project, args.wandb.entity,
@@ -82,4 +95,25 @@ def cli_main(argv: list[str]) -> int:
           f"{written['csv']}, {len(written['plots'])} plot(s)")
     for note in written["notes"]:
         print(f"note: {note}", file=sys.stderr)
+    if api is not None:
+        _dashboard(args, written, api)
     return 0
+
+
+def _dashboard(args: Any, written: dict[str, Any], api: Any) -> None:
+    """The project's dashboard with this report's table; its robustness panels for the benchmarks the report has."""
+    from ..base.metric_keys import BENCHMARK_METRICS
+    from ..report.dashboard import IMAGENET_BENCHMARKS
+    from ..report.dashboard_wandb import save_dashboard
+    from ..report.runs import table_columns
+
+    present = {c.split("/")[0] for c in table_columns(written["rows"])}
+    benchmarks = [b for b in BENCHMARK_METRICS if b in present] or list(IMAGENET_BENCHMARKS)
+    result = save_dashboard({"entity": args.wandb.entity, "project": args.wandb.project, "benchmarks": benchmarks,
+                             "report_markdown": written["markdown"].read_text()}, api=api,
+                            on_step=lambda msg: print(f"W&B: {msg}", file=sys.stderr))
+    print(f"dashboard view {result.view}: {result.view_url}")
+    if result.report_url:
+        print(f"dashboard report {result.report}: {result.report_url}")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)

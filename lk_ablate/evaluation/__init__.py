@@ -7,8 +7,25 @@ and the benchmark authors' scripts).
 """
 from __future__ import annotations
 
-from .loading import EvalModels, load_for_eval, weight_sets
-from .options import PROTOCOLS, DataOptions, ModelOptions, check_protocol
+import importlib
+from typing import Any
 
-__all__ = ["PROTOCOLS", "DataOptions", "EvalModels", "ModelOptions", "check_protocol", "load_for_eval",
-           "weight_sets"]
+_EXPORTS = {
+    "loading": ("EvalModels", "load_for_eval", "weight_sets"),
+    "options": ("PROTOCOLS", "DataOptions", "ModelOptions", "check_protocol"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the command-line option groups (options.py) need no torch, the loader does.
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -68,20 +68,24 @@ def offline_runs(root: Path) -> list[dict]:
     out = []
     for f in sorted(Path(root).rglob("offline-run-*/run-*.wandb")):
         run, config, summary = None, {}, {}
+
+        def put(target, updates):  # an update names a key, or a path of keys (nested_key)
+            for u in updates:
+                *parents, leaf = list(u.nested_key) or [u.key]
+                node = target
+                for p in parents:
+                    node = node.setdefault(p, {})
+                node[leaf] = json.loads(u.value_json)
+
         for rec in _complete_records(f):
             kind = rec.WhichOneof("record_type")
             if kind == "run":
                 run = rec.run
-                config.update({u.key: json.loads(u.value_json) for u in rec.run.config.update})
+                put(config, rec.run.config.update)
             elif kind == "config":
-                config.update({u.key: json.loads(u.value_json) for u in rec.config.update})
+                put(config, rec.config.update)
             elif kind == "summary":
-                for u in rec.summary.update:
-                    *parents, leaf = list(u.nested_key) or [u.key]
-                    node = summary
-                    for p in parents:
-                        node = node.setdefault(p, {})
-                    node[leaf] = json.loads(u.value_json)
+                put(summary, rec.summary.update)
         out.append({"run": run, "config": config, "summary": summary, "dir": f.parent})
     return out
 
