@@ -171,7 +171,7 @@ def _fit_config(config: str, fit_args: Sequence[str]) -> dict[str, Any]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         try:
-            build_cli(["fit", "--config", config, *fit_args, "--print_config"], run=False)
+            build_cli(["--config", config, *fit_args, "--print_config"], run=False)  # fit's parser, no subcommand
         except SystemExit as e:
             if e.code not in (0, None):
                 raise ConfigError(f"{config}: `lk_ablate fit --config {config} --print_config` failed") from e
