@@ -290,3 +290,42 @@ def test_options_are_checked_before_any_request(monkeypatch):
         DashboardOptions(entity="e", project="p", weights="both_raw")
     assert main(["dashboard", "--wandb.project", "ablation", "--benchmarks", "[imagenet_x]"]) == 2
     assert backend.calls == []
+
+
+def test_report_creates_the_dashboard_with_its_table(tmp_path, capsys, monkeypatch):
+    """`lk_ablate report --wandb.project P --wandb.dashboard true`: the report's W&B run (tested offline in
+    test_report.py) and the project's dashboard, its robustness panels for the report's benchmarks, its table block
+    the report.md just written."""
+    from test_report import table7_runs
+
+    import lk_ablate.report.build as build
+
+    logged = []
+    monkeypatch.setattr(build, "log_to_wandb", lambda *a, **k: logged.append((a, k)) or "report-run")
+    backend = FakeBackend()
+    install(monkeypatch, backend)
+    table7_runs(tmp_path / "runs")
+    out = tmp_path / "rep"
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--wandb.project", "ablation",
+                 "--wandb.entity", "team", "--wandb.dashboard", "true"]) == 0
+    assert len(logged) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [f"dashboard view created: https://wandb.test/team/ablation?nw={view_name(DEFAULT_NAME)[3:-2]}",
+                          "dashboard report created: https://wandb.test/team/ablation/reports/"
+                          "Kernel-size-ablation--view-2"]
+    (view,) = backend.ops("UpsertView2")
+    sections = {s["name"]: s["panels"] for s in json.loads(view["spec"])["section"]["panelBankConfig"]["sections"]}
+    assert [p["config"]["yAxis"] for p in sections["Robustness vs kernel size (EMA weights)"]] == [
+        f"summary:robust/{b}/{m}_ema" for b, m in IMAGENET_PANELS if b != "imagenet_c"]  # Table 7 has no ImageNet-C
+    (report,) = backend.ops("upsertView")
+    table = [b for b in json.loads(report["spec"])["blocks"] if b["type"] == "markdown-block"][-1]["content"]
+    md = (out / "report.md").read_text()
+    assert table == "\n".join(ln for ln in md.splitlines()[1:] if not ln.startswith("![")).strip()
+    assert "| convnext_tiny | 31 | 0, 1, 2 |" in table
+
+
+def test_report_dashboard_offline_fails_before_the_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    line = _one_line_error(capsys, ["report", str(tmp_path), "--out", str(tmp_path / "rep"), "--wandb.project", "p",
+                                    "--wandb.dashboard", "true"])
+    assert "WANDB_MODE=offline" in line and not (tmp_path / "rep").exists()
