@@ -164,6 +164,7 @@ def cli_main(argv: list[str]) -> int:
                         f"images", corrupt_and_score)
 
     paths = []
+    wandb_project = None
     for k, (module, ckpt, clean, trainer) in runs.items():
         s = scores[k]
         metrics = {"fashion_mnist": {"top1": clean, "n": 10000},
@@ -178,6 +179,7 @@ def cli_main(argv: list[str]) -> int:
                            errors=[], checkpoint_path=ckpt, epoch=trainer.current_epoch,
                            global_step=trainer.global_step, checkpoint_format="lightning")
         paths.append(write_results(results_path(ckpt), res))
+        wandb_project = log_to_the_fit_run(res, ckpt) or wandb_project
 
     print("\nFashion-MNIST, clean top-1 on the full test set (10,000) and Fashion-MNIST-C top-1 "
           f"({args.subset} images x 15 corruptions x 5 severities):")
@@ -198,4 +200,31 @@ def cli_main(argv: list[str]) -> int:
     stages.run("ablation report", report)
     print("\n" + stages.table())
     print(f"\nresults: {', '.join(str(p) for p in paths)}\nreport: {out / 'report'}")
+    print("\n" + wandb_hint(out, wandb_project))
     return 0
+
+
+def log_to_the_fit_run(results: dict[str, Any], ckpt: str) -> str | None:
+    """When the fit logged to W&B (``--trainer.logger`` a WandbLogger), put the run's Fashion-MNIST(-C) scores into
+    its W&B run, as ``lk_ablate robustness --wandb`` does; returns the run's project (None: no W&B run)."""
+    from ..training.wandb import log_results_to_run, read_run_info
+
+    info = read_run_info(ckpt)
+    if info is None:
+        return None
+    log_results_to_run(results, info, save_dir=Path(ckpt).parent)
+    return info.get("project") or "lk_ablate"
+
+
+def wandb_hint(out: Path, project: str | None) -> str:
+    """How to see the demo's runs on W&B (``project``: the one they logged to; None: they logged to CSV)."""
+    dashboard = (f"lk_ablate dashboard --wandb.project {project or 'lk_ablate_demo'} --benchmarks "
+                 f"[fashion_mnist,fashion_mnist_c] --weights raw --report_path {out / 'report' / 'report.md'}")
+    sync = f"wandb sync {out}/k*/wandb/offline-run-*"
+    if project:
+        return (f"W&B: each run's scores are in its W&B run (project {project}); if they were logged offline, "
+                f"upload them with `{sync}`; then build the dashboard:\n  {dashboard}")
+    return ("W&B: this demo logged to CSV. To see its runs on W&B, log them there (offline needs no account), upload "
+            "them, then build the dashboard:\n"
+            f"  WANDB_MODE=offline lk_ablate demo --trainer.logger configs/base/logger_wandb.yaml "
+            f"--trainer.logger.init_args.project lk_ablate_demo\n  {sync}\n  {dashboard}")

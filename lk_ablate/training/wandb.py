@@ -38,7 +38,7 @@ from .preemption import find_resume_checkpoint
 
 __all__ = ["CHECKPOINT_KEY", "WandbRun", "analysis_summary", "configure_wandb_loggers", "finish_wandb_run",
            "kernel_fields", "log_analyses_to_run", "log_results_to_run", "log_robustness", "run_group",
-           "read_run_id", "resolved_config", "resume_checkpoint", "robustness_table_rows", "run_identity",
+           "read_run_id", "read_run_info", "resolved_config", "resume_checkpoint", "robustness_table_rows", "run_identity",
            "wandb_logger_args", "wandb_loggers"]
 
 CHECKPOINT_KEY = "wandb"  # checkpoint["wandb"] = {"run_id", "project", "entity", "name", "group"}
@@ -129,8 +129,9 @@ def resume_checkpoint(config: Any) -> str | None:
     return None
 
 
-def read_run_id(checkpoint_path: str | os.PathLike | None) -> str | None:
-    """The W&B run id stored in a Lightning checkpoint by :class:`WandbRun` (None when there is none)."""
+def read_run_info(checkpoint_path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """``checkpoint["wandb"]`` as :class:`WandbRun` stored it (run id, project, entity, name, group); None when the
+    checkpoint is missing, unreadable or never logged to W&B."""
     if checkpoint_path is None or not Path(checkpoint_path).is_file():
         return None
     try:  # memory-mapped: reads the pickle, not the tensors; allow-listed unpickling (no code runs)
@@ -140,7 +141,13 @@ def read_run_id(checkpoint_path: str | os.PathLike | None) -> str | None:
     except DataError:  # unreadable: Lightning itself reports it when it loads the checkpoint
         return None
     info = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
-    return info.get("run_id") if isinstance(info, dict) else None
+    return dict(info) if isinstance(info, dict) and info.get("run_id") else None
+
+
+def read_run_id(checkpoint_path: str | os.PathLike | None) -> str | None:
+    """The W&B run id stored in a Lightning checkpoint by :class:`WandbRun` (None when there is none)."""
+    info = read_run_info(checkpoint_path)
+    return None if info is None else info["run_id"]
 
 
 def resolved_config(parser: Any, config: Any) -> dict[str, Any]:
