@@ -168,6 +168,8 @@ def test_fit_logs_run_and_resume_reuses_the_run_id(tiny_data, tmp_path, monkeypa
     assert cfg["data"]["init_args"]["root"] == str(tiny_data) and cfg["checkpoint"]["dirpath"] == str(ck)
     assert cfg["trainer"]["logger"]["init_args"]["name"] == "convnext_demo-k7-s5"
     assert cfg["trainer"]["max_steps"] == 2
+    # the dashboard's numeric kernel axis and grouping key (base/metric_keys.py)
+    assert (cfg["kernel_max"], cfg["kernel_label"]) == (7, "7")
     assert first["summary"]["trainer/global_step"] == 1  # steps 0 and 1 were logged
     ckpt = torch.load(ck / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt[CHECKPOINT_KEY]["run_id"] == run.run_id and ckpt["global_step"] == 2
