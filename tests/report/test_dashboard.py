@@ -292,6 +292,7 @@ def test_options_are_checked_before_any_request(monkeypatch):
     assert backend.calls == []
 
 
+@pytest.mark.slow
 def test_report_creates_the_dashboard_with_its_table(tmp_path, capsys, monkeypatch):
     """`lk_ablate report --wandb.project P --wandb.dashboard true`: the report's W&B run (tested offline in
     test_report.py) and the project's dashboard, its robustness panels for the report's benchmarks, its table block
