@@ -145,13 +145,14 @@ def _weights_name(ema: bool) -> str:
     return "EMA" if ema else "raw"
 
 
-def _training_panels() -> list[Any]:
+def _training_panels(weights: str) -> list[Any]:
     def line(key: str, title: str) -> wr.LinePlot:
         return wr.LinePlot(title=title, x=STEP, y=[key], groupby_aggfunc="mean", groupby_rangefunc="minmax",
                            max_runs_to_show=MAX_RUNS)
 
-    return [line(VAL_TOP1, "val top-1 (%), raw weights"), line(VAL_EMA_TOP1, "val top-1 (%), EMA weights"),
-            line(TRAIN_LOSS, "training loss"), line(TRAIN_LR, "learning rate")]
+    ema = [line(VAL_EMA_TOP1, "val top-1 (%), EMA weights")] if weights != "raw" else []  # runs without EMA
+    return [line(VAL_TOP1, "val top-1 (%), raw weights"), *ema, line(TRAIN_LOSS, "training loss"),
+            line(TRAIN_LR, "learning rate")]
 
 
 def _kernel_scatter(y: str, title: str) -> wr.ScatterPlot:
@@ -201,7 +202,7 @@ def _sections(opts: DashboardOptions) -> list[tuple[str, str, list[Any], bool]]:
     primary = opts.weights != "raw"
     out = [("Training", "Validation top-1 of the raw and the EMA weights, training loss and learning rate against "
                         "the optimizer step; the seeds of one kernel size form one line (mean) with a min-max band.",
-            _training_panels(), True)]
+            _training_panels(opts.weights), True)]
     for ema in _weight_sets(opts.weights):
         out.append((f"Robustness vs kernel size ({_weights_name(ema)} weights)",
                     f"Every benchmark metric of the {_weights_name(ema)} weights (accuracies, mCE and AUPR in %) "

@@ -119,6 +119,10 @@ def test_dry_run_options(tmp_path, capsys, monkeypatch):
         "summary:robust/fashion_mnist/top1_ema", "summary:robust/fashion_mnist_c/mean_top1_ema",
         "summary:robust/fashion_mnist_c/relative_mce_ema", "summary:robust/fashion_mnist_c/clean_top1_subset_ema"]
     assert len(panels["Fashion-MNIST-C by corruption"]) == 15
+    assert [p["config"]["metrics"] for p in panels["Training"]] == [["val/top1"], ["val/ema_top1"], ["train/loss"],
+                                                                      ["train/lr"]]
+    raw = spec(build_dashboard(DashboardOptions(entity="e", project="p", weights="raw")))  # e.g. the demo: no EMA
+    assert [p["config"]["metrics"] for p in _sections(raw)["Training"]] == [["val/top1"], ["train/loss"], ["train/lr"]]
     table = [b for b in sent["report"]["spec"]["blocks"] if b["type"] == "markdown-block"][-1]["content"]
     assert table == "| model | kernel |\n|---|---|\n| convnext_demo | 3 |"  # no title, no image lines
 
