@@ -6,10 +6,10 @@
 #   slurm/submit.sh list                     the task ids with their config, seed and folder
 #
 # Extra sbatch options go before the script, e.g. `slurm/submit.sh train --array=3,5` (only tasks 3 and 5),
-# `--dependency=afterok:<job>` or `--parsable` (print only the job id). Without --parsable, train and eval first
-# print on stderr the `lk_ablate dashboard` command of the sweep's W&B project and groups. LK_CLUSTER_ENV=<file> picks another settings
+# `--dependency=afterok:<job>` or `--parsable` (print only the job id). LK_CLUSTER_ENV=<file> picks another settings
 # file. The settings are copied to <LK_OUTPUT_ROOT>/logs/ and the jobs read that copy, so editing cluster.env later
-# does not change a submitted sweep (requeued tasks included).
+# does not change a submitted sweep (requeued tasks included). Without --parsable, train and eval first print on
+# stderr the `lk_ablate dashboard` command for the sweep's W&B project and groups.
 set -euo pipefail
 LK_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export LK_REPO
