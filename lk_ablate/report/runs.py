@@ -242,10 +242,11 @@ def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary",
         if run.partial:
             notes.append(f"{path}: {', '.join(run.partial)} left out of the tables: scored on fewer images than "
                          "the benchmark, not comparable with complete runs")
-        inexact = {k: v for k, v in run.scoring.items() if (k, v) in (("decode", "gpu"), ("precision", "bf16"))}
+        inexact = {k: v for k, v in run.scoring.items()
+                   if (k, v) in (("decode", "gpu"), ("precision", "bf16-mixed"))}
         if inexact:
             notes.append(f"{path}: scored with {', '.join(f'{k} {v}' for k, v in inexact.items())}; differs slightly "
-                         "from CPU-decoded fp32 scoring (docs/robustness.md)")
+                         "from CPU-decoded 32-true scoring (docs/robustness.md)")
         key = (run.model, run.kernel_sizes, run.seed, run.protocol) if run.seed is not None \
             else ("folder", str(path.parent.resolve()), run.protocol)
         # newest step first; of equal steps prefer the uniquely named file over last.* (same weights)

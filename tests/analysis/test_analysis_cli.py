@@ -121,7 +121,7 @@ def test_analyze_timm_model_and_paper_config(tmp_path):
     (["analyze", "fgsm", "--model.name", "convnext_demo"], "need validation images"),
     (["analyze", "kernel_distance"], "say which model"),
     (["analyze", "kernel_distance", "--model.name", "convnext_demo", "--kernel_distance.modules", "all"], "modules"),
-    (["analyze", "occlusion", "--model.name", "convnext_demo", "--preset", "paper", "--data.imagenet_val", "x"], "dino_weights"),
+    (["analyze", "occlusion", "--model.name", "convnext_demo", "--preset", "paper", "--data.imagenet_val", "x"], "dino_path"),
 ])
 def test_analyze_cli_errors_are_one_message(argv, msg, capsys):
     assert main(argv) == 2
@@ -213,7 +213,7 @@ def test_dotted_override_print_config_round_trip(tmp_path, capsys):
         main(["analyze", "occlusion", "--config", str(tmp_path / "c.yaml"), "--print_config"])
     assert capsys.readouterr().out == printed
     names = ["occlusion", "lesion", "pgd"]
-    direct = sections_of(parse_args(argv + ["--occlusion.dino_weights", "/d"])[1], names)
-    again = sections_of(parse_args(["occlusion", "--config", str(tmp_path / "c.yaml"), "--occlusion.dino_weights",
+    direct = sections_of(parse_args(argv + ["--occlusion.dino_path", "/d"])[1], names)
+    again = sections_of(parse_args(["occlusion", "--config", str(tmp_path / "c.yaml"), "--occlusion.dino_path",
                                     "/d"])[1], names)
     assert direct == again and direct["occlusion"].levels == (0.1, 0.5)

@@ -287,7 +287,7 @@ def test_paper_taig_equals_released_attack_and_test_on_a_fixed_list(tmp_path):
     sur, target = _tiny_net(0), _tiny_net(1)
     sur_cfg = ModelConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), num_classes=4)  # a ViT-like config, overridden
     cfg = section_config("taig", {**PAPER["taig"], "iterations": 3, "ig_steps": 4, "variant": "S", "num_workers": 0,
-                                "batch_size": 4, "val_dir": str(val), "image_list": str(csv_path)})
+                                "batch_size": 4, "imagenet_val": str(val), "image_list_path": str(csv_path)})
     assert cfg.eps == pytest.approx((8 / 255, 16 / 255, 0.1))
     res = run_taig(target, cfg, None, ModelConfig(num_classes=4), surrogate=(sur, sur_cfg, "tiny"))
     assert res["images"] == 6 and res["surrogate_mean_std"] == [list(IMAGENET_MEAN), list(IMAGENET_STD)]
