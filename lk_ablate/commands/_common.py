@@ -8,6 +8,7 @@ docs/cli.md are the only spellings (tests/commands/test_vocabulary.py checks eve
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -15,8 +16,12 @@ from typing import Any
 from ..base.errors import ConfigError, one_line
 from ..evaluation.options import TOP_LEVEL_MODEL_OPTIONS, ModelOptions, Protocol, Weights
 
-__all__ = ["PROGRESS_HELP", "command_parser", "evaluation_parser", "one_line", "parse", "preset_names"]
+__all__ = ["PROGRESS_HELP", "TRUST_HELP", "apply_trust", "command_parser", "evaluation_parser", "model_options",
+           "one_line", "parse", "preset_names"]
 
+TRUST_ENV = "LK_ABLATE_TRUST_CHECKPOINTS"  # read by base/safe_load.py (which imports torch; this module must not)
+TRUST_HELP = ("load checkpoints that need pickle globals outside lk_ablate's allow-list (they can run code: only for "
+              f"files you trust); same as {TRUST_ENV}=1")
 PROGRESS_HELP = ("show progress: a bar when stderr is a terminal, else one line every LK_ABLATE_PROGRESS_SECONDS "
                  "(30) seconds (SLURM logs); false: none")
 
@@ -90,11 +95,20 @@ def evaluation_parser(prog: str, description: str, default_weights: str, presets
     p.add_class_arguments(ModelOptions, "model", skip=set(TOP_LEVEL_MODEL_OPTIONS))
     p.add_argument("--device", type=str | None, default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--progress", type=bool, default=True, help=PROGRESS_HELP)
+    p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
     return p
 
 
+def apply_trust(args: Any) -> None:
+    """``--trust_checkpoint true``: every checkpoint this command reads is unpickled fully (base/safe_load.py)."""
+    if args.get("trust_checkpoint"):
+        os.environ[TRUST_ENV] = "1"
+
+
 def model_options(args: Any) -> ModelOptions:
-    """The ModelOptions of a parsed evaluation command (model.* plus the top-level --ckpt_path and --weights)."""
+    """The ModelOptions of a parsed evaluation command (model.* plus the top-level --ckpt_path and --weights);
+    applies --trust_checkpoint."""
+    apply_trust(args)
     return ModelOptions(**vars(args.model), **{k: args[k] for k in TOP_LEVEL_MODEL_OPTIONS})
 
 

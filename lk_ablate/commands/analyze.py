@@ -59,15 +59,20 @@ def _analysis_parser(name: str) -> Any:
     return p
 
 
-def parser() -> Any:
-    """``lk_ablate analyze`` with one subcommand per analysis and ``all``."""
+def parser(only: str | None = None, listing: bool = False) -> Any:
+    """``lk_ablate analyze`` with one subcommand per analysis and ``all``. ``only``: build that subcommand's options
+    alone (the one a command line names); ``listing``: the subcommands without their options (``analyze --help``
+    and an unknown name list them, and building all eleven parsers would double the wait)."""
     from jsonargparse import ArgumentParser
 
     top = ArgumentParser(prog="lk_ablate analyze", description=__doc__.split("\n\n")[0], exit_on_error=False)
     sub = top.add_subcommands(required=True, dest="analysis")
-    for name, entry in CATALOGUE.items():
-        sub.add_subcommand(name, _analysis_parser(name), help=entry.help)
-    sub.add_subcommand(ALL, _analysis_parser(ALL), help="the analyses its --config/--preset files or options name")
+    helps = {**{n: e.help for n, e in CATALOGUE.items()},
+             ALL: "the analyses its --config/--preset files or options name"}
+    for name, help_ in helps.items():
+        if only is None or name == only:
+            sub.add_subcommand(name, ArgumentParser(prog=f"lk_ablate analyze {name}") if listing
+                               else _analysis_parser(name), help=help_)
     return top
 
 
@@ -76,9 +81,9 @@ def parse_args(argv: Sequence[str]) -> tuple[str, Any, list[str]]:
     import argparse
 
     argv = list(argv)
-    p = parser()
-    where = f"lk_ablate analyze {argv[0]} --help" if argv and argv[0] in [*CATALOGUE, ALL] \
-        else "lk_ablate analyze --help"
+    chosen = argv[0] if argv and argv[0] in [*CATALOGUE, ALL] else None
+    p = parser(only=chosen, listing=chosen is None)
+    where = f"lk_ablate analyze {chosen} --help" if chosen else "lk_ablate analyze --help"
     try:
         ns = p.parse_args(argv)
         name = ns.analysis
