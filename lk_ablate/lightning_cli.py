@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import lightning.pytorch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -15,7 +16,7 @@ from .data.base import ClassificationDataModule
 from .training.module import ImageClassifier
 from .base.safe_load import TRUST_ENV, load_torch_file
 from .base.errors import ConfigError, DataError
-from .commands._common import TRUST_HELP
+from .commands._common import TRUST_HELP, config_file_action
 from .training.lease import acquire_lease, is_global_rank_zero
 from .training.preemption import (MODEL_FACTS, HoldLease, ResumableCheckpoint, cli_trainer_extras, resolve_ckpt_path,
                                   same_fact)
@@ -38,8 +39,13 @@ TRAINER_DEFAULTS = {
 
 class LkAblateCLI(LightningCLI):
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
-        # Errors come back as exceptions (lk_ablate.cli prints one line and the pointer to --help, not the usage).
-        return super().init_parser(**{**kwargs, "exit_on_error": False})
+        # LightningCLI.init_parser with two changes: errors come back as exceptions (lk_ablate.cli prints one line and
+        # the pointer to --help, not the usage), and --config's errors name the file.
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={lightning.pytorch.__version__}"])
+        parser = self.parser_class(**{**kwargs, "exit_on_error": False})
+        parser.add_argument("-c", "--config", action=config_file_action(),
+                            help="Path to a configuration file in json or yaml format.")
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)

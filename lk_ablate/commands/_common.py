@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from ..base.errors import ConfigError, one_line
 from ..evaluation.options import TOP_LEVEL_MODEL_OPTIONS, ModelOptions, Protocol, Weights
 
-__all__ = ["PROGRESS_HELP", "TRUST_HELP", "apply_trust", "command_parser", "evaluation_parser", "model_options",
+__all__ = ["PROGRESS_HELP", "TRUST_HELP", "apply_trust", "command_parser", "error_line", "evaluation_parser", "model_options",
            "one_line", "parse", "preset_names"]
 
 TRUST_ENV = "LK_ABLATE_TRUST_CHECKPOINTS"  # read by base/safe_load.py (which imports torch; this module must not)
@@ -62,15 +63,55 @@ class PresetAction(argparse.Action):
         cfg[self.dest] = names + [values]
 
 
+def config_file_action() -> type:
+    """jsonargparse's ActionConfigFile whose errors name the file (a YAML syntax error as "YAML syntax error in FILE
+    line L, column C: problem"; jsonargparse says only "<unicode string>"). Every command's --config, Lightning's
+    included (lightning_cli.LkAblateCLI.init_parser)."""
+    from jsonargparse import ActionConfigFile
+
+    class ConfigFile(ActionConfigFile):
+        def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None) -> None:
+            try:
+                super().__call__(parser, cfg, values, option_string)
+            except (argparse.ArgumentError, TypeError, ValueError) as e:
+                raise TypeError(_config_error(parser, values, e)) from e
+
+    return ConfigFile
+
+
+def _config_error(parser: Any, value: Any, e: BaseException) -> str:
+    import yaml
+
+    known = {k.split(".")[0] for k in parser.get_defaults().keys()}
+    if "trainer" not in known and isinstance(value, str) and os.path.isfile(value):
+        try:
+            data = yaml.safe_load(open(value).read())
+        except yaml.YAMLError:
+            data = None
+        if isinstance(data, dict) and "trainer" in data:  # the error's cause, told as what to do instead
+            fix = f"pass it as --fit_config {value}" if "fit_config" in known else "it is for `lk_ablate fit`"
+            return f"{value} is a `lk_ablate fit` config: {fix} (--config takes this command's options; see " \
+                   "--print_config)"
+    cause: BaseException | None = e
+    while cause is not None and not isinstance(cause, yaml.YAMLError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return str(e)
+    mark = getattr(cause, "problem_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(cause, "problem", None) or str(cause).splitlines()[0]
+    return f"YAML syntax error in {value}{where}: {problem}"
+
+
 def command_parser(prog: str, description: str, presets: str | None = None,
                    optional_groups: Sequence[str] = ()) -> Any:
     """A jsonargparse parser with ``fit``'s conventions: --config FILE (stacked), --print_config, dotted options,
     and with ``presets`` (a package of YAML files) ``--preset NAME``. Errors come back as
     ``argparse.ArgumentError`` (``parse`` makes them one ConfigError line)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ArgumentParser
 
     p = ArgumentParser(prog=prog, description=description, exit_on_error=False, default_meta=False)
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options (stacked in order)")
+    p.add_argument("--config", action=config_file_action(), help="YAML file(s) of these options (stacked in order)")
     if presets:
         p.add_argument("--preset", action=PresetAction, package=presets, optional_groups=optional_groups,
                        default=None, metavar="NAME",
@@ -112,9 +153,21 @@ def model_options(args: Any) -> ModelOptions:
     return ModelOptions(**vars(args.model), **{k: args[k] for k in TOP_LEVEL_MODEL_OPTIONS})
 
 
+def error_line(e: BaseException, where: str, subcommand: str | None = None) -> ConfigError:
+    """jsonargparse's error as one ConfigError line naming the options as they are typed, and the --help to read."""
+    msg = one_line(e)
+    m = re.match(r"the following arguments are required: (.*)", msg)
+    if m:
+        names = [n.strip() for n in m.group(1).split(",")]
+        if subcommand:
+            names = [n.removeprefix(f"{subcommand}.") for n in names]
+        msg = "missing required option(s): " + ", ".join(f"--{n}" for n in names)
+    return ConfigError(f"{msg} (see `{where} --help`)")
+
+
 def parse(parser: Any, argv: Sequence[str], defaults: bool = True) -> Any:
     """parse_args, with jsonargparse's errors as one ConfigError line and the pointer to the command's --help."""
     try:
         return parser.parse_args(list(argv), defaults=defaults)
     except argparse.ArgumentError as e:
-        raise ConfigError(f"{one_line(e)} (see `{parser.prog} --help`)") from e
+        raise error_line(e, parser.prog) from e

@@ -12,7 +12,8 @@ analysis's options only. Options follow ``lk_ablate robustness`` (``--ckpt_path`
 (``--occlusion.levels [0.1,0.5]``), parsed from its config dataclass. ``--preset NAME`` applies a shipped preset
 (lk_ablate/analysis/presets/NAME.yaml; ``paper``: the paper's settings and ``protocol: paper``) where it stands,
 like ``--config``; its sections of other analyses are left out. ``all`` runs the analyses whose sections its
---config/--preset files or options name.
+--config/--preset files or options set (a section counts when it sets at least one option: jsonargparse's parse
+without defaults tells which).
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.configs import CATALOGUE, PRESETS_PACKAGE, add_section_arguments
-from ..base.errors import ConfigError, one_line
+from ..base.errors import ConfigError
 from ..evaluation.options import DataOptions
-from ._common import evaluation_parser, model_options
+from ._common import error_line, evaluation_parser, model_options
 
 __all__ = ["ALL", "AnalysisDataOptions", "cli_main", "parse_args", "parser", "sections_of"]
 
@@ -83,13 +84,13 @@ def parse_args(argv: Sequence[str]) -> tuple[str, Any, list[str]]:
     argv = list(argv)
     chosen = argv[0] if argv and argv[0] in [*CATALOGUE, ALL] else None
     p = parser(only=chosen, listing=chosen is None)
-    where = f"lk_ablate analyze {chosen} --help" if chosen else "lk_ablate analyze --help"
+    where = f"lk_ablate analyze {chosen}" if chosen else "lk_ablate analyze"
     try:
         ns = p.parse_args(argv)
         name = ns.analysis
         given = p.parse_args(argv, defaults=False)[name]  # only what files and options set
     except argparse.ArgumentError as e:
-        raise ConfigError(f"{one_line(e)} (see `{where}`)") from e
+        raise error_line(e, where, chosen) from e
     named = [n for n in CATALOGUE if given.get(n) is not None]
     return name, ns[name], named
 

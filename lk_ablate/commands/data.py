@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from ..base.errors import ConfigError, one_line
 from ..data.writer_config import WriterConfig
-from ._common import PROGRESS_HELP, command_parser
+from ._common import PROGRESS_HELP, command_parser, error_line
 
 __all__ = ["COMMANDS", "check_folder", "cli_main", "parse_args", "parser"]
 
@@ -95,11 +94,11 @@ def parser() -> Any:
 def parse_args(argv: Sequence[str]) -> tuple[str, Any]:
     """(the subcommand, its options)."""
     argv = list(argv)
-    where = f"lk_ablate data {argv[0]} --help" if argv and argv[0] in PARSERS else "lk_ablate data --help"
+    where = f"lk_ablate data {argv[0]}" if argv and argv[0] in PARSERS else "lk_ablate data"
     try:
         ns = parser().parse_args(argv)
     except argparse.ArgumentError as e:
-        raise ConfigError(f"{one_line(e)} (see `{where}`)") from e
+        raise error_line(e, where, argv[0] if argv and argv[0] in PARSERS else None) from e
     return ns.command, ns[ns.command]
 
 

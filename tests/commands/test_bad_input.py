@@ -50,13 +50,13 @@ def test_unreadable_training_image_stops_with_one_line_and_data_check_lists_it(d
     assert rc == 2 and line.startswith(f"lk_ablate: error: cannot read image {broken} (OSError: image file is "
                                        "truncated"), line
     assert f"`lk_ablate data check {root / 'train'}`" in line and "never skips" in line
-    assert main(["data", "check", str(root), "--num_workers", "1"]) == 1
+    assert main(["data", "check", "--root", str(root), "--num_workers", "1"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"bad: {broken}: OSError: image file is truncated")
     assert out[1:] == [f"{root / 'train'}: 29 images in 4 classes, 1 unreadable",
                        f"{root / 'val'}: 28 images in 4 classes, 0 unreadable"]
     broken.unlink()
-    assert main(["data", "check", str(root / "train"), "--num_workers", "1"]) == 0
+    assert main(["data", "check", "--root", str(root / "train"), "--num_workers", "1"]) == 0
 
 
 def test_empty_class_folder_and_yaml_syntax_error_name_the_culprit(data, tmp_path, capsys):
@@ -93,11 +93,11 @@ def test_reparam_out_needs_force_to_overwrite(tmp_path, capsys):
     torch.save({"model": small_replknet(7, 5).state_dict()}, src)
     out = tmp_path / "deploy.pth"
     out.write_bytes(b"precious")
-    assert main(["reparam", "--model.ckpt", str(src), "--out", str(out), "--no_check"]) == 2
+    assert main(["reparam", "--ckpt_path", str(src), "--output_path", str(out), "--check", "false"]) == 2
     assert _last_error(capsys) == f"lk_ablate: error: --out {out} exists; pass --force to overwrite it, or choose " \
                                   "another file"
     assert out.read_bytes() == b"precious"
-    assert main(["reparam", "--model.ckpt", str(src), "--out", str(out), "--no_check", "--force"]) == 0
+    assert main(["reparam", "--ckpt_path", str(src), "--output_path", str(out), "--check", "false", "--force", "true"]) == 0
     assert "model" in torch.load(out, weights_only=True)
 
 

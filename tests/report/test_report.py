@@ -110,7 +110,7 @@ def table7_runs(root: Path) -> None:
 def test_report_table7_end_to_end(tmp_path, capsys):
     table7_runs(tmp_path / "runs")
     out = tmp_path / "report"
-    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--wandb.project", "null"]) == 0
+    assert main(["report", str(tmp_path / "runs"), "--output_dir", str(out), "--wandb.project", "null"]) == 0
     assert "5 (model, kernel) row(s)" in capsys.readouterr().out
 
     with open(out / "report.csv") as f:
@@ -218,7 +218,7 @@ def test_report_input_errors_are_one_message(case, message, tmp_path, capsys):
     if case == "old_schema":
         (runs / "x.robustness.json").write_text('{"schema": "lk_ablate.robustness", "schema_version": 0}')
     target = runs if case != "missing" else tmp_path / "nowhere"
-    assert main(["report", str(target), "--out", str(tmp_path / "out"), "--wandb.project", "null"]) == 2
+    assert main(["report", str(target), "--output_dir", str(tmp_path / "out"), "--wandb.project", "null"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.startswith("lk_ablate: error:")
 
@@ -261,7 +261,7 @@ def test_report_print_config_round_trip(tmp_path, capsys, monkeypatch):
         assert e.value.code in (0, None)
         return capsys.readouterr().out
 
-    first = printed("runs/a", "runs/b", "--out", "rep", "--weights", "raw", "--strict", "--wandb.group", "g")
+    first = printed("runs/a", "runs/b", "--output_dir", "rep", "--weights", "raw", "--strict", "true", "--wandb.group", "g")
     cfg = yaml.safe_load(first)
     assert cfg["runs"] == ["runs/a", "runs/b"] and (cfg["out"], cfg["weights"], cfg["strict"]) == ("rep", "raw", True)
     assert cfg["wandb"] == {"project": "from_env", "entity": None, "group": "g"}  # $WANDB_PROJECT is the default

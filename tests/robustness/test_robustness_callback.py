@@ -83,7 +83,7 @@ def test_scores_each_epoch_writes_json_beside_checkpoints_and_logs(tmp_path, tre
         assert data["model"]["config"]["num_classes"] == 1000 and data["model"]["config"]["resize_size"] == 32
         assert set(data["weights"]) == {"raw", "ema"} and data["primary"] == "ema" and data["errors"] == []
         # The numbers are those of the weights stored in that checkpoint, scored afresh.
-        loaded = load_for_eval(ModelOptions(ckpt=str(path), weights="both"))
+        loaded = load_for_eval(ModelOptions(ckpt_path=str(path), weights="both"))
         fresh, errors = evaluate(loaded.models, loaded.config, build_benchmarks(**trees), batch_size=7, num_workers=0)
         assert errors == [] and fresh == data["weights"]
         assert data["weights"]["raw"]["imagenet_a"]["n"] == 201
