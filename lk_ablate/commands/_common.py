@@ -71,27 +71,40 @@ def config_file_action() -> type:
 
     class ConfigFile(ActionConfigFile):
         def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None) -> None:
+            wrong = _fit_config_elsewhere(parser, values)
+            if wrong:  # else jsonargparse's "Option 'trainer.max_epochs' is not accepted", after all else is read
+                raise TypeError(wrong)
             try:
                 super().__call__(parser, cfg, values, option_string)
             except (argparse.ArgumentError, TypeError, ValueError) as e:
-                raise TypeError(_config_error(parser, values, e)) from e
+                raise TypeError(_config_error(values, e)) from e
 
     return ConfigFile
 
 
-def _config_error(parser: Any, value: Any, e: BaseException) -> str:
+def _fit_config_elsewhere(parser: Any, value: Any) -> str | None:
+    """The message for a `lk_ablate fit` config (a ``trainer`` section) given as --config to another command."""
     import yaml
 
+    if not (isinstance(value, str) and value.endswith((".yaml", ".yml")) and os.path.isfile(value)):
+        return None
     known = {k.split(".")[0] for k in parser.get_defaults().keys()}
-    if "trainer" not in known and isinstance(value, str) and os.path.isfile(value):
-        try:
-            data = yaml.safe_load(open(value).read())
-        except yaml.YAMLError:
-            data = None
-        if isinstance(data, dict) and "trainer" in data:  # the error's cause, told as what to do instead
-            fix = f"pass it as --fit_config {value}" if "fit_config" in known else "it is for `lk_ablate fit`"
-            return f"{value} is a `lk_ablate fit` config: {fix} (--config takes this command's options; see " \
-                   "--print_config)"
+    if "trainer" in known:
+        return None
+    try:
+        with open(value) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None  # jsonargparse reports it
+    if not (isinstance(data, dict) and "trainer" in data):
+        return None
+    fix = f"pass it as --fit_config {value}" if "fit_config" in known else "it is for `lk_ablate fit`"
+    return f"{value} is a `lk_ablate fit` config: {fix} (--config takes this command's options; see --print_config)"
+
+
+def _config_error(value: Any, e: BaseException) -> str:
+    import yaml
+
     cause: BaseException | None = e
     while cause is not None and not isinstance(cause, yaml.YAMLError):
         cause = cause.__cause__ or cause.__context__

@@ -98,7 +98,7 @@ def test_demo_print_config_round_trip_and_fit_options(tmp_path, capsys):
     """--print_config shows the demo's options and the `fit` options it passes on; the printed YAML reads back."""
     def printed(*args):
         with pytest.raises(SystemExit) as e:
-            cli_main(["demo", *args, "--print_config"])
+            cli_main(["demo", "--print_config", *args])  # before `--`: what follows it goes to fit
         assert e.value.code in (0, None)
         return capsys.readouterr().out
 

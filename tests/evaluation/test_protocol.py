@@ -131,11 +131,10 @@ def recorded(monkeypatch):
         hook_inputs(out.models, record)
         return out
 
-    import lk_ablate.commands.analyze as analysis_cli
     import lk_ablate.robustness.score as score
 
     monkeypatch.setattr(score, "load_for_eval", spying)
-    monkeypatch.setattr(analysis_cli, "load_for_eval", spying)
+    monkeypatch.setattr(eval_loading, "load_for_eval", spying)  # `analyze` imports it when it runs
     return record
 
 
