@@ -16,7 +16,7 @@ from .data.base import ClassificationDataModule
 from .training.module import ImageClassifier
 from .base.safe_load import TRUST_ENV, load_torch_file
 from .base.errors import ConfigError, DataError
-from .commands._common import TRUST_HELP, config_file_action
+from .base.cli_options import TRUST_HELP, config_file_action
 from .training.lease import acquire_lease, is_global_rank_zero
 from .training.preemption import (MODEL_FACTS, HoldLease, ResumableCheckpoint, cli_trainer_extras, resolve_ckpt_path,
                                   same_fact)

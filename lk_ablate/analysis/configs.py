@@ -277,14 +277,6 @@ class FrequencyNoiseConfig(SectionConfig):
         n = max(1, math.ceil(1.0 / self.window - 1e-9))
         return [(round(i * self.window, 10), round(min(1.0, (i + 1) * self.window), 10)) for i in range(n)]
 
-    def masks(self, h: int, w: int, device: Any = None) -> list[Any]:
-        """The boolean (h, w) tensor mask of each band in the unshifted DFT spectrum (on ``device``)."""
-        from .frequency import band_mask, freq_attack_mask
-
-        if self.layout == "centered":
-            return [freq_attack_mask(h, w, c, self.window / 2, device) for c in self.centers]
-        return [band_mask(h, w, lo, hi, device) for lo, hi in self.bands()]
-
 
 # --- imagenet9 ------------------------------------------------------------------------------------------------
 

@@ -80,6 +80,13 @@ def freq_attack_mask(h: int, w: int, center: float, half_width: float,
     return torch.roll(outer & ~inner, shifts=(-int(h / 2), -int(w / 2)), dims=(0, 1))
 
 
+def band_masks(cfg: FrequencyNoiseConfig, h: int, w: int, device: torch.device | None = None) -> list[torch.Tensor]:
+    """The boolean (h, w) mask of each band of ``cfg`` in the unshifted DFT spectrum."""
+    if cfg.layout == "centered":
+        return [freq_attack_mask(h, w, c, cfg.window / 2, device) for c in cfg.centers]
+    return [band_mask(h, w, lo, hi, device) for lo, hi in cfg.bands()]
+
+
 def band_limited_noise(shape: tuple[int, ...], lo: float, hi: float, amplitude: float, scale: str = "pre_filter",
                        generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
     """Real noise of ``shape`` (..., H, W) whose spectrum lies in [lo, hi) (``consecutive`` layout)."""
@@ -118,7 +125,7 @@ def run(model: nn.Module, cfg: FrequencyNoiseConfig, data: Any, model_config: Mo
         total += y.shape[0]
         base = to_pixels(x, model_config) if cfg.space == "pixel" else x
         if masks is None:
-            masks = cfg.masks(x.shape[-2], x.shape[-1])
+            masks = band_masks(cfg, x.shape[-2], x.shape[-1])
         for b in range(len(bands)):
             for _ in range(cfg.repeats):
                 n = masked_noise(tuple(x.shape), masks[b], cfg.amplitude, cfg.scale, g)

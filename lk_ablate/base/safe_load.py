@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
+from .cli_options import TRUST_ENV
 from .errors import DataError
 
 __all__ = ["ALLOWED_GLOBALS", "TRUST_ENV", "UnsafeCheckpointError", "load_torch_file", "trust_checkpoints"]
 
-TRUST_ENV = "LK_ABLATE_TRUST_CHECKPOINTS"
 TRUST_HINT = f"if you trust this file, add --trust_checkpoint true to the command (or set {TRUST_ENV}=1)"
 
 

@@ -14,15 +14,13 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from ..base.cli_options import TRUST_ENV, TRUST_HELP, config_file_action
 from ..base.errors import ConfigError, one_line
 from ..evaluation.options import TOP_LEVEL_MODEL_OPTIONS, ModelOptions, Protocol, Weights
 
 __all__ = ["PROGRESS_HELP", "TRUST_HELP", "apply_trust", "command_parser", "error_line", "evaluation_parser", "model_options",
            "one_line", "parse", "preset_names"]
 
-TRUST_ENV = "LK_ABLATE_TRUST_CHECKPOINTS"  # read by base/safe_load.py (which imports torch; this module must not)
-TRUST_HELP = ("load checkpoints that need pickle globals outside lk_ablate's allow-list (they can run code: only for "
-              f"files you trust); same as {TRUST_ENV}=1")
 PROGRESS_HELP = ("show progress: a bar when stderr is a terminal, else one line every LK_ABLATE_PROGRESS_SECONDS "
                  "(30) seconds (SLURM logs); false: none")
 
@@ -61,59 +59,6 @@ class PresetAction(argparse.Action):
         data = {k: v for k, v in data.items() if k in known or k not in self.optional_groups}
         ActionConfigFile.apply_config(parser, cfg, self.dest, yaml.safe_dump(data))
         cfg[self.dest] = names + [values]
-
-
-def config_file_action() -> type:
-    """jsonargparse's ActionConfigFile whose errors name the file (a YAML syntax error as "YAML syntax error in FILE
-    line L, column C: problem"; jsonargparse says only "<unicode string>"). Every command's --config, Lightning's
-    included (lightning_cli.LkAblateCLI.init_parser)."""
-    from jsonargparse import ActionConfigFile
-
-    class ConfigFile(ActionConfigFile):
-        def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None) -> None:
-            wrong = _fit_config_elsewhere(parser, values)
-            if wrong:  # else jsonargparse's "Option 'trainer.max_epochs' is not accepted", after all else is read
-                raise TypeError(wrong)
-            try:
-                super().__call__(parser, cfg, values, option_string)
-            except (argparse.ArgumentError, TypeError, ValueError) as e:
-                raise TypeError(_config_error(values, e)) from e
-
-    return ConfigFile
-
-
-def _fit_config_elsewhere(parser: Any, value: Any) -> str | None:
-    """The message for a `lk_ablate fit` config (a ``trainer`` section) given as --config to another command."""
-    import yaml
-
-    if not (isinstance(value, str) and value.endswith((".yaml", ".yml")) and os.path.isfile(value)):
-        return None
-    known = {k.split(".")[0] for k in parser.get_defaults().keys()}
-    if "trainer" in known:
-        return None
-    try:
-        with open(value) as f:
-            data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError):
-        return None  # jsonargparse reports it
-    if not (isinstance(data, dict) and "trainer" in data):
-        return None
-    fix = f"pass it as --fit_config {value}" if "fit_config" in known else "it is for `lk_ablate fit`"
-    return f"{value} is a `lk_ablate fit` config: {fix} (--config takes this command's options; see --print_config)"
-
-
-def _config_error(value: Any, e: BaseException) -> str:
-    import yaml
-
-    cause: BaseException | None = e
-    while cause is not None and not isinstance(cause, yaml.YAMLError):
-        cause = cause.__cause__ or cause.__context__
-    if cause is None:
-        return str(e)
-    mark = getattr(cause, "problem_mark", None)
-    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    problem = getattr(cause, "problem", None) or str(cause).splitlines()[0]
-    return f"YAML syntax error in {value}{where}: {problem}"
 
 
 def command_parser(prog: str, description: str, presets: str | None = None,

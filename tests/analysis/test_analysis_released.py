@@ -360,11 +360,11 @@ def test_paper_frequency_bands_are_freq_attacks_centred_from_0_to_pi():
     assert [b["center"] for b in out["bands"]] == list(cfg.centers)
     assert len({b["accuracy"] for b in out["bands"]}) > 2  # the bands differ, so the comparison means something
     # the noise itself, norm-wise, for the 224 px images of the paper
-    from lk_ablate.analysis.frequency import masked_noise
+    from lk_ablate.analysis.frequency import band_masks, masked_noise
 
     for c in (0.0, 0.7, 1.0):
         g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-        ours = masked_noise((2, 3, 224, 224), FrequencyNoiseConfig(layout="centered", centers=(c,)).masks(224, 224)[0],
+        ours = masked_noise((2, 3, 224, 224), band_masks(FrequencyNoiseConfig(layout="centered", centers=(c,)), 224, 224)[0],
                             0.1, "pre_filter", g1)
         z = torch.zeros(2, 3, 224, 224)
         theirs = released_freq_attack(z, torch.randn((2, 3, 224, 224), generator=g2).sign(), 0.1, c * math.pi,
