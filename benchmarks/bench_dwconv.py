@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from jsonargparse import ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lk_ablate.models import layers  # noqa: E402
@@ -212,6 +212,7 @@ def dump(table: dict) -> str:
 
 def parser() -> ArgumentParser:
     ap = ArgumentParser(prog="benchmarks/bench_dwconv.py", description=__doc__)
+    ap.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
     ap.add_argument("--device", type=Literal["cpu", "cuda"], default="cpu")
     ap.add_argument("--batch_sizes", type=list[int] | None, default=None, help="default cpu [1,8]; cuda [8,64]")
     ap.add_argument("--map_sizes", type=list[int], default=[7, 14, 28, 56, 112], help="square map sizes")

@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from jsonargparse import ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -203,6 +203,7 @@ def run_epoch(loader, epoch: int) -> tuple[int, float, float]:
 
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="benchmarks/bench_loaders.py", description=__doc__)
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
     p.add_argument("--num_images", type=int, default=4000, help="generated training JPEGs")
     p.add_argument("--max_epochs", type=int, default=6, help="epochs per pipeline (interleaved)")
     p.add_argument("--data.batch_size", type=int, default=256)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from jsonargparse import SUPPRESS, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, SUPPRESS
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -217,6 +217,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
 
 def parser() -> ArgumentParser:
     ap = ArgumentParser(prog="benchmarks/bench_models.py", description=__doc__)
+    ap.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
     ap.add_argument("--device", type=Literal["cpu", "cuda"], default="cpu")
     ap.add_argument("--model_names", type=list[str], default=["convnext_tiny", "replknet_31b"])
     ap.add_argument("--kernel_sizes", type=list[int | str], default=[3, 7, 13, 31, 51],

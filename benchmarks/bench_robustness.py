@@ -32,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from jsonargparse import ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
 from PIL import Image
 
 from lk_ablate import create_model
@@ -343,6 +343,7 @@ def bench_corruptions(args: argparse.Namespace) -> None:
 
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="benchmarks/bench_robustness.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
     p.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--model_names", type=list[str] | None, default=None,
                    help="name[:kernel] (default: [convnext_tiny:7,replknet_31b]; convnext_demo for --measure_bf16)")

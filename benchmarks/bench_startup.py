@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from jsonargparse import ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 REPO = Path(__file__).resolve().parents[1]
 # Runs `lk_ablate ARGS` in-process in a fresh interpreter and prints whether torch was imported.
@@ -31,6 +31,7 @@ COMMANDS = [["--help"], ["--version"], ["bogus"], ["demo", "--help"], ["reparam"
 
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="benchmarks/bench_startup.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
     p.add_argument("--repeats", type=int, default=5, help="runs of each command (interleaved; the median counts)")
     return p
 

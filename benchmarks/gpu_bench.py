@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from jsonargparse import ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -215,6 +215,7 @@ def checks(rows: list[dict]) -> list[str]:
 
 def parser() -> ArgumentParser:
     ap = ArgumentParser(prog="benchmarks/gpu_bench.py", description=__doc__)
+    ap.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
     ap.add_argument("--device", type=Literal["cuda", "cpu"], default="cuda")
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--image_size", type=int, default=224)
