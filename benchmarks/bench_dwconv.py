@@ -157,7 +157,7 @@ def measure(device: str, batches: list[int], sizes: list[int], kernels: list[int
             dropped: set[tuple[str, str]] = set()
             for kc in dict.fromkeys(min(k, 2 * h - 1) for k in kernels):
                 if time.time() > deadline:
-                    log(f"--max-minutes reached: rows from n={n} h={h} k={kc} on not measured")
+                    log(f"--max_minutes reached: rows from n={n} h={h} k={kc} on not measured")
                     break
                 todo = {p: [m for m in methods if (p, m) not in dropped] for p in PASSES}
                 got = time_row(device, n, h, c, kc, todo, reps, amp)

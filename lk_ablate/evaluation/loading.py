@@ -212,8 +212,8 @@ def _load_timm(opts: ModelOptions) -> EvalModels:
     import timm
 
     if opts.kernel_size is not None:
-        raise ConfigError("--model.kernel_size applies to registered lk_ablate models (--model.name), not to "
-                          "--model.timm; pass timm constructor arguments with --model.kwargs")
+        raise ConfigError("--model.kernel_size applies to registered lk_ablate models (--model.model_name), not to "
+                          "--model.timm; pass timm constructor arguments with --model.model_kwargs")
     kwargs = dict(opts.model_kwargs or {})
     if opts.num_classes is not None:
         kwargs["num_classes"] = opts.num_classes

@@ -1,6 +1,6 @@
 """Bad input gets one line naming the file and the fix (issue 13): unreadable training images (never skipped),
 ``lk_ablate data check``, empty class folders, YAML syntax errors; and the minor items: stale top-k files after a
-killed start, ``reparam --out`` overwrite, ``limit_val_batches: 1`` staying one batch."""
+killed start, ``reparam --output_path`` overwrite, ``limit_val_batches: 1`` staying one batch."""
 from __future__ import annotations
 
 import shutil
@@ -49,7 +49,7 @@ def test_unreadable_training_image_stops_with_one_line_and_data_check_lists_it(d
     line = _last_error(capsys)
     assert rc == 2 and line.startswith(f"lk_ablate: error: cannot read image {broken} (OSError: image file is "
                                        "truncated"), line
-    assert f"`lk_ablate data check {root / 'train'}`" in line and "never skips" in line
+    assert f"`lk_ablate data check --root {root / 'train'}`" in line and "never skips" in line
     assert main(["data", "check", "--root", str(root), "--num_workers", "1"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"bad: {broken}: OSError: image file is truncated")

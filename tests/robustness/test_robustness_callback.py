@@ -151,7 +151,7 @@ def test_fit_end_without_checkpoint_and_a_bad_image(tmp_path, trees):
     assert data["checkpoint"] == {"path": None, "epoch": 0, "global_step": 2, "format": None}
     entry = data["weights"]["raw"]["imagenet_a"]
     assert data["errors"] == [] and entry["skipped_images"] == [str(bad)] and entry["n_skipped"] == 1
-    assert data["settings"]["scoring"] == {"decode": "cpu", "precision": "fp32", "on_bad_image": "skip"}
+    assert data["settings"]["scoring"] == {"decode": "cpu", "precision": "32-true", "on_bad_image": "skip"}
 
 
 def test_layout_error_stops_fit_before_training(tmp_path, trees):

@@ -49,7 +49,7 @@ def test_lightning_checkpoint_with_config(tmp_path, trees, capsys):
     expected, _ = evaluate({"raw": module.model, "ema": module.ema.module}, module.model.model_config,
                            build_benchmarks(**trees), batch_size=16, num_workers=0)
     assert data["weights"] == expected
-    # --model.weights raw, and options override the fit config
+    # --weights raw, and options override the fit config
     assert cli_main(["--ckpt_path", str(ckpt), "--fit_config", str(cfg), "--weights", "raw", "--data.batch_size", "64",
                      "--results_path", str(tmp_path / "raw.json")]) == 0
     assert set(read_results(tmp_path / "raw.json")["weights"]) == {"raw"}
