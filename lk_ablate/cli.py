@@ -67,8 +67,14 @@ def full_parser():
     sub = top.add_subcommands(required=True, dest="command")
     for name, parser in lightning_parsers()[1].items():
         sub.add_subcommand(name, parser, help=LIGHTNING_COMMANDS[name])
-    for name, (_, help_) in EXTRA_COMMANDS.items():
-        sub.add_subcommand(name, own_parser(name), help=help_)
+    for name, (target, help_) in EXTRA_COMMANDS.items():
+        module = importlib.import_module(target.split(":")[0])
+        if hasattr(module, "add_subcommands"):  # analyze NAME, data CMD: a parent before its subcommands
+            parser = module.top_parser()
+            sub.add_subcommand(name, parser, help=help_)
+            module.add_subcommands(parser)
+        else:
+            sub.add_subcommand(name, own_parser(name), help=help_)
     return top
 
 

@@ -64,9 +64,22 @@ def parser(only: str | None = None, listing: bool = False) -> Any:
     """``lk_ablate analyze`` with one subcommand per analysis and ``all``. ``only``: build that subcommand's options
     alone (the one a command line names); ``listing``: the subcommands without their options (``analyze --help``
     and an unknown name list them, and building all eleven parsers would double the wait)."""
+    top = top_parser()
+    add_subcommands(top, only, listing)
+    return top
+
+
+def top_parser() -> Any:
     from jsonargparse import ArgumentParser
 
-    top = ArgumentParser(prog="lk_ablate analyze", description=__doc__.split("\n\n")[0], exit_on_error=False)
+    return ArgumentParser(prog="lk_ablate analyze", description=__doc__.split("\n\n")[0], exit_on_error=False)
+
+
+def add_subcommands(top: Any, only: str | None = None, listing: bool = False) -> None:
+    """The analyses (and ``all``) as subcommands of ``top`` (jsonargparse wants a nested parser added to its parent
+    before its own subcommands: ``lk_ablate --print_completion`` adds ``top`` first)."""
+    from jsonargparse import ArgumentParser
+
     sub = top.add_subcommands(required=True, dest="analysis")
     helps = {**{n: e.help for n, e in CATALOGUE.items()},
              ALL: "the analyses its --config/--preset files or options name"}
@@ -74,7 +87,6 @@ def parser(only: str | None = None, listing: bool = False) -> Any:
         if only is None or name == only:
             sub.add_subcommand(name, ArgumentParser(prog=f"lk_ablate analyze {name}") if listing
                                else _analysis_parser(name), help=help_)
-    return top
 
 
 def parse_args(argv: Sequence[str]) -> tuple[str, Any, list[str]]:

@@ -82,13 +82,22 @@ PARSERS = {"prepare-imagenet-val": _prepare_parser, "write-ffcv": _write_parser,
 
 
 def parser() -> Any:
+    top = top_parser()
+    add_subcommands(top)
+    return top
+
+
+def top_parser() -> Any:
     from jsonargparse import ArgumentParser
 
-    top = ArgumentParser(prog="lk_ablate data", description=__doc__.split("\n\n")[0], exit_on_error=False)
+    return ArgumentParser(prog="lk_ablate data", description=__doc__.split("\n\n")[0], exit_on_error=False)
+
+
+def add_subcommands(top: Any) -> None:
+    """The data commands as subcommands of ``top`` (added to its parent first, see analyze.add_subcommands)."""
     sub = top.add_subcommands(required=True, dest="command")
     for name, build in PARSERS.items():
         sub.add_subcommand(name, build(), help=COMMANDS[name])
-    return top
 
 
 def parse_args(argv: Sequence[str]) -> tuple[str, Any]:

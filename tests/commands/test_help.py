@@ -82,3 +82,15 @@ def test_shell_completion_script_names_commands_subcommands_and_options(capsys):
         assert word in script, word
     assert main(["--print_completion", "fish?"]) == 2
     assert "one of bash, zsh, tcsh" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_one_parser_for_the_whole_program():
+    """What completion is made from: every command (Lightning's four, analyze NAME, data CMD) under one parser."""
+    from lk_ablate.cli import full_parser
+
+    p = full_parser()
+    assert p.parse_args(["analyze", "fgsm", "--fgsm.eps", "[0.1]"]).analyze.fgsm.fgsm.eps == (0.1,)
+    assert p.parse_args(["data", "check", "--root", "r"]).data.check.root == "r"
+    assert p.parse_args(["robustness", "--weights", "raw"]).robustness.weights == "raw"
+    assert p.parse_args(["fit", "--model.kernel_size", "7"]).fit.model.kernel_size == 7
