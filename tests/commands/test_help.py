@@ -85,7 +85,8 @@ def test_shell_completion_script_names_commands_subcommands_and_options(capsys):
 
 
 @pytest.mark.slow
-def test_one_parser_for_the_whole_program():
+def test_one_parser_for_the_whole_program(monkeypatch):
+    monkeypatch.chdir(REPO)
     """What completion is made from: every command (Lightning's four, analyze NAME, data CMD) under one parser."""
     from lk_ablate.cli import full_parser
 
@@ -93,4 +94,5 @@ def test_one_parser_for_the_whole_program():
     assert p.parse_args(["analyze", "fgsm", "--fgsm.eps", "[0.1]"]).analyze.fgsm.fgsm.eps == (0.1,)
     assert p.parse_args(["data", "check", "--root", "r"]).data.check.root == "r"
     assert p.parse_args(["robustness", "--weights", "raw"]).robustness.weights == "raw"
-    assert p.parse_args(["fit", "--model.kernel_size", "7"]).fit.model.kernel_size == 7
+    fit = p.parse_args(["fit", "--config", "configs/convnext_k31.yaml", "--model.kernel_size", "7"]).fit
+    assert fit.model.kernel_size == 7 and fit.trainer.max_epochs == 120
