@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if out_dir:
         (out_dir / "gpu_bench.md").write_text(text + "\n")
         (out_dir / "gpu_bench.json").write_text(json.dumps({"machine": name, "torch": torch.__version__,
-                                                            "args": vars(args), "rows": rows,
+                                                            "args": args.as_dict(), "rows": rows,
                                                             "checks": checks(rows)}, indent=1))
     return 0
 
