@@ -25,7 +25,6 @@ upsample barely differs).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -40,11 +39,10 @@ from ..base.figures import new_figure, save_figure
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of, model_device,
-                     percent, script_eval_spec, seeded_generator, to_pixels)
+from .common import (count_correct, from_pixels, iterate_batches, logits_of, model_device, percent, script_eval_spec,
+                     seeded_generator, to_pixels)
 from .loading import create_timm_model, load_model
-from .configs import (ATTACK_SPACES as SPACES, FGSMConfig, PGDConfig, SURROGATE_NORMS, TAIGConfig,
-                      TARGET_TRANSFORMS)  # noqa: F401  (re-exported)
+from .configs import ATTACK_SPACES as SPACES, FGSMConfig, PGDConfig, TAIGConfig, TARGET_TRANSFORMS
 
 
 def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:

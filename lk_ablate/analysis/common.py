@@ -7,22 +7,20 @@ analyses are iterables of ``(images, labels)`` batches whose images are *normali
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..base.errors import ConfigError, DataError
+from ..base.errors import DataError
 from ..base.jsonable import to_jsonable
 from ..base.progress import advance
 from ..base.results import make_results, update_results, write_results
 from ..data.transforms import EvalSpec
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from .configs import SectionConfig, check_levels  # noqa: F401  (the analyses import them from here too)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -40,7 +40,6 @@ For ResNet-50 and ViT the script's dropped last entry is the classifier, which i
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -51,8 +50,8 @@ from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models.contract import AblationModel, unit_parts
 from ..models.registry import ModelConfig
-from .common import SectionConfig, iterate_batches, model_device, script_eval_spec
-from .configs import FeatureVarianceConfig, REDUCTIONS, SAMPLINGS  # noqa: F401  (re-exported: the section lives there)
+from .common import iterate_batches, model_device, script_eval_spec
+from .configs import FeatureVarianceConfig
 
 Point = tuple[str, nn.Module, str]  # (name, module, "out": its output | "in": its input)
 

@@ -23,7 +23,6 @@ project choice: neither paper states the value used on ImageNet.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -32,12 +31,10 @@ import torch.nn as nn
 
 from ..base.figures import new_figure, save_figure
 from ..data.transforms import EvalSpec
-from ..base.errors import ConfigError
 from ..models.registry import ModelConfig
-from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of, percent,
-                     script_eval_spec, seeded_generator, to_pixels)
-from .configs import (FREQUENCY_SPACES as SPACES, FrequencyNoiseConfig, LAYOUTS, PAPER_CENTERS,
-                      SCALES)  # noqa: F401  (re-exported)
+from .common import (count_correct, from_pixels, iterate_batches, logits_of, percent, script_eval_spec,
+                     seeded_generator, to_pixels)
+from .configs import FrequencyNoiseConfig
 
 
 def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:

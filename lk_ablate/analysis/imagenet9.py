@@ -10,7 +10,6 @@ directly. BG-Gap = Mixed-Same - Mixed-Rand (accuracy points).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from functools import lru_cache
@@ -26,8 +25,8 @@ from ..base.progress import advance
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from .common import SectionConfig, logits_of, percent
-from .configs import ImageNet9Config, VARIATIONS  # noqa: F401  (re-exported: the section lives there)
+from .common import logits_of, percent
+from .configs import ImageNet9Config
 
 
 def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:

@@ -21,7 +21,6 @@ normalised with the model's mean/std (resized only when the model's input size i
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,8 @@ from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from ..base.results import read_json
-from .common import SectionConfig, model_device
-from .configs import (DECODERS, EXTRA_PERTURBATIONS, ImageNetPConfig, PERTURBATIONS)  # noqa: F401  (re-exported)
+from .common import model_device
+from .configs import DECODERS, ImageNetPConfig
 
 
 def is_noise(perturbation: str) -> bool:

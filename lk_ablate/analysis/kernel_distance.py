@@ -19,7 +19,6 @@ the centre), for models with a ``reparameterize`` method (RepLKNet). ``modules``
 from __future__ import annotations
 
 import copy
-import dataclasses
 import fnmatch
 import math
 from typing import Any
@@ -30,8 +29,7 @@ import torch.nn as nn
 from ..base.errors import ConfigError
 from ..base.figures import new_figure, save_figure
 from ..models.layers import LargeKernelDWConv
-from .common import SectionConfig
-from .configs import KernelDistanceConfig, SELECTIONS  # noqa: F401  (re-exported: the section lives there)
+from .configs import KernelDistanceConfig
 
 
 def is_depthwise(m: nn.Module) -> bool:

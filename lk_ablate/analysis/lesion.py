@@ -16,7 +16,6 @@ downsample shortcut. A unit whose output shape differs from its input (it downsa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -29,7 +28,7 @@ from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models import contract
 from ..models.registry import ModelConfig
-from .common import SectionConfig, accuracy, iterate_batches, model_device, script_eval_spec
+from .common import accuracy, iterate_batches, model_device, script_eval_spec
 from .configs import LesionConfig  # noqa: F401  (re-exported: the section lives there)
 
 Unit = tuple[nn.Module, ...]

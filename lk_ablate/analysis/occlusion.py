@@ -17,7 +17,6 @@ Results also give, per level, the mean fraction of the image actually dropped.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from typing import Any
@@ -30,10 +29,10 @@ from ..base.figures import new_figure, save_figure
 from ..base.safe_load import load_torch_file
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
-from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of, model_device,
-                     percent, script_eval_spec, seeded_generator, to_pixels)
-from .configs import MODES, OcclusionConfig  # noqa: F401  (re-exported: the section lives there)
+from ..models.registry import ModelConfig
+from .common import (count_correct, from_pixels, iterate_batches, logits_of, model_device, percent, script_eval_spec,
+                     seeded_generator, to_pixels)
+from .configs import OcclusionConfig
 
 
 def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:

@@ -16,8 +16,8 @@ from ..base.errors import ConfigError, one_line
 from ..evaluation.options import check_protocol
 from ..models.registry import ModelConfig
 from . import attacks, features, frequency, imagenet9, imagenet_p, kernel_distance, lesion, occlusion
-from .common import SectionConfig, write_analysis_result
-from .configs import CATALOGUE, PRESETS_PACKAGE, add_section_arguments, preset_names
+from .common import write_analysis_result
+from .configs import CATALOGUE, PRESETS_PACKAGE, SectionConfig, add_section_arguments, preset_names
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,11 +25,11 @@ from PIL import Image
 
 from ..base.files import atomic_path, atomic_write_text
 from ..base.progress import Progress
-from ..base.errors import ConfigError, DataError
+from ..base.errors import DataError
 from .ffcv_import import require_ffcv
 from .folder import check_image_folder
 from .seeding import derive_seed
-from .writer_config import WRITE_MODES, WriterConfig  # noqa: F401  (re-exported)
+from .writer_config import WriterConfig
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 STREAM_WRITER = 4  # which images are stored as JPEG in 'proportion' mode: (seed, STREAM_WRITER, index)
