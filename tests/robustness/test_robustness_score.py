@@ -1,6 +1,8 @@
 """``lk_ablate robustness``: lk_ablate Lightning checkpoints, official-style checkpoints, timm models by name."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import yaml
@@ -55,7 +57,8 @@ def test_lightning_checkpoint_with_config(tmp_path, trees, capsys):
     assert set(read_results(tmp_path / "raw.json")["weights"]) == {"raw"}
 
 
-def test_official_style_checkpoints(tmp_path, trees):
+def test_official_style_checkpoints(tmp_path, trees, capsys, monkeypatch):
+    monkeypatch.setenv("LK_ABLATE_PROGRESS_SECONDS", "3600")  # a log (pytest's stderr is no tty): the closing lines
     torch.manual_seed(1)
     model = create_model("convnext_demo", kernel_size=5, num_classes=1000)
     sd = model.state_dict()
@@ -69,7 +72,11 @@ def test_official_style_checkpoints(tmp_path, trees):
     for name, obj in layouts.items():
         path = tmp_path / f"{name}.pth"
         torch.save(obj, path)
-        assert cli_main(["--ckpt_path", str(path), "--fit_config", str(cfg)]) == 0
+        assert cli_main(["--ckpt_path", str(path), "--fit_config", str(cfg)] +
+                        (["--progress", "false"] if name == "ddp_prefix" else [])) == 0
+        err = capsys.readouterr().err  # progress by default: one closing line per benchmark; none when off
+        done = re.findall(r"^imagenet_a \(raw weights\): done (\d+)/(\d+) batches", err, re.M)
+        assert done == ([] if name == "ddp_prefix" else [("4", "4")]), (name, err)
         data = read_results(tmp_path / f"{name}.robustness.json")
         assert data["weights"] == {"raw": expected["raw"]}, name
         assert data["checkpoint"]["format"] == "official" and data["model"]["kernel_sizes"] == [5, 5, 5, 5]
