@@ -1,4 +1,6 @@
 """``lk_ablate analyze`` end to end on a saved lk_ablate checkpoint and a generated val folder; the cross-run report."""
+import re
+
 import pytest
 import torch
 import yaml
@@ -97,7 +99,7 @@ def test_results_entry_is_replaced_not_merged(tmp_path):
         write_analysis_result(tmp_path / "other.json", "fgsm", {})
 
 
-def test_analyze_timm_model_and_paper_config(tmp_path):
+def test_analyze_timm_model_and_paper_config(tmp_path, capsys):
     import timm
 
     _val_folder(tmp_path / "val")
@@ -109,6 +111,8 @@ def test_analyze_timm_model_and_paper_config(tmp_path):
     res = read_results(tmp_path / "tc.robustness.json")
     assert res["model"]["source"] == "timm" and res["model"]["config"]["input_size"] == [3, 160, 160]
     assert res["analyses"]["fgsm"]["images"] == 4
+    # progress by default: in a log (no tty) the closing line counts the images through the model
+    assert re.search(r"^analyze fgsm: done 4 img, ", capsys.readouterr().err, re.M)
     # the shipped paper settings: kernel distance needs no data
     out = tmp_path / "demo.json"
     assert main(["analyze", "kernel_distance", "--model.model_name", "convnext_demo", "--preset", "paper",
