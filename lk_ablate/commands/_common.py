@@ -18,8 +18,8 @@ from ..base.cli_options import TRUST_ENV, TRUST_HELP, config_file_action
 from ..base.errors import ConfigError, one_line
 from ..evaluation.options import TOP_LEVEL_MODEL_OPTIONS, ModelOptions, Protocol, Weights
 
-__all__ = ["PROGRESS_HELP", "TRUST_HELP", "apply_trust", "command_parser", "error_line", "evaluation_parser", "model_options",
-           "one_line", "parse", "preset_names"]
+__all__ = ["PROGRESS_HELP", "TRUST_HELP", "apply_trust", "command_parser", "error_line", "evaluation_parser",
+           "model_options", "one_line", "parse", "preset_names"]
 
 PROGRESS_HELP = ("show progress: a bar when stderr is a terminal, else one line every LK_ABLATE_PROGRESS_SECONDS "
                  "(30) seconds (SLURM logs); false: none")
@@ -40,9 +40,9 @@ class PresetAction(argparse.Action):
     """``--preset NAME``: the shipped ``<package>/NAME.yaml`` applied where it stands, like ``--config`` (later
     options and files override it), through jsonargparse's own ``ActionConfigFile.apply_config``.
 
-    Keys of the file that name a group this parser does not have are dropped when ``package`` allows it (``analyze
-    fgsm --preset paper``: the paper preset holds every analysis's section; the fgsm parser has one); anything
-    else unknown is jsonargparse's error. The names applied are kept in the option's value (``--print_config``).
+    Keys of the file that are ``optional_groups`` this parser does not have are dropped (``analyze fgsm --preset
+    paper``: the paper preset holds every analysis's section; the fgsm parser has one); any other unknown key is
+    jsonargparse's error. The names applied are kept in the option's value (``--print_config``).
     """
 
     def __init__(self, *args: Any, package: str = "", optional_groups: Sequence[str] = (), **kwargs: Any) -> None:
