@@ -40,16 +40,18 @@ def test_the_probe_sees_an_import():
     assert _probe([["robustness", "--help"]], banned=("jsonargparse",)).startswith("IMPORTED ['jsonargparse'")
 
 
-@pytest.mark.slow
 def test_the_package_api_is_there_on_first_use():
-    code = ("import sys, lk_ablate\nassert 'torch' not in sys.modules\n"
-            "m = lk_ablate.create_model('convnext_demo', kernel_size=3)\n"
-            "assert lk_ablate.list_models()[0] == 'convnext_demo' and 'create_model' in dir(lk_ablate)\n"
-            "from lk_ablate.analysis import run_analyses, CATALOGUE\nfrom lk_ablate.data import ImageFolderDataModule\n"
-            "from lk_ablate.evaluation import load_for_eval, ModelOptions\nprint('OK', type(m).__name__)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                          env={"PYTHONPATH": test_pythonpath(), "PATH": "/usr/bin:/bin"}, timeout=600)
-    assert done.stdout.strip() == "OK ConvNeXt", done.stderr[-2000:]
+    """The lazy namespaces still give every name (``import lk_ablate`` itself imports no torch: the probe above)."""
+    import lk_ablate
+    from lk_ablate.analysis import CATALOGUE, run_analyses  # noqa: F401
+    from lk_ablate.data import ImageFolderDataModule  # noqa: F401
+    from lk_ablate.evaluation import ModelOptions, load_for_eval  # noqa: F401
+
+    assert {"create_model", "list_models", "get_model_config", "ModelConfig", "__version__"} <= set(dir(lk_ablate))
+    m = lk_ablate.create_model("convnext_demo", kernel_size=3)
+    assert type(m).__name__ == "ConvNeXt" and "convnext_demo" in lk_ablate.list_models()
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        lk_ablate.nope  # noqa: B018
 
 
 def test_usage_lists_every_command(capsys):
