@@ -23,12 +23,12 @@ from __future__ import annotations
 
 __all__ = [
     "ANALYSIS_PREFIX", "BENCHMARK_METRICS", "CONFIG_KERNEL_LABEL", "CONFIG_KERNEL_MAX", "CONFIG_KERNEL_SIZE",
-    "CONFIG_MODEL_NAME", "CONFIG_SEED", "CORRUPTION_BENCHMARKS", "MONITORS", "REPORT_CHART_PREFIX",
-    "REPORT_PLOT_PREFIX", "REPORT_RUNS", "REPORT_TABLE", "ROBUST_ERRORS", "ROBUST_PREFIX", "ROBUST_TABLE", "STEP",
-    "TEST_LOSS", "TEST_TOP1", "TEST_TOP5", "TEST_EMA_TOP1", "TEST_EMA_TOP5", "TRAIN_GLOBAL_BATCH_SIZE",
-    "TRAIN_LOSS", "TRAIN_LR", "TRAIN_PEAK_LR", "TRAIN_TOP1", "VAL_EMA_TOP1", "VAL_EMA_TOP5", "VAL_LOSS",
-    "VAL_TOP1", "VAL_TOP5", "analysis_key", "analysis_summary_key", "corruption_key", "eval_key", "kernel_config",
-    "robust_key",
+    "CONFIG_MODEL_NAME", "CONFIG_SEED", "CORRUPTION_BENCHMARKS", "IMAGENET_BENCHMARKS", "MONITORS",
+    "REPORT_CHART_PREFIX", "REPORT_PLOT_PREFIX", "REPORT_RUNS", "REPORT_TABLE", "ROBUST_ERRORS", "ROBUST_PREFIX",
+    "ROBUST_TABLE", "STEP", "TEST_EMA_TOP1", "TEST_EMA_TOP5", "TEST_LOSS", "TEST_TOP1", "TEST_TOP5",
+    "TRAIN_GLOBAL_BATCH_SIZE", "TRAIN_LOSS", "TRAIN_LR", "TRAIN_PEAK_LR", "TRAIN_TOP1", "VAL_EMA_TOP1",
+    "VAL_EMA_TOP5", "VAL_LOSS", "VAL_TOP1", "VAL_TOP5", "analysis_key", "analysis_summary_key", "corruption_key",
+    "eval_key", "kernel_config", "robust_key",
 ]
 
 # --- training ------------------------------------------------------------------------------------------------------
@@ -72,6 +72,7 @@ BENCHMARK_METRICS: dict[str, tuple[str, ...]] = {
     "fashion_mnist": ("top1",),
     "fashion_mnist_c": ("mean_top1", "relative_mce", "clean_top1_subset"),
 }
+IMAGENET_BENCHMARKS = ("imagenet_val", "imagenet_a", "imagenet_r", "imagenet_c", "imagenet_o")
 # Benchmarks whose entries hold top-1 per corruption and severity (``top1[c][s]``, ``corruption_top1[c]``).
 CORRUPTION_BENCHMARKS = ("imagenet_c", "fashion_mnist_c")
 

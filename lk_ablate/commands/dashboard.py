@@ -1,7 +1,7 @@
 """``lk_ablate dashboard``: the W&B dashboard of a kernel-size ablation, as code.
 
     lk_ablate dashboard --wandb.project lk_ablate                       # create, or update in place
-    lk_ablate dashboard --wandb.project lk_ablate --dry_run             # the spec as JSON, no network
+    lk_ablate dashboard --wandb.project lk_ablate --dry_run true        # the spec as JSON, no network
     lk_ablate dashboard --wandb.entity my-team --wandb.project lk_ablate --wandb.group [convnext_tiny-kernel] \\
         --name "ConvNeXt-T kernels" --report_path reports/kernel_ablation/report.md
 
@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 from ..base.errors import ConfigError, DataError
 from ..base.files import atomic_write_text
-from ..base.metric_keys import BENCHMARK_METRICS
+from ..base.metric_keys import BENCHMARK_METRICS, IMAGENET_BENCHMARKS
+from ..report.labels import DASHBOARD_NAME
 from ._common import command_parser, parse
 
 __all__ = ["WandbDashboardOptions", "cli_main", "parse_args", "sweep_command"]
@@ -49,23 +50,19 @@ class WandbDashboardOptions:
 
 
 def _parser() -> Any:
-    from jsonargparse import ActionYesNo
-
-    from ..report.dashboard import DEFAULT_NAME, IMAGENET_BENCHMARKS
-
     p = command_parser("lk_ablate dashboard", __doc__.split("\n\n")[0])
     p.add_class_arguments(WandbDashboardOptions, "wandb")
-    p.add_argument("--name", type=str, default=DEFAULT_NAME,
+    p.add_argument("--name", type=str, default=DASHBOARD_NAME,
                    help="the view's name and the report's title (the same name updates the same view and report)")
     p.add_argument("--benchmarks", type=list[str], default=list(IMAGENET_BENCHMARKS),
                    help=f"benchmarks whose robustness panels are drawn; known: {', '.join(BENCHMARK_METRICS)} "
                         "(the demo: [fashion_mnist,fashion_mnist_c])")
     p.add_argument("--weights", type=Literal["both", "ema", "raw"], default="both",
                    help="robustness sections for both weight sets, or only ema / raw")
-    p.add_argument("--report", action=ActionYesNo, default=True, help="also create/update the W&B Report")
+    p.add_argument("--report", type=bool, default=True, help="also create/update the W&B Report")
     p.add_argument("--report_path", type=str | None, default=None,
                    help="report.md of `lk_ablate report`: its tables become a block of the W&B Report")
-    p.add_argument("--dry_run", action=ActionYesNo, default=False,
+    p.add_argument("--dry_run", type=bool, default=False,
                    help="write the full spec as JSON to --output_path and list it; no network, no W&B login")
     p.add_argument("--output_path", type=str | None, default=None,
                    help=f"where the spec goes (dry run: default {DEFAULT_OUTPUT}; online: the spec as sent, with the "

@@ -4,8 +4,8 @@ Reads every ``*.robustness.json`` under the given folders (or the given files), 
 of each run; runs of one model and kernel size that differ in seed are repeats. A results file that fails
 validation is skipped with a note naming it (``--strict``: an error).
 
-Outputs in ``--out``: ``report.md`` (one row per (model, kernel size), a column per benchmark metric present, each
-cell the mean over seeds with the sample sd and a 95% Student-t interval, or a single run's binomial standard
+Outputs in ``--output_dir``: ``report.md`` (one row per (model, kernel size), a column per benchmark metric present,
+each cell the mean over seeds with the sample sd and a 95% Student-t interval, or a single run's binomial standard
 error; then top-1 per corruption, the analyses' scalar summaries and the runs), ``report.csv`` (the same table),
 ``runs.csv`` (every value of every run) and the PNGs (each metric against kernel size, one line per architecture).
 
@@ -24,18 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..base.errors import ConfigError
-from ..report import build_report
-from ._common import check_old_spellings, command_parser, parse
+from ._common import command_parser, parse
 
-__all__ = ["OLD_SPELLINGS", "WandbOptions", "cli_main", "parse_args"]
-
-# Spellings of the argparse version of `lk_ablate report` -> the option that replaced them.
-OLD_SPELLINGS: dict[str, str] = {
-    "--wandb-project": "--wandb.project P",
-    "--wandb-entity": "--wandb.entity E",
-    "--wandb-group": "--wandb.group G",
-    "--no-wandb": "--wandb.project null",
-}
+__all__ = ["WandbOptions", "cli_main", "parse_args"]
 
 
 @dataclass
@@ -56,15 +47,13 @@ class WandbOptions:
 
 
 def _parser() -> Any:
-    from jsonargparse import ActionYesNo
-
     p = command_parser("lk_ablate report", __doc__)
     p.add_argument("runs", type=str, nargs="+", metavar="RUNS_DIR",
                    help="folders searched for *.robustness.json (or results files)")
-    p.add_argument("--out", type=str, default="report", help="output folder")
-    p.add_argument("--weights", type=Literal["primary", "raw", "ema"], default="primary",
-                   help="weight set of each run (primary: EMA where scored, else raw)")
-    p.add_argument("--strict", action=ActionYesNo, default=False,
+    p.add_argument("--output_dir", type=str, default="report", help="output folder")
+    p.add_argument("--weights", type=Literal["auto", "raw", "ema"], default="auto",
+                   help="weight set of each run (auto: EMA where scored, else raw)")
+    p.add_argument("--strict", type=bool, default=False,
                    help="stop on a results file with bad values (default: skip it, with a note naming it)")
     p.add_class_arguments(WandbOptions, "wandb")
     p.set_defaults({"wandb.project": os.environ.get("WANDB_PROJECT") or None})
@@ -72,7 +61,6 @@ def _parser() -> Any:
 
 
 def parse_args(argv: Sequence[str]) -> Any:
-    check_old_spellings(argv, OLD_SPELLINGS)
     return parse(_parser(), argv)
 
 
@@ -86,9 +74,11 @@ def cli_main(argv: list[str]) -> int:
 
         check_online()
         api = connect()
+    from ..report import build_report
+
     with warnings.catch_warnings():  # skipped files are printed below, one "note:" line each
         warnings.filterwarnings("ignore", message=r"skipped \d+ bad results file")
-        written = build_report(args.runs, args.out, args.weights, args.wandb.project, args.wandb.entity,
+        written = build_report(args.runs, args.output_dir, args.weights, args.wandb.project, args.wandb.entity,
                                args.wandb.group, strict=args.strict)
     rows = written["rows"]
     print(f"{len(written['runs'])} run(s) in {len(rows)} (model, kernel) row(s) -> {written['markdown']}, "
@@ -102,8 +92,7 @@ def cli_main(argv: list[str]) -> int:
 
 def _dashboard(args: Any, written: dict[str, Any], api: Any) -> None:
     """The project's dashboard with this report's table; its robustness panels for the benchmarks the report has."""
-    from ..base.metric_keys import BENCHMARK_METRICS
-    from ..report.dashboard import IMAGENET_BENCHMARKS
+    from ..base.metric_keys import BENCHMARK_METRICS, IMAGENET_BENCHMARKS
     from ..report.dashboard_wandb import save_dashboard
     from ..report.runs import table_columns
 

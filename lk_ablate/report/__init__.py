@@ -17,30 +17,15 @@ The command line (``lk_ablate report``) is :mod:`lk_ablate.commands.report`; doc
 Names are imported on first use, so ``lk_ablate dashboard`` (spec building only) does not pay for torch and
 matplotlib, which the tables and plots need.
 """
-from __future__ import annotations
+from ..base.lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "build": ("build_report",),
-    "render": ("bench_label", "column_label", "plot_analyses", "plot_metrics", "write_csv", "write_markdown",
-               "write_runs_csv"),
-    "runs": ("Metric", "Row", "Run", "Stat", "aggregate", "benchmark_metrics", "find_results", "load_run", "load_runs",
-             "summarize", "tagged"),
-    "wandb_log": ("log_to_wandb",),
-}
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = ["Metric", "Row", "Run", "Stat", "aggregate", "bench_label", "benchmark_metrics", "build_report",
+           "column_label", "find_results", "load_run", "load_runs", "log_to_wandb", "plot_analyses", "plot_metrics",
+           "summarize", "tagged", "write_csv", "write_markdown", "write_runs_csv"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".build": ["build_report"],
+    ".render": ["bench_label", "column_label", "plot_analyses", "plot_metrics", "write_csv", "write_markdown",
+                "write_runs_csv"],
+    ".runs": ["Metric", "Row", "Run", "Stat", "aggregate", "benchmark_metrics", "find_results", "load_run", "load_runs",
+              "summarize", "tagged"],
+    ".wandb_log": ["log_to_wandb"]}, globals())

@@ -37,16 +37,15 @@ from wandb_workspaces.reports.v2 import internal
 
 from ..base.errors import ConfigError
 from ..base.metric_keys import (BENCHMARK_METRICS, CONFIG_KERNEL_LABEL, CONFIG_KERNEL_MAX, CONFIG_SEED,
-                                CORRUPTION_BENCHMARKS, STEP, TRAIN_LOSS, TRAIN_LR, VAL_EMA_TOP1, VAL_TOP1,
-                                corruption_key, robust_key)
+                                CORRUPTION_BENCHMARKS, IMAGENET_BENCHMARKS, STEP, TRAIN_LOSS, TRAIN_LR, VAL_EMA_TOP1,
+                                VAL_TOP1, corruption_key, robust_key)
 from ..robustness.names import ALL_CORRUPTIONS, CORRUPTIONS
-from .labels import bench_label, metric_label
+from .labels import DASHBOARD_NAME, bench_label, metric_label
 
-__all__ = ["DEFAULT_NAME", "IMAGENET_BENCHMARKS", "PLACEHOLDERS", "Dashboard", "DashboardOptions", "build_dashboard",
-           "listing", "referenced_keys", "spec", "view_name"]
+__all__ = ["DEFAULT_NAME", "IMAGENET_BENCHMARKS", "PLACEHOLDERS", "Dashboard", "DashboardOptions",
+           "build_dashboard", "listing", "referenced_keys", "spec", "view_name"]
 
-DEFAULT_NAME = "Kernel-size ablation"
-IMAGENET_BENCHMARKS = ("imagenet_val", "imagenet_a", "imagenet_r", "imagenet_c", "imagenet_o")
+DEFAULT_NAME = DASHBOARD_NAME
 # Each benchmark's headline metric (the parallel-coordinates axes): the paper's ImageNet-C number is the mean top-1
 # over the 19 corruptions at severity 5.
 HEADLINE = {"imagenet_c": "severity5_mean_top1"}
@@ -115,7 +114,7 @@ class Dashboard:
     sections: list[tuple[str, str]] = field(default_factory=list)  # (section name, its text in the report)
 
 
-# --- names and ids ---------------------------------------------------------------------------------------------------
+# --- names and ids -------------------------------------------------------------------------------------------------
 def _digest(*parts: str) -> int:
     return int(hashlib.sha1("\x1f".join(parts).encode()).hexdigest(), 16)
 
@@ -136,7 +135,7 @@ def view_name(name: str) -> str:
     return f"nw-lk{_stable_id('view', name, length=9)}-v"
 
 
-# --- panels ----------------------------------------------------------------------------------------------------------
+# --- panels --------------------------------------------------------------------------------------------------------
 def _weight_sets(weights: str) -> list[bool]:
     return {"both": [True, False], "ema": [True], "raw": [False]}[weights]
 
@@ -220,7 +219,7 @@ def _sections(opts: DashboardOptions) -> list[tuple[str, str, list[Any], bool]]:
     return out
 
 
-# --- the runs ----------------------------------------------------------------------------------------------------------
+# --- the runs ------------------------------------------------------------------------------------------------------
 def _filters(opts: DashboardOptions) -> expr.And | str:
     items = []
     if opts.job_type:
@@ -298,7 +297,7 @@ def _table_text(markdown: str | None) -> str:
     return "\n".join(lines).strip()
 
 
-# --- what is sent ----------------------------------------------------------------------------------------------------
+# --- what is sent --------------------------------------------------------------------------------------------------
 def _json(model: Any) -> Any:
     return json.loads(model.model_dump_json(by_alias=True, exclude_none=True))
 
@@ -331,7 +330,7 @@ def spec(dashboard: Dashboard, project_id: str = PLACEHOLDERS["project_id"], vie
     return out
 
 
-# --- reading a spec ----------------------------------------------------------------------------------------------------
+# --- reading a spec ------------------------------------------------------------------------------------------------
 def _config_path(name: str) -> str:
     """Backend config name (``model.value.kernel_size``, ``kernel_max.value``) -> the logged path."""
     return ".".join(p for p in name.split(".") if p != "value")

@@ -28,7 +28,7 @@ from .dashboard import Dashboard, DashboardOptions, build_dashboard, referenced_
 __all__ = ["OFFLINE_MODES", "SaveResult", "check_online", "connect", "save_dashboard", "settings_defaults"]
 
 OFFLINE_MODES = ("offline", "dryrun", "disabled")
-_HINT = "or write the dashboard's spec without W&B with --dry_run"
+_HINT = "or write the dashboard's spec without W&B with --dry_run true"
 
 VIEW_QUERY = """
 query LkAblateView($entityName: String!, $projectName: String!, $viewName: String) {
@@ -173,7 +173,8 @@ def _runs_notes(runs: Sequence[Mapping[str, Any]], dashboard: Dashboard, opts: D
     if not runs:
         notes.append(f"no run of {where} matches the filter yet: the dashboard is saved and fills as runs log")
         return notes
-    no_kernel = [r.get("displayName") or r.get("name") for r in runs if CONFIG_KERNEL_MAX not in _json_field(r.get("config"))]
+    no_kernel = [r.get("displayName") or r.get("name") for r in runs
+                 if CONFIG_KERNEL_MAX not in _json_field(r.get("config"))]
     if no_kernel:
         notes.append(f"{len(no_kernel)} of {len(runs)} run(s) have no kernel_max in their config (logged before "
                      f"lk_ablate wrote it, e.g. {no_kernel[0]}): their training curves appear under an empty "

@@ -1,7 +1,9 @@
 """How benchmarks and metrics are named in the report's tables and plots and on the W&B dashboard (no torch)."""
 from __future__ import annotations
 
-__all__ = ["BENCH_LABELS", "METRIC_LABELS", "bench_label", "metric_label"]
+__all__ = ["BENCH_LABELS", "DASHBOARD_NAME", "METRIC_LABELS", "bench_label", "metric_label"]
+
+DASHBOARD_NAME = "Kernel-size ablation"  # the W&B view's name and report's title unless --name says otherwise
 
 BENCH_LABELS = {"imagenet_val": "ImageNet", "imagenet_a": "IN-A", "imagenet_r": "IN-R", "imagenet_c": "IN-C",
                 "imagenet_o": "IN-O", "fashion_mnist": "Fashion-MNIST", "fashion_mnist_c": "Fashion-MNIST-C"}

@@ -63,8 +63,8 @@ def log_to_wandb(rows: Sequence[Row], runs: Sequence[Run], plots: Mapping[str, P
         for c in cols:
             xs, ys, keys = chart_series(rows, c)
             if xs:
-                charts[f"{REPORT_CHART_PREFIX}/{c.replace('.', '_')}"] = wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title=column_label(c),
-                                                                               xname=KERNEL_AXIS)
+                charts[f"{REPORT_CHART_PREFIX}/{c.replace('.', '_')}"] = wandb.plot.line_series(
+                    xs=xs, ys=ys, keys=keys, title=column_label(c), xname=KERNEL_AXIS)
         run.log({REPORT_TABLE: wandb.Table(columns=header, data=data),
                  REPORT_RUNS: wandb.Table(columns=["model", "kernel", "seed", "weights", "metric", "value",
                                                    "se_binom"], data=per_run),

@@ -38,8 +38,8 @@ from .preemption import find_resume_checkpoint
 
 __all__ = ["CHECKPOINT_KEY", "WandbRun", "analysis_summary", "configure_wandb_loggers", "finish_wandb_run",
            "kernel_fields", "log_analyses_to_run", "log_results_to_run", "log_robustness", "run_group",
-           "read_run_id", "read_run_info", "resolved_config", "resume_checkpoint", "robustness_table_rows", "run_identity",
-           "wandb_logger_args", "wandb_loggers"]
+           "read_run_id", "read_run_info", "resolved_config", "resume_checkpoint", "robustness_table_rows",
+           "run_identity", "wandb_logger_args", "wandb_loggers"]
 
 CHECKPOINT_KEY = "wandb"  # checkpoint["wandb"] = {"run_id", "project", "entity", "name", "group"}
 TABLE_COLUMNS = ["model", "kernel_size", "seed", "weights", "benchmark", "corruption", "severity", "top1"]

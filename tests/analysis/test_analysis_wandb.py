@@ -23,7 +23,7 @@ def test_analysis_summary_keys():
 def test_wandb_without_a_run_fails_before_the_analyses(tmp_path, capsys):
     ckpt = tmp_path / "plain.ckpt"
     write_demo_checkpoint(ckpt)  # never logged to W&B
-    assert main(["analyze", "kernel_distance", "--model.ckpt", str(ckpt), "--device", "cpu", "--wandb"]) == 2
+    assert main(["analyze", "kernel_distance", "--ckpt_path", str(ckpt), "--device", "cpu", "--wandb", "true"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--wandb: " in err[0] and "records no W&B run" in err[0], err
     assert not (tmp_path / "plain.robustness.json").exists()  # nothing ran

@@ -30,7 +30,7 @@ def _sections(sent):
 
 def _dry_run(tmp_path, capsys, name, *args):
     out = tmp_path / name
-    assert main(["dashboard", "--wandb.entity", "team", "--wandb.project", "ablation", "--dry_run",
+    assert main(["dashboard", "--wandb.entity", "team", "--wandb.project", "ablation", "--dry_run", "true",
                  "--output_path", str(out), *args]) == 0
     return out, capsys.readouterr().out
 
@@ -63,7 +63,8 @@ def test_dry_run_spec_is_stable_and_names_every_panel(tmp_path, capsys, monkeypa
              p["config"]["groupArea"]) for p in training] == [
         ("Run History Line Plot", [k], "trainer/global_step", "mean", "minmax")
         for k in ("val/top1", "val/ema_top1", "train/loss", "train/lr")]
-    for ema, sec in ((True, "Robustness vs kernel size (EMA weights)"), (False, "Robustness vs kernel size (raw weights)")):
+    for ema, sec in ((True, "Robustness vs kernel size (EMA weights)"),
+                     (False, "Robustness vs kernel size (raw weights)")):
         assert [(p["viewType"], p["config"]["xAxis"], p["config"]["yAxis"], p["config"]["showAvgYAxisLine"])
                 for p in panels[sec]] == [
             ("Scatter Plot", "config:kernel_max.value", f"summary:robust/{b}/{m}{'_ema' if ema else ''}", True)
@@ -106,7 +107,7 @@ def test_dry_run_options(tmp_path, capsys, monkeypatch):
     assert main(["dashboard", "--wandb.project", "demo", "--wandb.group", "convnext_demo-kernel",
                  "--wandb.tags", "[k3,k13]", "--wandb.job_type", "null", "--benchmarks",
                  "[fashion_mnist,fashion_mnist_c]", "--weights", "ema", "--name", "Demo", "--report_path",
-                 str(report_md), "--dry_run", "--output_path", str(out)]) == 0
+                 str(report_md), "--dry_run", "true", "--output_path", str(out)]) == 0
     sent = json.loads(out.read_text())
     assert sent["workspace"]["entity"] == PLACEHOLDERS["entity"] and sent["workspace"]["name"] == view_name("Demo")
     filters = sent["workspace"]["spec"]["section"]["runSets"][0]["filters"]["filters"]
@@ -134,7 +135,7 @@ def test_dry_run_options(tmp_path, capsys, monkeypatch):
 ])
 def test_bad_options_are_one_line(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["dashboard", "--wandb.project", "p", "--dry_run", *argv]) == 2
+    assert main(["dashboard", "--wandb.project", "p", "--dry_run", "true", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lk_ablate: error: ") and message in err[0], err
     assert not (tmp_path / "dashboard.json").exists()
@@ -311,11 +312,12 @@ def test_report_creates_the_dashboard_with_its_table(tmp_path, capsys, monkeypat
     install(monkeypatch, backend)
     table7_runs(tmp_path / "runs")
     out = tmp_path / "rep"
-    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--wandb.project", "ablation",
+    assert main(["report", str(tmp_path / "runs"), "--output_dir", str(out), "--wandb.project", "ablation",
                  "--wandb.entity", "team", "--wandb.dashboard", "true"]) == 0
     assert len(logged) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-2:] == [f"dashboard view created: https://wandb.test/team/ablation?nw={view_name(DEFAULT_NAME)[3:-2]}",
+    view_url = f"https://wandb.test/team/ablation?nw={view_name(DEFAULT_NAME)[3:-2]}"
+    assert lines[-2:] == [f"dashboard view created: {view_url}",
                           "dashboard report created: https://wandb.test/team/ablation/reports/"
                           "Kernel-size-ablation--view-2"]
     (view,) = backend.ops("UpsertView2")
@@ -331,6 +333,6 @@ def test_report_creates_the_dashboard_with_its_table(tmp_path, capsys, monkeypat
 
 def test_report_dashboard_offline_fails_before_the_report(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    line = _one_line_error(capsys, ["report", str(tmp_path), "--out", str(tmp_path / "rep"), "--wandb.project", "p",
+    line = _one_line_error(capsys, ["report", str(tmp_path), "--output_dir", str(tmp_path / "rep"), "--wandb.project", "p",
                                     "--wandb.dashboard", "true"])
     assert "WANDB_MODE=offline" in line and not (tmp_path / "rep").exists()

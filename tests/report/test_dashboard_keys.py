@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _config(path: Path, trees: dict[str, str]) -> Path:
     path.write_text(yaml.safe_dump({
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
-                    "num_sanity_val_steps": 0, "enable_progress_bar": False, "enable_model_summary": False,
-                    "log_every_n_steps": 1, "logger": str(REPO / "configs" / "base" / "logger_wandb.yaml"),
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "limit_train_batches": 2,
+                    "limit_val_batches": 1, "num_sanity_val_steps": 0, "enable_progress_bar": False,
+                    "enable_model_summary": False, "log_every_n_steps": 1, "logger": str(REPO / "configs" / "base" / "logger_wandb.yaml"),
                     "callbacks": [{"class_path": "lk_ablate.robustness.callback.RobustnessEvaluation",
                                    "init_args": {**trees, "corruptions": ["gaussian_noise"], "severities": [5],
                                                  "batch_size": 256, "num_workers": 0}}]},
@@ -60,8 +60,8 @@ def test_every_panel_key_is_recorded_by_a_real_run(tmp_path, monkeypatch):
     ck = tmp_path / "ck"
     assert main(["fit", "--config", str(_config(tmp_path / "fit.yaml", trees)), "--data.init_args.root", str(data),
                  "--checkpoint.dirpath", str(ck)]) == 0
-    assert main(["analyze", "kernel_distance", "--model.ckpt", str(ck / "last.ckpt"), "--device", "cpu",
-                 "--wandb"]) == 0
+    assert main(["analyze", "kernel_distance", "--ckpt_path", str(ck / "last.ckpt"), "--device", "cpu",
+                 "--wandb", "true"]) == 0
     runs = offline_runs(ck / "wandb")
     assert len(runs) == 2 and len({r["run"].run_id for r in runs}) == 1  # the analysis went into the training run
     config, summary = {}, {}
@@ -86,7 +86,8 @@ def test_every_panel_key_is_recorded_by_a_real_run(tmp_path, monkeypatch):
     not_computable = {robust_key(b, m, ema) for ema in (False, True) for b, m in (
         ("imagenet_c", "mce"), ("imagenet_c", "relative_mce"), ("imagenet_c", "severity5_mean_top1"),
         ("imagenet_r", "top1"))}
-    not_computable |= {corruption_key("imagenet_c", c, None, ema=True) for c in ALL_CORRUPTIONS if c != "gaussian_noise"}
+    not_computable |= {corruption_key("imagenet_c", c, None, ema=True) for c in ALL_CORRUPTIONS
+                       if c != "gaussian_noise"}
     assert missing == not_computable
     # ... and those are exactly the names the loggers write for complete benchmarks.
     counts = {c: {s: 500 for s in SEVERITIES} for c in ALL_CORRUPTIONS}

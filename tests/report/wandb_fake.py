@@ -37,7 +37,8 @@ class FakeBackend:
         if key not in self.projects:
             return {"project": None}
         if op == "LkAblateRuns":
-            return {"project": {"runs": {"edges": [{"node": r} for r in self.runs], "pageInfo": {"hasNextPage": False}}}}
+            edges = [{"node": r} for r in self.runs]
+            return {"project": {"runs": {"edges": edges, "pageInfo": {"hasNextPage": False}}}}
         if op == "LkAblateView":
             return {"project": {"allViews": {"edges": [
                 {"node": {"id": i, "name": x["name"], "displayName": x["displayName"]}}
