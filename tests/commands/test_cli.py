@@ -111,7 +111,7 @@ def test_commands_import_only_what_they_use():
     (["fit", "--config", "missing.yaml"], 'Parser key "config": File does not exist'),
     (["validate", "--trainer.max_epochs", "x"], "see `lk_ablate validate --help`"),
     (["bogus"], "unknown command 'bogus'; the commands are fit, validate, test, predict, demo, reparam, robustness, "
-                "analyze, data, report (see `lk_ablate --help`)"),
+                "analyze, data, report, dashboard (see `lk_ablate --help`)"),
 ])
 def test_bad_values_are_one_line_with_the_help_to_read(argv, message, capsys):
     """Lightning's commands as lk_ablate's own: the error line and a pointer to --help, not ~100 lines of usage."""
