@@ -175,7 +175,7 @@ def cli_main(argv: list[str]) -> int:
 
 def log_to_the_fit_run(results: dict[str, Any], ckpt: str) -> str | None:
     """When the fit logged to W&B (``-- --trainer.logger`` a WandbLogger), put the run's Fashion-MNIST(-C) scores into
-    its W&B run, as ``lk_ablate robustness --wandb`` does; returns the run's project (None: no W&B run)."""
+    its W&B run, as ``lk_ablate robustness --wandb true`` does; returns the run's project (None: no W&B run)."""
     from ..training.wandb import log_results_to_run, read_run_info
 
     info = read_run_info(ckpt)
