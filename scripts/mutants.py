@@ -48,8 +48,8 @@ TE = "tests/data/test_eval_effects.py::"
 MUTANTS: list[Mutant] = [
     # --- sanity: the scratch copy is what gets imported, also in subprocesses started by a test ---------------
     M("sanity-subprocess-import", "lk_ablate/__init__.py",
-      "from .models import ModelConfig, create_model, get_model_config, list_models\n",
-      "from .models import ModelConfig, create_model, get_model_config, list_models\nimport lk_ablate.analysis\n",
+      '"list_models"]}, globals())\n',
+      '"list_models"]}, globals())\nimport lk_ablate.analysis  # noqa: E402\n',
       ("tests/commands/test_cli.py::test_commands_import_only_what_they_use",),
       "an eager import: seen only by the test's `python -c` subprocess, so it proves subprocesses import the copy"),
     # --- models ----------------------------------------------------------------------------------------------
@@ -444,7 +444,7 @@ MUTANTS: list[Mutant] = [
       ("tests/analysis/test_guard_analysis.py::test_band_noise_equals_a_numpy_filter",),
       "the top band leaves out the Nyquist frequency"),
     M("taig-surrogate-random-init", "lk_ablate/analysis/attacks.py",
-      "        lm = create_timm_model(cfg.surrogate_timm, cfg.surrogate_checkpoint)\n",
+      "        lm = create_timm_model(cfg.surrogate_timm, cfg.surrogate_path)\n",
       "        lm = create_timm_model(cfg.surrogate_timm)\n",
       ("tests/analysis/test_guard_analysis.py::test_taig_timm_surrogate_carries_the_checkpoint_weights",),
       "the TAIG surrogate keeps its random init (checkpoint not loaded)"),
