@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .base.errors import ConfigError, LkAblateError
+from .base.errors import ConfigError, LkAblateError, environment_error_line
 
 # Extra subcommands: name -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 # Imported lazily so `lk_ablate fit` never pays for (or depends on) another feature's imports.
@@ -65,9 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         # jsonargparse wraps errors raised while instantiating classes; report ours as one message.
         ours = _our_error(e)
-        if ours is None:
+        # What the environment refused (a full disk, a read-only folder) where no lk_ablate code named it first:
+        # still one line, naming the file; anything else is a bug and keeps its traceback.
+        line = _message(ours) if ours is not None else environment_error_line(e)
+        if line is None:
             raise
-        print(f"lk_ablate: error: {_message(ours)}", file=sys.stderr)
+        print(f"lk_ablate: error: {line}", file=sys.stderr)
         return 2
 
 

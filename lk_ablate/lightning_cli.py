@@ -14,8 +14,8 @@ from .training.module import ImageClassifier
 from .base.safe_load import load_torch_file
 from .base.errors import ConfigError, DataError
 from .training.lease import acquire_lease, is_global_rank_zero
-from .training.preemption import (MODEL_FACTS, HoldLease, ResumableCheckpoint, cli_trainer_extras, resolve_ckpt_path,
-                                  same_fact)
+from .training.preemption import (MODEL_FACTS, HoldLease, ResumableCheckpoint, check_lightning_checkpoint,
+                                  cli_trainer_extras, resolve_ckpt_path, same_fact)
 from .training.wandb import WandbRun, configure_wandb_loggers, finish_wandb_run, resolved_config, wandb_loggers
 
 # Noise that says nothing about the run: the srun hint fires whenever SLURM is installed, even for local runs.
@@ -132,6 +132,7 @@ class LkAblateCLI(LightningCLI):
         if not os.path.isfile(ckpt_path):
             raise DataError(f"--ckpt_path: checkpoint not found: {ckpt_path}")
         ckpt = load_torch_file(ckpt_path, mmap=True)
+        check_lightning_checkpoint(ckpt_path, ckpt)  # official weights: one line, not Lightning's KeyError
         hparams = dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
         hparams.pop("_instantiator", None)
         if not hparams:

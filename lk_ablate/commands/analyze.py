@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..analysis.runner import ANALYSES, PRESETS_PACKAGE, add_section_arguments, check_no_section_preset, \
     get_analysis, section_from_parsed
 from ..base.errors import ConfigError
+from ..base.files import check_writable, read_yaml
+from ..base.results import RESULTS_SPACE
 from ..evaluation.loading import load_for_eval
 from ..evaluation.options import DataOptions, ModelOptions
 from ._common import base_parser, check_old_evaluation_spellings, config_files, parse, preset_argv
@@ -79,7 +79,7 @@ def _named_sections(argv: Sequence[str]) -> list[str]:
     named: list[str] = []
     for path in config_files(argv):
         p = Path(path)
-        data = yaml.safe_load(p.read_text()) if p.is_file() else None
+        data = read_yaml(p) if p.is_file() else None
         if isinstance(data, dict):
             if "analyses" in data:
                 raise ConfigError(f"{path}: the analysis sections now sit at the top level of the file (drop the "
@@ -151,6 +151,10 @@ def cli_main(argv: list[str]) -> int:
     results_path = Path(args.results) if args.results else default_results_path(opts.ckpt, lm.label)
     out_dir = Path(args.plot_dir) if args.plot_dir else results_path.parent
     prefix = results_path.name.removesuffix(".json") + "."
+    # Before the analyses run: their results file and plots can be written.
+    check_writable(results_path, "results file", "choose another with --results FILE", need_bytes=RESULTS_SPACE,
+                   lock=True)
+    check_writable(out_dir / f"{prefix}{names[0]}.png", "plot", "choose another folder with --plot_dir DIR")
     results = run_analyses(lm.model, sections, val, lm.config, results_path=results_path, out_dir=out_dir,
                            names=names, label=lm.label, plot_prefix=prefix, results_init=lm.results_init(),
                            protocol=args.protocol)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..base.errors import ConfigError
-from ..base.results import results_path, write_results
+from ..base.files import check_writable
+from ..base.results import RESULTS_SPACE, results_path, write_results_or_keep
 from ..evaluation.options import ModelOptions
 from ..robustness.score import BenchmarkOptions, format_table, load_config, robustness_settings, score
 from ._common import base_parser, check_old_evaluation_spellings, config_files, parse, preset_argv
@@ -65,13 +66,15 @@ def parse_args(argv: Sequence[str]) -> Any:
 def cli_main(argv: list[str]) -> int:
     args = parse_args(argv)
     opts = ModelOptions(**vars(args.model))
+    out = Path(args.results) if args.results else (
+        results_path(opts.ckpt) if opts.ckpt else Path(f"{opts.timm or opts.name}.robustness.json"))
+    # Before hours of scoring: the results file can be written (not a folder, writable, some space free).
+    check_writable(out, "results file", "choose another with --results FILE", need_bytes=RESULTS_SPACE, lock=True)
     run = score(opts, BenchmarkOptions(**vars(args.data)), protocol=args.protocol, precision=args.precision,
                 device=args.device, progress=args.progress, need_wandb_run=args.wandb)
     if run.rank == 0:
-        out = Path(args.results) if args.results else (
-            results_path(opts.ckpt) if opts.ckpt else Path(f"{run.loaded.name}.robustness.json"))
-        write_results(out, run.data)
-        print(format_table(run.data))
+        print(format_table(run.data))  # the scores first: a file system that fails now cannot take them
+        write_results_or_keep(out, run.data)
         print(f"results: {out}")
         if args.wandb:
             from ..training.wandb import log_results_to_run

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
 from typing import Any
 
@@ -14,7 +15,7 @@ from timm.utils import ModelEmaV3
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..data.seeding import STREAM_STEP, derive_seed, global_seed, seeded_rng
-from ..base.errors import ConfigError
+from ..base.errors import ConfigError, DataError
 from ..models.checkpoints import load_checkpoint
 from ..models.compile import check_compile_options, compile_model, is_compiled
 from ..models.contract import AblationModel
@@ -69,7 +70,11 @@ class ImageClassifier(L.LightningModule):
                 set_module_impl(self.model, dwconv_impl)
             except ValueError as e:
                 raise ConfigError(f"model.dwconv_impl: {e}") from e
-        if pretrained_path:
+        # The starting weights matter only to a fit that starts from scratch: a resumed fit, validate and test take
+        # every weight from their checkpoint, so a pretrained file that is gone since must not stop them (the
+        # checkpoint's hyper-parameters still name it). A fresh start without it stops in _check_pretrained.
+        self._pretrained_missing = bool(pretrained_path) and not os.path.isfile(pretrained_path)
+        if pretrained_path and not self._pretrained_missing:
             load_checkpoint(self.model, pretrained_path, drop_head=True)
         self.ema = ModelEmaV3(self.model, decay=ema_decay) if ema_decay is not None else None
         if self.ema is not None:  # updated by copying, never by gradients; DDP rejects parameters that get no gradient
@@ -127,7 +132,25 @@ class ImageClassifier(L.LightningModule):
             if net is not None and not is_compiled(net):
                 compile_model(net, hp.compile_mode, hp.compile_backend)
 
+    def _check_pretrained(self) -> None:
+        """A run whose weights would come from ``pretrained_path`` (no ``--ckpt_path``) needs that file."""
+        if self._pretrained_missing and not self.trainer.ckpt_path:
+            raise DataError(f"model.pretrained_path {self.hparams.pretrained_path} not found: this run starts from "
+                            "those weights; give the file, or resume/evaluate a checkpoint with --ckpt_path (its "
+                            "weights are used then, and the pretrained file is not needed)")
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == "validate":  # not the validation inside fit: on_fit_start checked that
+            self._check_pretrained()
+
+    def on_test_start(self) -> None:
+        self._check_pretrained()
+
+    def on_predict_start(self) -> None:
+        self._check_pretrained()
+
     def on_fit_start(self) -> None:
+        self._check_pretrained()
         dm = self.trainer.datamodule
         if self.mixup is not None and getattr(dm, "batch_size", 0) % 2:
             raise ConfigError(f"mixup/cutmix mix each batch with its reverse and need an even per-device batch "

@@ -18,7 +18,7 @@ from lk_ablate.base.results import make_results, read_results, write_results
 
 def _write(folder: Path, stem: str, seed: int, top1: float) -> Path:
     res = make_results(model_name="convnext_tiny", kernel_sizes=[7, 7, 7, 7], num_params=1, model_config={},
-                       weights={"ema": {"imagenet_a": {"top1": top1, "correct": 3, "n": 10}}},
+                       weights={"ema": {"imagenet_a": {"top1": top1, "correct": round(top1 * 10), "n": 1000}}},
                        settings={"seed": seed}, errors=[], checkpoint_path=folder / f"{stem}.ckpt", epoch=1,
                        global_step=10)
     return write_results(folder / f"{stem}.robustness.json", res)
