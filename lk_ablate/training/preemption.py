@@ -127,6 +127,10 @@ class ResumableCheckpoint(ModelCheckpoint):
         super()._save_last_checkpoint(trainer, monitor_candidates)
 
     # --- the record across resumes ------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        _quiet_lightning_callback_warning()
+
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         adopt_checkpoint_records(trainer, checkpoint)
 
@@ -234,12 +238,16 @@ class ResumableCheckpoint(ModelCheckpoint):
                       and os.path.abspath(os.path.join(folder, n)) not in tracked)
 
 
-# The records of ResumableCheckpoints are re-keyed by adopt_checkpoint_records (and any it cannot place is named
-# there): Lightning's own warning about them, issued just before, would tell the user to add callbacks they have.
-warnings.filterwarnings(
-    "ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be "
-                      r"provided during `Trainer` instantiation\. Please add the following callbacks: "
-                      r"\[(\"ResumableCheckpoint\{[^{}]*\}\"(, )?)+\]\.$")
+def _quiet_lightning_callback_warning() -> None:
+    """The records of ResumableCheckpoints are re-keyed by adopt_checkpoint_records (and any it cannot place is named
+    there): Lightning's own warning about them, issued just before, would tell the user to add callbacks they have.
+    Installed at each setup (a filter is kept once), so it survives code that resets the filters between runs."""
+    warnings.filterwarnings(
+        "ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be "
+                          r"provided during `Trainer` instantiation\. Please add the following callbacks: "
+                          r"\[(\"ResumableCheckpoint\{[^{}]*\}\"(, )?)+\]\.$")
+
+
 _ADOPTED = "_lk_ablate_records_adopted"
 
 
