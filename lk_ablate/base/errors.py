@@ -31,6 +31,7 @@ WRITE_FIXES: dict[int, str] = {
     errno.EPERM: "not permitted: choose a folder you can write to, or fix its permissions",
     errno.EISDIR: "a folder has that name: give a file path",
     errno.ENOTDIR: "a part of the path is a file, not a folder: fix the path",
+    errno.EEXIST: "a file is in the way where a folder is needed: fix the path or move the file",
     errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
     errno.ELOOP: "a symbolic link is in the way, and lk_ablate does not follow it there: remove the link",
 }

@@ -166,7 +166,8 @@ _ACCURACY_COUNTS = (("top1", "correct"), ("top1", "correct_top1"), ("top5", "cor
 def _check_counts(entry: Mapping[str, Any], where: str, out: list[str]) -> None:
     """The numbers of one benchmark entry agree with each other: an accuracy with its counts (``top1`` = 100 *
     ``correct`` / ``n``, per cell for corruption benchmarks), ``correct`` <= ``n``, no entry scored on 0 images,
-    ``n`` = ``n_in`` + ``n_out`` (OOD), ``n_total`` = the sum of the cells' ``n``."""
+    the means of a corruption benchmark with its cells (``mean_top1``, ``corruption_top1``), ``n`` = ``n_in`` +
+    ``n_out`` (OOD), ``n_total`` = the sum of the cells' ``n``."""
     def num(v: Any) -> bool:
         return _is_number(v) and math.isfinite(v)
 
@@ -184,6 +185,20 @@ def _check_counts(entry: Mapping[str, Any], where: str, out: list[str]) -> None:
                     _check_accuracy(v, k, cell_n, f"{where}.{acc_key}.{c}.{s}", out)
         elif num(acc) and num(correct) and num(n):
             _check_accuracy(acc, correct, n, f"{where}.{acc_key}", out, count_key)
+    cells = entry.get("top1")
+    if isinstance(cells, Mapping):  # corruption benchmarks: the means are means of the cells
+        rows = {c: [v for v in by_sev.values() if num(v)] for c, by_sev in cells.items() if isinstance(by_sev, Mapping)}
+        every = [v for vs in rows.values() for v in vs]
+        if num(entry.get("mean_top1")) and every and abs(entry["mean_top1"] - sum(every) / len(every)) > \
+                COUNT_TOLERANCE_PP:
+            out.append(f"{where}.mean_top1 is {entry['mean_top1']:.6g}, but the mean of its {len(every)} top1 cells is "
+                       f"{sum(every) / len(every):.6g}")
+        per = entry.get("corruption_top1")
+        for c, vs in rows.items():
+            v = per.get(c) if isinstance(per, Mapping) else None
+            if num(v) and vs and abs(v - sum(vs) / len(vs)) > COUNT_TOLERANCE_PP:
+                out.append(f"{where}.corruption_top1.{c} is {v:.6g}, but the mean of its top1 cells is "
+                           f"{sum(vs) / len(vs):.6g}")
     if all(num(entry.get(k)) for k in ("n", "n_in", "n_out")) and entry["n"] != entry["n_in"] + entry["n_out"]:
         out.append(f"{where}.n is {entry['n']}, but n_in + n_out = {entry['n_in'] + entry['n_out']}")
     if num(entry.get("n_total")) and isinstance(n, Mapping):
