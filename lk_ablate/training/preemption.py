@@ -245,7 +245,7 @@ def _quiet_lightning_callback_warning() -> None:
     warnings.filterwarnings(
         "ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be "
                           r"provided during `Trainer` instantiation\. Please add the following callbacks: "
-                          r"\[(\"ResumableCheckpoint\{[^{}]*\}\"(, )?)+\]\.$")
+                          r"\[(\"(Resumable|Best)Checkpoint\{[^{}]*\}\"(, )?)+\]\.$")
 
 
 _ADOPTED = "_lk_ablate_records_adopted"
@@ -264,8 +264,9 @@ def _state_options(key: Any) -> dict[str, Any]:
 
 
 def adopt_checkpoint_records(trainer: L.Trainer, checkpoint: dict[str, Any]) -> list[str]:
-    """Give each ResumableCheckpoint of ``trainer`` the record its monitor had in ``checkpoint`` when the record is
-    stored under another key (checkpoint options changed between resumes); returns what was adopted, as lines.
+    """Give each checkpoint callback of ``trainer`` (ResumableCheckpoint, BestCheckpoint, ...) the record its monitor
+    had in ``checkpoint`` when the record is stored under another key (checkpoint options changed between resumes);
+    returns what was adopted, as lines.
 
     Lightning restores a callback's state only under its exact key (monitor, mode and the trigger options), so a
     resume with other triggers would forget the best checkpoints and ``last_model_path``: the old best file is then
@@ -277,15 +278,17 @@ def adopt_checkpoint_records(trainer: L.Trainer, checkpoint: dict[str, Any]) -> 
     if not isinstance(states, dict) or checkpoint.get(_ADOPTED):
         return []
     checkpoint[_ADOPTED] = True
-    ours = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
+    ours = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]  # BestCheckpoint (EMA) too
     current = {cb.state_key for cb in trainer.callbacks}
-    orphans = {k: v for k, v in states.items() if isinstance(k, str) and k not in current
-               and k.split("{", 1)[0] in ("ResumableCheckpoint", "ModelCheckpoint") and isinstance(v, dict)}
+    orphans = {k: v for k, v in states.items() if isinstance(k, str) and k not in current and isinstance(v, dict)
+               and {"monitor", "best_model_path", "dirpath"} <= set(v)}  # the records of checkpoint callbacks
     adopted: list[str] = []
     for cb in ours:
         if cb.state_key in states:
             continue
-        same = [k for k, v in orphans.items() if v.get("monitor") == cb.monitor]
+        kinds = {type(cb).__name__, "ModelCheckpoint", "ResumableCheckpoint"} if isinstance(cb, ResumableCheckpoint) \
+            else {type(cb).__name__}
+        same = [k for k, v in orphans.items() if v.get("monitor") == cb.monitor and k.split("{", 1)[0] in kinds]
         if len(same) > 1:  # several records of this monitor: the one of this folder, if that tells them apart
             same = [k for k in same if orphans[k].get("dirpath") == cb.dirpath] or same
         if len(same) != 1:
@@ -296,8 +299,9 @@ def adopt_checkpoint_records(trainer: L.Trainer, checkpoint: dict[str, Any]) -> 
         old, new = _state_options(key), _state_options(cb.state_key)
         changed = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if k in old and old[k] != new[k])
         best = os.path.basename(record.get("best_model_path") or "") or "none yet"
+        carry = "and last.ckpt carry over" if cb.save_last else "carries over"
         adopted.append(f"checkpoint options changed since the resumed checkpoint was written ({changed or key}): "
-                       f"the record of the best checkpoints by {cb.monitor} (best: {best}) and last.ckpt carry over")
+                       f"the record of the best checkpoints by {cb.monitor} (best: {best}) {carry}")
     for line in adopted:
         rank_zero_info(line)
     if orphans:

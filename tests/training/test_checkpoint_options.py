@@ -204,3 +204,41 @@ def test_lease_problems_are_one_line(data, tmp_path, capsys, monkeypatch):
     assert last_error(capsys) == (
         f"lk_ablate: error: cannot create checkpoint folder {tmp_path / 'ro' / 'checkpoints'}: Read-only file "
         "system (errno EROFS); set checkpoint.dirpath to a writable folder")
+
+
+def test_records_of_every_checkpoint_callback_follow_changed_options(tmp_path):
+    """The unit under the resume above, for both callbacks of the ImageNet configs (the raw best with last.ckpt, and
+    BestCheckpoint's best EMA): each takes the record of its own monitor stored under its old key; a record no
+    callback monitors any more is named, not used."""
+    from types import SimpleNamespace
+
+    from lk_ablate.training.best_checkpoint import BestCheckpoint
+    from lk_ablate.training.preemption import ResumableCheckpoint, adopt_checkpoint_records
+
+    def rec(monitor: str, best: str) -> dict:
+        return {"monitor": monitor, "best_model_path": str(tmp_path / best), "dirpath": str(tmp_path),
+                "best_model_score": torch.tensor(0.5), "best_k_models": {str(tmp_path / best): torch.tensor(0.5)},
+                "last_model_path": str(tmp_path / "last.ckpt")}
+
+    old_raw = ResumableCheckpoint(dirpath=tmp_path, monitor="val/acc1", mode="max", every_n_train_steps=3,
+                                  save_last=True)
+    old_ema = BestCheckpoint(dirpath=tmp_path, monitor="val/ema_acc1", mode="max")
+    old_top5 = BestCheckpoint(dirpath=tmp_path, monitor="val/acc5", mode="max")
+    checkpoint = {"callbacks": {old_raw.state_key: rec("val/acc1", "epoch001.ckpt"),
+                                old_ema.state_key: rec("val/ema_acc1", "best-ema-epoch002.ckpt"),
+                                old_top5.state_key: rec("val/acc5", "top5.ckpt")}}
+    raw = ResumableCheckpoint(dirpath=tmp_path, monitor="val/acc1", mode="max", every_n_train_steps=7, save_last=True)
+    ema = BestCheckpoint(dirpath=tmp_path, monitor="val/ema_acc1", mode="max", every_n_epochs=2)
+    trainer = SimpleNamespace(callbacks=[raw, ema])
+    with pytest.warns(UserWarning, match=r"the resumed checkpoint holds the record of 1 checkpoint callback\(s\) that "
+                                         r"this run does not have \(BestCheckpoint\{'monitor': 'val/acc5'"):
+        lines = adopt_checkpoint_records(trainer, checkpoint)
+    assert lines == [
+        "checkpoint options changed since the resumed checkpoint was written (every_n_train_steps 3 -> 7): the record "
+        "of the best checkpoints by val/acc1 (best: epoch001.ckpt) and last.ckpt carry over",
+        "checkpoint options changed since the resumed checkpoint was written (every_n_epochs 1 -> 2): the record of "
+        "the best checkpoints by val/ema_acc1 (best: best-ema-epoch002.ckpt) carries over"]
+    states = checkpoint["callbacks"]
+    assert states[raw.state_key]["best_model_path"].endswith("epoch001.ckpt")
+    assert states[ema.state_key]["best_model_path"].endswith("best-ema-epoch002.ckpt")
+    assert adopt_checkpoint_records(trainer, checkpoint) == []  # once per loaded checkpoint
