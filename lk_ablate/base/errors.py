@@ -68,11 +68,25 @@ def environment_error_line(e: BaseException) -> str | None:
         return write_error_line(os_error.filename, os_error, verb="")
     cur, seen = e, set()
     while cur is not None and id(cur) not in seen:
-        if type(cur).__name__ == "MisconfigurationException":  # Lightning's: its message names the option to fix
+        if type(cur).__name__ == "MisconfigurationException" or (
+                isinstance(cur, ValueError) and _raised_in_lightning(cur)):
+            # Lightning checking the trainer's options (val_check_interval, limits, max_epochs, ...): its message
+            # names the option and the fix
             return one_line(cur)
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
     return None
+
+
+def _raised_in_lightning(e: BaseException) -> bool:
+    """Whether ``e`` was raised by Lightning's trainer, loops or callbacks themselves (its innermost frame)."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    return any(f"/lightning/pytorch/{part}/" in path for part in ("trainer", "loops", "callbacks"))
 
 
 def one_line(e: BaseException) -> str:

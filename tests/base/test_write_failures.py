@@ -111,6 +111,10 @@ def test_environment_errors_elsewhere_are_one_line():
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1694976 vs 1694864")
     except RuntimeError as wrapped:
         assert environment_error_line(wrapped) == f"cannot write a file: {ENOSPC_FIX}"
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    lightning = MisconfigurationException("`Trainer(limit_val_batches=-1)` must be an int or a float in [0, 1]")
+    assert environment_error_line(lightning) == "`Trainer(limit_val_batches=-1)` must be an int or a float in [0, 1]"
     assert environment_error_line(KeyError("pytorch-lightning_version")) is None  # a bug keeps its traceback
 
 

@@ -242,3 +242,12 @@ def test_records_of_every_checkpoint_callback_follow_changed_options(tmp_path):
     assert states[raw.state_key]["best_model_path"].endswith("epoch001.ckpt")
     assert states[ema.state_key]["best_model_path"].endswith("best-ema-epoch002.ckpt")
     assert adopt_checkpoint_records(trainer, checkpoint) == []  # once per loaded checkpoint
+
+
+def test_lightning_option_errors_are_one_line(data, tmp_path, capsys):
+    """Lightning's own checks of trainer options (a ValueError from its loops) end in one line too."""
+    assert fit(data, tmp_path / "run", "--trainer.val_check_interval", "100") == 2
+    assert last_error(capsys) == (
+        "lk_ablate: error: `val_check_interval` (100) must be less than or equal to the number of the training batches "
+        "(3). If you want to disable validation set `limit_val_batches` to 0.0 instead. If you want to validate based "
+        "on the total training batches, set `check_val_every_n_epoch=None`.")
