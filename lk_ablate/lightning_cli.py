@@ -158,9 +158,18 @@ class LkAblateCLI(LightningCLI):
         if taken:
             print(f"lk_ablate {sub}: using the checkpoint's model ({', '.join(taken)}) from {ckpt_path}",
                   file=sys.stderr)
+        # Other model options given on the command line (how to run it: compile, dwconv_impl, channels_last, ...)
+        # keep the value given instead of being replaced, silently, by the checkpoint's.
+        for key in _command_line_model_keys(getattr(self, "_argv", [])) - set(MODEL_FACTS):
+            hparams.pop(key, None)
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+
+
+def _command_line_model_keys(argv: Sequence[str]) -> set[str]:
+    """The ``--model.KEY`` options of the command line."""
+    return {a.partition("=")[0][len("--model."):].split(".")[0] for a in argv if a.startswith("--model.")}
 
 
 def _explicit_model_keys(argv: Sequence[str]) -> set[str]:

@@ -152,6 +152,10 @@ class ResumableCheckpoint(ModelCheckpoint):
             check_free_space(folder, need, f"a checkpoint of {pl_module.__class__.__name__} in {folder}", hint)
         except WriteError as e:
             return "write", str(e)
+        if not self.save_last and os.path.isfile(os.path.join(folder, "last.ckpt")):
+            rank_zero_warn(f"checkpoint.save_last is false, so {os.path.join(folder, 'last.ckpt')} (an earlier state) "
+                           "is not updated by this run: move it away, or keep save_last true, so that nothing scores "
+                           "or resumes it as the newest state")
         if self.save_last and self.CHECKPOINT_NAME_LAST == "last" and not _resumed_from_this_run(trainer, folder):
             for name in sorted(os.listdir(folder)):
                 if not re.match(r"^last(-v\d+)?\.ckpt$", name):
@@ -288,7 +292,9 @@ def adopt_checkpoint_records(trainer: L.Trainer, checkpoint: dict[str, Any]) -> 
             continue
         kinds = {type(cb).__name__, "ModelCheckpoint", "ResumableCheckpoint"} if isinstance(cb, ResumableCheckpoint) \
             else {type(cb).__name__}
-        same = [k for k, v in orphans.items() if v.get("monitor") == cb.monitor and k.split("{", 1)[0] in kinds]
+        # the same monitor in the same direction (a max-record's scores mean nothing to a min-callback)
+        same = [k for k, v in orphans.items() if v.get("monitor") == cb.monitor and k.split("{", 1)[0] in kinds
+                and _state_options(k).get("mode", cb.mode) == cb.mode]
         if len(same) > 1:  # several records of this monitor: the one of this folder, if that tells them apart
             same = [k for k in same if orphans[k].get("dirpath") == cb.dirpath] or same
         if len(same) != 1:

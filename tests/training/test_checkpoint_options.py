@@ -104,6 +104,11 @@ def test_pretrained_file_is_needed_only_to_start_from_scratch(data, pretrained_r
     # validate (and test, the same path) take every weight from the checkpoint
     assert main(["validate", "--config", TINY, "--data.init_args.root", str(data), "--trainer.logger", "false",
                  "--trainer.limit_val_batches", "1", "--ckpt_path", str(last)]) == 0
+    # an option of how to run the model, given on the command line, is used, not replaced by the checkpoint's
+    assert main(["validate", "--config", TINY, "--data.init_args.root", str(data), "--trainer.logger", "false",
+                 "--ckpt_path", str(last), "--model.dwconv_impl", "bogus"]) == 2
+    assert last_error(capsys).startswith("lk_ablate: error: model.dwconv_impl: unknown depthwise conv "
+                                         "implementation 'bogus'")
     # so does a resumed fit (the config still names the missing file)
     assert fit(data, run, "--model.pretrained_path", str(pre), "--trainer.max_steps", "3", "--ckpt_path", "auto") == 0
     assert torch.load(last, weights_only=True)["global_step"] == 3
@@ -229,7 +234,8 @@ def test_records_of_every_checkpoint_callback_follow_changed_options(tmp_path):
                                 old_top5.state_key: rec("val/acc5", "top5.ckpt")}}
     raw = ResumableCheckpoint(dirpath=tmp_path, monitor="val/acc1", mode="max", every_n_train_steps=7, save_last=True)
     ema = BestCheckpoint(dirpath=tmp_path, monitor="val/ema_acc1", mode="max", every_n_epochs=2)
-    trainer = SimpleNamespace(callbacks=[raw, ema])
+    minimum = BestCheckpoint(dirpath=tmp_path, monitor="val/acc5", mode="min")  # another direction: not adopted
+    trainer = SimpleNamespace(callbacks=[raw, ema, minimum])
     with pytest.warns(UserWarning, match=r"the resumed checkpoint holds the record of 1 checkpoint callback\(s\) that "
                                          r"this run does not have \(BestCheckpoint\{'monitor': 'val/acc5'"):
         lines = adopt_checkpoint_records(trainer, checkpoint)
