@@ -276,7 +276,7 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
         lock.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise (write_failure(lock, e) or e) from e
-    while True:
+    for _attempt in range(1000):  # each retry means another process removed the file we waited on
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, file_mode())
         except OSError as e:
@@ -300,6 +300,9 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
             os.close(fd)
             raise
         os.close(fd)  # the previous holder removed the file we waited on: lock the current one
+    else:
+        raise WriteError(f"cannot lock {lock}: the file changed under each of 1000 attempts; remove it if no other "
+                         "lk_ablate process is updating the results")
     try:
         yield
     finally:
