@@ -251,6 +251,8 @@ class ImageClassifier(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, partial(_schedule_factor, self._schedule_length, peak_lr=lr, min_lr=hp.min_lr))
         self.schedule_facts = {"global_batch_size": global_batch, "peak_lr": lr}
+        # What this run's options ask of each group, before a resumed checkpoint's optimizer state replaces it.
+        self._configured_groups = [{k: g[k] for k in ("lr", "weight_decay", "betas")} for g in optimizer.param_groups]
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_start(self) -> None:
@@ -260,6 +262,7 @@ class ImageClassifier(L.LightningModule):
         # The lr of the step about to run, now that the length is known: the LambdaLR formula (base_lr x factor),
         # so a restored run gets the value its checkpoint holds, bit for bit.
         schedule = self.lr_schedulers()
+        self._check_restored_optimizer(schedule)
         for group, base_lr, factor in zip(schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas):
             group["lr"] = base_lr * factor(schedule.last_epoch)
         schedule._last_lr = [group["lr"] for group in schedule.optimizer.param_groups]
@@ -268,6 +271,33 @@ class ImageClassifier(L.LightningModule):
             self.logger.log_hyperparams({"schedule": facts})
         self.log_dict({"train/global_batch_size": float(facts["global_batch_size"]),
                        "train/peak_lr": facts["peak_lr"]}, rank_zero_only=True)
+
+    def _check_restored_optimizer(self, schedule: Any) -> None:
+        """A resumed fit continues the checkpoint's optimizer and lr schedule (Lightning restores their states), so
+        options that set them (model.base_lr, base_batch_size and the global batch behind the peak lr, weight_decay,
+        betas) must be those of the checkpoint: a changed one would be ignored, or mixed with the restored base lr
+        by the schedule's factor (a resume with base_lr 1e-12 trained at lr 1000). One line naming what differs."""
+        configured = getattr(self, "_configured_groups", None)
+        if not self.trainer.ckpt_path or not configured:
+            return
+        restored = [{"lr": b, "weight_decay": g["weight_decay"], "betas": tuple(g["betas"])}
+                    for b, g in zip(schedule.base_lrs, schedule.optimizer.param_groups)]
+        differ = []
+        for key, what in (("lr", "peak lr (model.base_lr x global batch / model.base_batch_size)"),
+                          ("weight_decay", "model.weight_decay"), ("betas", "model.betas")):
+            old = [r[key] for r in restored]
+            new = [c[key] if key != "betas" else tuple(c[key]) for c in configured]
+            if len(old) != len(new) or not all(math.isclose(a, b, rel_tol=1e-9) if key != "betas" else
+                                               all(math.isclose(x, y, rel_tol=1e-9) for x, y in zip(a, b))
+                                               for a, b in zip(old, new)):
+                differ.append(f"{what}: checkpoint {old[0] if len(set(map(str, old))) == 1 else old}, "
+                              f"this run {new[0] if len(set(map(str, new))) == 1 else new}")
+        if differ:
+            raise ConfigError(f"--ckpt_path {self.trainer.ckpt_path}: a resumed fit continues the checkpoint's "
+                              f"optimizer and lr schedule, but this run sets {'; '.join(differ)}; resume with the "
+                              "checkpoint's values (and the same global batch: data.batch_size x devices x nodes x "
+                              "accumulate_grad_batches), or start a new run from its weights with "
+                              "--model.pretrained_path")
 
     # --- evaluation --------------------------------------------------------------------------------
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> None:

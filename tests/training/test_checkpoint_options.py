@@ -81,6 +81,15 @@ def test_changed_checkpoint_options_keep_the_best_and_last_ckpt(data, tmp_path, 
     rec = record(ckpts / "last.ckpt")
     assert Path(rec["best_model_path"]).name == "epoch000-step0000003.ckpt"
     assert rec["best_model_score"] == 1.0 and Path(rec["last_model_path"]).name == "last.ckpt"
+    # Options the restored optimizer and schedule decide cannot change on a resume: before, base_lr 1e-12 here mixed
+    # the new peak into the restored schedule and trained at lr 1000; now one line, before the first step.
+    assert fit(data, run, "--trainer.max_epochs", "4", "--model.base_lr", "1e-12", "--ckpt_path", "auto") == 2
+    assert last_error(capsys) == (
+        f"lk_ablate: error: --ckpt_path {ckpts / 'last.ckpt'}: a resumed fit continues the checkpoint's optimizer and "
+        "lr schedule, but this run sets peak lr (model.base_lr x global batch / model.base_batch_size): checkpoint "
+        "0.0005, this run 5e-13; resume with the checkpoint's values (and the same global batch: data.batch_size x "
+        "devices x nodes x accumulate_grad_batches), or start a new run from its weights with --model.pretrained_path")
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 9
 
 
 @pytest.fixture(scope="module")
