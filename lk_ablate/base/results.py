@@ -12,8 +12,8 @@ Everything downstream (``lk_ablate report``, the analyses) reads only these file
       "primary": "ema" | "raw",            # the set headline numbers use: EMA when it was scored
       "settings": {"benchmarks": {<benchmark>: path}, "imagenet_c": {"corruptions": [...], "severities": [...]},
                    "protocol": "model" | "paper",   # the benchmarks' eval protocol; missing = "model"
-                   "scoring": {"decode": "cpu" | "gpu", "precision": "fp32" | "bf16",
-                               "on_bad_image": "error" | "skip"}},   # missing = cpu / fp32 / error
+                   "scoring": {"decode": "cpu" | "gpu", "precision": "32-true" | "bf16-mixed",
+                               "on_bad_image": "error" | "skip"}},   # missing = cpu / 32-true / error
       "errors": [{"weights", "benchmark", "rank", "error"}, ...],
       "analyses": {<name>: {..., "protocol": "model" | "paper"}}   # added later with update_results(path,
                                            # "analyses.<name>", {...}); each analysis's protocol, missing = "model"
@@ -40,6 +40,7 @@ from typing import Any
 from .files import atomic_write_text, locked
 from .errors import DataError, WriteError
 from .jsonable import to_jsonable
+from .metric_keys import corruption_key, robust_key
 from .version import __version__
 
 __all__ = ["RESULTS_SPACE", "SCHEMA", "SCHEMA_VERSION", "flatten_metrics", "make_results", "read_results", "results_path",
@@ -343,28 +344,29 @@ def update_results(path: str | os.PathLike, key: str, value: Any) -> dict[str, A
     return data
 
 
-def flatten_metrics(results: Mapping[str, Any], prefix: str = "robust") -> dict[str, float]:
-    """Scalar metrics as ``<prefix>/<benchmark>/<metric>``; EMA weights get the suffix ``_ema``.
-
-    ImageNet-C cells become ``top1_<corruption>_<severity>``. Benchmarks scored under a protocol other than
-    ``model`` are named ``<benchmark>@<protocol>`` (never logged under the same key as the model protocol's).
-    """
+def flatten_metrics(results: Mapping[str, Any]) -> dict[str, float]:
+    """Scalar metrics under their logged names (``base.metric_keys.robust_key``): ``robust/<benchmark>/<metric>``,
+    ``_ema`` for the EMA weights, ``<benchmark>@<protocol>`` for a protocol other than ``model`` (never logged under
+    the model protocol's key). Corruption benchmarks add ``top1_<corruption>`` (mean over the scored severities) and
+    ``top1_<corruption>_<severity>`` (each cell)."""
     out: dict[str, float] = {}
     protocol = (results.get("settings") or {}).get("protocol") or "model"
     for w, benches in results["weights"].items():
-        suffix = "_ema" if w == "ema" else ""
+        ema = w == "ema"
         for name, m in benches.items():
             if not m:
                 continue
-            bench = name if protocol == "model" else f"{name}@{protocol}"
             for k, v in m.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _COUNT_KEYS \
                         and not k.startswith("correct"):
-                    out[f"{prefix}/{bench}/{k}{suffix}"] = float(v)
-            if name == "imagenet_c":
+                    out[robust_key(name, k, ema, protocol)] = float(v)
+            for c, v in (m.get("corruption_top1") or {}).items():
+                if _is_number(v):
+                    out[corruption_key(name, c, None, ema, protocol)] = float(v)
+            if isinstance(m.get("top1"), Mapping):
                 for c, by_sev in m["top1"].items():
                     for s, v in by_sev.items():
-                        out[f"{prefix}/{bench}/top1_{c}_{s}{suffix}"] = float(v)
+                        out[corruption_key(name, c, s, ema, protocol)] = float(v)
     return out
 
 
