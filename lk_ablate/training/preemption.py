@@ -436,8 +436,8 @@ def check_lightning_checkpoint(path: str | os.PathLike, obj: Any) -> None:
     if isinstance(obj, Mapping) and "state_dict" in obj and "pytorch-lightning_version" in obj:
         return
     raise ConfigError(f"--ckpt_path {path} is not a checkpoint of `lk_ablate fit` (no Lightning training state; "
-                      "official or timm weights?): score it with `lk_ablate robustness --model.ckpt "
-                      f"{path} --model.name NAME`, or start a fit from its weights with --model.pretrained_path "
+                      "official or timm weights?): score it with `lk_ablate robustness --ckpt_path "
+                      f"{path} --model.model_name NAME`, or start a fit from its weights with --model.pretrained_path "
                       f"{path}")
 
 

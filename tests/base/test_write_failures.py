@@ -65,7 +65,7 @@ def test_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, full_disk):
 
 
 def test_check_writable_names_the_problem_before_the_work(tmp_path, monkeypatch):
-    hint = "choose another with --results FILE"
+    hint = "choose another with --results_path FILE"
     with pytest.raises(WriteError) as e:
         check_writable(tmp_path, "results file", hint)
     assert str(e.value) == f"cannot write results file {tmp_path}: it is a folder; give a file path; {hint}"
@@ -90,9 +90,9 @@ def test_check_writable_names_the_problem_before_the_work(tmp_path, monkeypatch)
 
 def test_check_writable_on_a_read_only_file_system(tmp_path, read_only):
     with pytest.raises(WriteError) as e:
-        check_writable(tmp_path / "r.json", "results file", "choose another with --results FILE")
+        check_writable(tmp_path / "r.json", "results file", "choose another with --results_path FILE")
     assert str(e.value) == (f"cannot write results file {tmp_path / 'r.json'}: Read-only file system in {tmp_path} "
-                            "(errno EROFS); choose another with --results FILE")
+                            "(errno EROFS); choose another with --results_path FILE")
     with pytest.raises(WriteError) as e:
         atomic_write_text(tmp_path / "r.json", "{}")
     assert str(e.value) == (f"cannot write {tmp_path / 'r.json'}: Read-only file system (errno EROFS); the file "

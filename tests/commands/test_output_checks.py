@@ -37,7 +37,7 @@ def no_scoring(monkeypatch):
     def score(*args, **kwargs):
         raise AssertionError("scoring started before the results path was checked")
 
-    monkeypatch.setattr("lk_ablate.commands.robustness.score", score)
+    monkeypatch.setattr("lk_ablate.robustness.score.score", score)  # what `robustness` calls
 
 
 def last_error(capsys) -> str:
@@ -45,10 +45,10 @@ def last_error(capsys) -> str:
 
 
 def test_robustness_checks_its_results_path_before_scoring(ckpt, trees, tmp_path, capsys, monkeypatch, no_scoring):
-    common = ["robustness", "--model.ckpt", str(ckpt), "--data.imagenet_a", trees["imagenet_a"], "--device", "cpu"]
-    assert main([*common, "--results", str(tmp_path)]) == 2
+    common = ["robustness", "--ckpt_path", str(ckpt), "--data.imagenet_a", trees["imagenet_a"], "--device", "cpu"]
+    assert main([*common, "--results_path", str(tmp_path)]) == 2
     assert last_error(capsys) == (f"lk_ablate: error: cannot write results file {tmp_path}: it is a folder; give a "
-                                  "file path; choose another with --results FILE")
+                                  "file path; choose another with --results_path FILE")
     link = ckpt.with_name("last.robustness.json.lock")
     link.symlink_to(tmp_path / "victim")
     assert main(common) == 2
@@ -63,14 +63,14 @@ def test_robustness_checks_its_results_path_before_scoring(ckpt, trees, tmp_path
     assert main(common) == 2
     assert last_error(capsys) == (
         f"lk_ablate: error: cannot write results file {ckpt.with_name('last.robustness.json')}: Read-only file "
-        f"system in {ckpt.parent} (errno EROFS); choose another with --results FILE")
+        f"system in {ckpt.parent} (errno EROFS); choose another with --results_path FILE")
 
 
 def test_robustness_prints_and_keeps_the_scores_when_the_write_fails(ckpt, trees, tmp_path, capsys, monkeypatch):
     """The disk fills while scoring: the table is printed, the scores are kept in a temporary file the error names."""
-    import lk_ablate.commands.robustness as command
+    import lk_ablate.robustness.score as scoring
 
-    real_score = command.score
+    real_score = scoring.score
     temp = tmp_path / "tmp"
     temp.mkdir()
 
@@ -90,10 +90,10 @@ def test_robustness_prints_and_keeps_the_scores_when_the_write_fails(ckpt, trees
         monkeypatch.setattr(files.tempfile, "mkstemp", full)
         return run
 
-    monkeypatch.setattr(command, "score", score_then_fill)
+    monkeypatch.setattr(scoring, "score", score_then_fill)
     monkeypatch.setattr("tempfile.tempdir", str(temp))
     out = ckpt.with_name("last.robustness.json")
-    assert main(["robustness", "--model.ckpt", str(ckpt), "--data.imagenet_a", trees["imagenet_a"], "--device", "cpu",
+    assert main(["robustness", "--ckpt_path", str(ckpt), "--data.imagenet_a", trees["imagenet_a"], "--device", "cpu",
                  "--data.batch_size", "64", "--data.num_workers", "0"]) == 2
     captured = capsys.readouterr()
     table = captured.out.splitlines()
@@ -111,11 +111,11 @@ def test_robustness_prints_and_keeps_the_scores_when_the_write_fails(ckpt, trees
 
 
 def test_analyze_checks_first_and_leaves_no_plot_when_the_update_fails(ckpt, tmp_path, capsys, monkeypatch):
-    common = ["analyze", "kernel_distance", "--model.ckpt", str(ckpt)]
-    assert main([*common, "--plot_dir", str(ckpt)]) == 2  # a file where the plot folder should be
+    common = ["analyze", "kernel_distance", "--ckpt_path", str(ckpt)]
+    assert main([*common, "--output_dir", str(ckpt)]) == 2  # a file where the plot folder should be
     assert last_error(capsys) == (
         f"lk_ablate: error: cannot write plot {ckpt / 'last.robustness.kernel_distance.png'}: a part of its folder "
-        "path is a file, not a folder; fix the path; choose another folder with --plot_dir DIR")
+        "path is a file, not a folder; fix the path; choose another folder with --output_dir DIR")
     assert main(common) == 0
     plot = ckpt.with_name("last.robustness.kernel_distance.png")
     before = plot.read_bytes()
@@ -136,14 +136,14 @@ def test_analyze_checks_first_and_leaves_no_plot_when_the_update_fails(ckpt, tmp
 
 def test_architecture_options_must_match_an_lk_ablate_checkpoint(ckpt, trees, capsys):
     for cmd in (["analyze", "kernel_distance"], ["robustness", "--data.imagenet_a", trees["imagenet_a"]]):
-        assert main([*cmd, "--model.ckpt", str(ckpt), "--model.kernel_size", "7", "--model.num_classes", "10"]) == 2
+        assert main([*cmd, "--ckpt_path", str(ckpt), "--model.kernel_size", "7", "--model.num_classes", "10"]) == 2
         assert last_error(capsys) == (
             f"lk_ablate: error: {ckpt} is an lk_ablate convnext_demo checkpoint, but the model options say "
             "kernel_size 7 (checkpoint: 3), num_classes 10 (checkpoint: 1000); drop those options (the checkpoint "
             "names its architecture; they may come from --model.*, a --config file or --fit_config's model "
             "section), or score the checkpoint they describe")
     # the same facts, spelled per stage: no contradiction
-    assert main(["analyze", "kernel_distance", "--model.ckpt", str(ckpt), "--model.kernel_size", "[3,3,3,3]"]) == 0
+    assert main(["analyze", "kernel_distance", "--ckpt_path", str(ckpt), "--model.kernel_size", "[3,3,3,3]"]) == 0
 
 
 def test_pickle_named_safetensors_and_bad_yaml_tag_are_one_line(tmp_path, trees, capsys):
@@ -152,7 +152,7 @@ def test_pickle_named_safetensors_and_bad_yaml_tag_are_one_line(tmp_path, trees,
     fake = tmp_path / "resnet18.safetensors"
     torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), fake)
     assert main(["analyze", "kernel_distance", "--model.timm", "resnet18", "--model.num_classes", "10",
-                 "--model.ckpt", str(fake), "--results", str(tmp_path / "r.json")]) == 2
+                 "--ckpt_path", str(fake), "--results_path", str(tmp_path / "r.json")]) == 2
     assert last_error(capsys) == (
         f"lk_ablate: error: cannot read {fake} as safetensors (Error while deserializing header: header too large): "
         "a .safetensors file must hold safetensors data; if it is a torch checkpoint, rename it to .pth (it is then "

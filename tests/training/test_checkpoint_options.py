@@ -55,13 +55,13 @@ def test_changed_checkpoint_options_keep_the_best_and_last_ckpt(data, tmp_path, 
     assert fit(data, run, "--trainer.max_epochs", "1", "--checkpoint.every_n_train_steps", "0",
                "--ckpt_path", "auto") == 0
     assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["epoch000-step0000003.ckpt", "last.ckpt"]
-    # Epoch 0 scored 1.0 in the run's record (a best that later epochs cannot beat: the comparison is strict), so the
+    # Epoch 0 scored 100% in the run's record (a best that later epochs cannot beat: the comparison is strict), so the
     # file must survive whatever the next epochs score.
     state = torch.load(ckpts / "last.ckpt", weights_only=True)
     (key,) = [k for k in state["callbacks"] if str(k).startswith("ResumableCheckpoint")]
     rec = state["callbacks"][key]
-    rec["best_k_models"] = {p: torch.tensor(1.0) for p in rec["best_k_models"]}
-    rec["best_model_score"] = rec["kth_value"] = torch.tensor(1.0)
+    rec["best_k_models"] = {p: torch.tensor(100.0) for p in rec["best_k_models"]}
+    rec["best_model_score"] = rec["kth_value"] = torch.tensor(100.0)
     torch.save(state, ckpts / "last.ckpt")
     # Resumed with another trigger: the record carries over, so epoch 0's file stays the best, and last.ckpt is
     # rewritten in place.
@@ -72,7 +72,7 @@ def test_changed_checkpoint_options_keep_the_best_and_last_ckpt(data, tmp_path, 
                    "--ckpt_path", "auto") == 0
     err = caplog.text + capsys.readouterr().err + "\n".join(str(w.message) for w in warned)
     assert ("checkpoint options changed since the resumed checkpoint was written (every_n_train_steps 0 -> 2): the "
-            "record of the best checkpoints by val/acc1 (best: epoch000-step0000003.ckpt) and last.ckpt carry over"
+            "record of the best checkpoints by val/top1 (best: epoch000-step0000003.ckpt) and last.ckpt carry over"
             in err), err
     assert "killed start" not in err and "Please add the following callbacks" not in err
     assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["epoch000-step0000003.ckpt", "last.ckpt"]
@@ -80,7 +80,7 @@ def test_changed_checkpoint_options_keep_the_best_and_last_ckpt(data, tmp_path, 
     assert final["global_step"] == 9  # the newest state, in the file every scorer reads (no last-v1.ckpt)
     rec = record(ckpts / "last.ckpt")
     assert Path(rec["best_model_path"]).name == "epoch000-step0000003.ckpt"
-    assert rec["best_model_score"] == 1.0 and Path(rec["last_model_path"]).name == "last.ckpt"
+    assert rec["best_model_score"] == 100.0 and Path(rec["last_model_path"]).name == "last.ckpt"
     # Options the restored optimizer and schedule decide cannot change on a resume: before, base_lr 1e-12 here mixed
     # the new peak into the restored schedule and trained at lr 1000; now one line, before the first step.
     assert fit(data, run, "--trainer.max_epochs", "4", "--model.base_lr", "1e-12", "--ckpt_path", "auto") == 2
@@ -149,8 +149,8 @@ def test_resume_past_max_epochs_and_official_weights_are_one_line(data, pretrain
                      "--trainer.default_root_dir", str(tmp_path / "run2"), "--ckpt_path", str(official)]) == 2
         assert last_error(capsys) == (
             f"lk_ablate: error: --ckpt_path {official} is not a checkpoint of `lk_ablate fit` (no Lightning training "
-            f"state; official or timm weights?): score it with `lk_ablate robustness --model.ckpt {official} "
-            f"--model.name NAME`, or start a fit from its weights with --model.pretrained_path {official}")
+            f"state; official or timm weights?): score it with `lk_ablate robustness --ckpt_path {official} "
+            f"--model.model_name NAME`, or start a fit from its weights with --model.pretrained_path {official}")
 
 
 @pytest.mark.slow
@@ -234,15 +234,15 @@ def test_records_of_every_checkpoint_callback_follow_changed_options(tmp_path):
                 "best_model_score": torch.tensor(0.5), "best_k_models": {str(tmp_path / best): torch.tensor(0.5)},
                 "last_model_path": str(tmp_path / "last.ckpt")}
 
-    old_raw = ResumableCheckpoint(dirpath=tmp_path, monitor="val/acc1", mode="max", every_n_train_steps=3,
+    old_raw = ResumableCheckpoint(dirpath=tmp_path, monitor="val/top1", mode="max", every_n_train_steps=3,
                                   save_last=True)
-    old_ema = BestCheckpoint(dirpath=tmp_path, monitor="val/ema_acc1", mode="max")
+    old_ema = BestCheckpoint(dirpath=tmp_path, monitor="val/ema_top1", mode="max")
     old_top5 = BestCheckpoint(dirpath=tmp_path, monitor="val/acc5", mode="max")
-    checkpoint = {"callbacks": {old_raw.state_key: rec("val/acc1", "epoch001.ckpt"),
-                                old_ema.state_key: rec("val/ema_acc1", "best-ema-epoch002.ckpt"),
+    checkpoint = {"callbacks": {old_raw.state_key: rec("val/top1", "epoch001.ckpt"),
+                                old_ema.state_key: rec("val/ema_top1", "best-ema-epoch002.ckpt"),
                                 old_top5.state_key: rec("val/acc5", "top5.ckpt")}}
-    raw = ResumableCheckpoint(dirpath=tmp_path, monitor="val/acc1", mode="max", every_n_train_steps=7, save_last=True)
-    ema = BestCheckpoint(dirpath=tmp_path, monitor="val/ema_acc1", mode="max", every_n_epochs=2)
+    raw = ResumableCheckpoint(dirpath=tmp_path, monitor="val/top1", mode="max", every_n_train_steps=7, save_last=True)
+    ema = BestCheckpoint(dirpath=tmp_path, monitor="val/ema_top1", mode="max", every_n_epochs=2)
     minimum = BestCheckpoint(dirpath=tmp_path, monitor="val/acc5", mode="min")  # another direction: not adopted
     trainer = SimpleNamespace(callbacks=[raw, ema, minimum])
     with pytest.warns(UserWarning, match=r"the resumed checkpoint holds the record of 1 checkpoint callback\(s\) that "
@@ -250,9 +250,9 @@ def test_records_of_every_checkpoint_callback_follow_changed_options(tmp_path):
         lines = adopt_checkpoint_records(trainer, checkpoint)
     assert lines == [
         "checkpoint options changed since the resumed checkpoint was written (every_n_train_steps 3 -> 7): the record "
-        "of the best checkpoints by val/acc1 (best: epoch001.ckpt) and last.ckpt carry over",
+        "of the best checkpoints by val/top1 (best: epoch001.ckpt) and last.ckpt carry over",
         "checkpoint options changed since the resumed checkpoint was written (every_n_epochs 1 -> 2): the record of "
-        "the best checkpoints by val/ema_acc1 (best: best-ema-epoch002.ckpt) carries over"]
+        "the best checkpoints by val/ema_top1 (best: best-ema-epoch002.ckpt) carries over"]
     states = checkpoint["callbacks"]
     assert states[raw.state_key]["best_model_path"].endswith("epoch001.ckpt")
     assert states[ema.state_key]["best_model_path"].endswith("best-ema-epoch002.ckpt")
