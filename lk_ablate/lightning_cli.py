@@ -19,8 +19,8 @@ from .base.errors import ConfigError, DataError
 from .base.metric_keys import VAL_TOP1
 from .base.cli_options import TRUST_HELP, config_file_action
 from .training.lease import acquire_lease, is_global_rank_zero
-from .training.preemption import (MODEL_FACTS, HoldLease, ResumableCheckpoint, cli_trainer_extras, resolve_ckpt_path,
-                                  same_fact)
+from .training.preemption import (MODEL_FACTS, HoldLease, ResumableCheckpoint, check_lightning_checkpoint,
+                                  cli_trainer_extras, resolve_ckpt_path, same_fact)
 from .training.wandb import WandbRun, configure_wandb_loggers, finish_wandb_run, resolved_config, wandb_loggers
 
 # Noise that says nothing about the run: the srun hint fires whenever SLURM is installed, even for local runs.
@@ -30,6 +30,9 @@ for _message in (r".*The `srun` command is available on your system but is not u
                  # the EMA copy is kept in eval mode on purpose
                  r".*module\(s\) in eval mode at the start of training.*"):
     warnings.filterwarnings("ignore", message=_message)
+
+# ImageClassifier options that say how to run the model, not what it is: the user's choice wins over a checkpoint's.
+RUNTIME_MODEL_KEYS = {"compile", "compile_mode", "compile_backend", "dwconv_impl", "channels_last"}
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "checkpoints",
@@ -150,6 +153,7 @@ class LkAblateCLI(LightningCLI):
         if not os.path.isfile(ckpt_path):
             raise DataError(f"--ckpt_path: checkpoint not found: {ckpt_path}")
         ckpt = load_torch_file(ckpt_path, mmap=True)
+        check_lightning_checkpoint(ckpt_path, ckpt)  # official weights: one line, not Lightning's KeyError
         hparams = dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
         hparams.pop("_instantiator", None)
         if not hparams:
@@ -175,6 +179,10 @@ class LkAblateCLI(LightningCLI):
         if taken:
             print(f"lk_ablate {sub}: using the checkpoint's model ({', '.join(taken)}) from {ckpt_path}",
                   file=sys.stderr)
+        # Options of how to run the model (not of what it is) that the user set keep their value instead of being
+        # replaced, silently, by the checkpoint's (`validate --model.compile true` compiles).
+        for key in RUNTIME_MODEL_KEYS & explicit:
+            hparams.pop(key, None)
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)

@@ -151,6 +151,8 @@ def cli_main(argv: list[str]) -> int:
 
     from ..analysis.loading import LoadedModel, ValSource
     from ..analysis.runner import run_analyses
+    from ..base.files import check_writable
+    from ..base.results import RESULTS_SPACE
     from ..evaluation.loading import load_for_eval
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -167,6 +169,10 @@ def cli_main(argv: list[str]) -> int:
     results_path = Path(args.results_path) if args.results_path else default_results_path(opts.ckpt_path, lm.label)
     out_dir = Path(args.output_dir) if args.output_dir else results_path.parent
     prefix = results_path.name.removesuffix(".json") + "."
+    # Before the analyses run: their results file and plots can be written.
+    check_writable(results_path, "results file", "choose another with --results_path FILE", need_bytes=RESULTS_SPACE,
+                   lock=True)
+    check_writable(out_dir / f"{prefix}{names[0]}.png", "plot", "choose another folder with --output_dir DIR")
     results = run_analyses(lm.model, sections, val, lm.config, results_path=results_path, out_dir=out_dir,
                            names=names, label=lm.label, plot_prefix=prefix, results_init=lm.results_init(),
                            protocol=args.protocol, progress=args.progress)

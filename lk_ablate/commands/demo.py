@@ -51,6 +51,10 @@ def train(kernel: int, epochs: int, out: Path, extra: list[str]):
     """`lk_ablate fit --config configs/demo_fashion_mnist.yaml --model.kernel_size K` in-process."""
     from ..lightning_cli import build_cli
 
+    # A rerun trains afresh: the previous demo run's checkpoints and scores in its own folder go first (a fit does
+    # not start from scratch in a folder that holds another run's last.ckpt).
+    for old in [*(out / f"k{kernel}").glob("*.ckpt"), *(out / f"k{kernel}").glob("*.robustness.json")]:
+        old.unlink()
     args = ["fit", "--config", str(DEMO_CONFIG), "--model.kernel_size", str(kernel),
             "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(out / f"k{kernel}"),
             "--checkpoint.dirpath", str(out / f"k{kernel}"), "--trainer.logger.init_args.save_dir",

@@ -90,8 +90,8 @@ def table7_runs(root: Path) -> None:
     for k, (val, a, r) in TABLE7.items():
         for seed, off in SEED_OFFSETS.items():
             benches = {"imagenet_val": {"top1": val + off, "top5": 95.0, "n": 50000},
-                       "imagenet_a": {"top1": a + off, "correct": 0, "n": 7500},
-                       "imagenet_r": {"top1": r + off, "correct": 0, "n": 30000}}
+                       "imagenet_a": {"top1": a + off, "n": 7500},
+                       "imagenet_r": {"top1": r + off, "n": 30000}}
             folder = root / f"convnext_k{k}_s{seed}"
             write_run(folder, "last", "convnext_tiny", [k] * 4, benches, seed)
             write_run(folder, "epoch009-step0000100", "convnext_tiny", [k] * 4, benches, seed)  # same step
