@@ -1,6 +1,7 @@
 """LightningCLI for lk_ablate: ImageClassifier + any DataModule, trainer defaults for ablation runs."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import warnings
@@ -127,8 +128,7 @@ class LkAblateCLI(LightningCLI):
         super().parse_arguments(parser, args)
         # What the command line and its config files set (jsonargparse without defaults): which model facts the
         # user chose (_parse_ckpt_path). Parsed here, before any class is built.
-        given = parser.parse_object(args, defaults=False) if isinstance(args, (dict, Namespace)) else \
-            parser.parse_args(args, defaults=False)
+        given = _parse_given(parser, args)
         sub = self.config.get("subcommand")
         section = (given.get(sub) if sub else given) or Namespace()
         model = section.get("model") or Namespace()
@@ -186,6 +186,24 @@ class LkAblateCLI(LightningCLI):
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+
+
+def _parse_given(parser: LightningArgumentParser, args: Any) -> Namespace:
+    """What the command line and its config files set, without defaults."""
+    parse = parser.parse_object if isinstance(args, (dict, Namespace)) else parser.parse_args
+    try:
+        return parse(args, defaults=False)
+    except argparse.ArgumentError as e:
+        # The model_name -> data link needs its source even here; set nowhere (a `validate --ckpt_path` whose
+        # checkpoint decides the model), it gets a stand-in for this parse only and does not count as given.
+        if 'Key "model.model_name" not found' not in str(e) or isinstance(args, (dict, Namespace)):
+            raise
+        argv = list(sys.argv[1:] if args is None else args)
+        given = parser.parse_args([*argv, "--model.model_name", "convnext_tiny"], defaults=False)
+        sub = given.get("subcommand")
+        model = (given[sub] if sub else given)["model"]
+        model.pop("model_name")
+        return given
 
 
 _CLI_KWARGS = dict(subclass_mode_model=False, subclass_mode_data=True, seed_everything_default=0,

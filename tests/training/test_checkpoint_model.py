@@ -57,6 +57,9 @@ def test_no_model_options_use_the_checkpoint_and_say_so(trained, tmp_path, capsy
     err = capsys.readouterr().err
     assert (f"lk_ablate validate: using the checkpoint's model (model_name='convnext_demo', kernel_size=5, "
             f"num_classes=4) from {trained['ckpt']}") in err
+    # a model option without model_name (the data link's source) still counts as the user's
+    assert main(["validate", *data_args, "--data.root", str(trained["data"]), "--model.kernel_size", "7"]) == 2
+    assert "holds another model than configured: kernel_size 7 (checkpoint: 5)" in _last_error(capsys)
     # a 4-class checkpoint on a 6-class dataset
     six = make_image_folder(tmp_path / "six", classes=6, per_class=1, size=36)
     assert main(["validate", *data_args, "--data.root", str(six)]) == 2
