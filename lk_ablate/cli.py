@@ -86,8 +86,35 @@ def print_completion(shell: str | None) -> int:
 
     if find_spec("shtab") is None:
         raise ConfigError("shell completion needs the shtab package: pip install shtab (or lk_ablate[dev])")
-    print(full_parser().get_completion_script(f"shtab-{shell}"))
+    parser = full_parser()
+    _complete_trainer_plugins_by_name(parser)
+    print(parser.get_completion_script(f"shtab-{shell}"))
     return 0
+
+
+def _complete_trainer_plugins_by_name(parser) -> None:
+    """Lightning's trainer.strategy/logger/callbacks/plugins/profiler accept any subclass; jsonargparse's completion
+    adds, recursively, every init argument of every such subclass as an option (an 80 MB bash script made in 45 s,
+    4,000 options for the strategies alone). Complete their values by name instead: the strings Lightning resolves
+    and its own class paths (this parser is built for the script and thrown away: the choices never validate)."""
+    from lightning.pytorch import callbacks, loggers, plugins
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    def paths(module) -> list[str]:
+        return [f"{module.__name__}.{name}" for name in module.__all__]
+
+    names = {"--trainer.strategy": ["auto", *StrategyRegistry.available_strategies()],
+             "--trainer.profiler": ["simple", "advanced", "pytorch", "xla"],
+             "--trainer.logger": ["true", "false", *paths(loggers)],
+             "--trainer.callbacks": paths(callbacks),
+             "--trainer.plugins": paths(plugins)}
+    subcommands = parser._subcommands_action  # argparse's own record of them (jsonargparse has no public getter)
+    for sub in subcommands._name_parser_map.values() if subcommands else ():
+        _complete_trainer_plugins_by_name(sub)
+    for option, choices in names.items():
+        action = parser._option_string_actions.get(option)
+        if action is not None:
+            action.choices = choices
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@ run without importing torch (a fresh interpreter each, as a user starts them; be
 them); the package API is still there on first use; shell completion comes from jsonargparse's shtab support."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -83,6 +84,12 @@ def test_shell_completion_script_names_commands_subcommands_and_options(capsys):
     for word in ("robustness", "write-ffcv", "kernel_distance", "--ckpt_path", "--data.imagenet_val",
                  "--trainer.max_epochs", "--fgsm.eps"):
         assert word in script, word
+    # trainer.strategy/logger/... complete by name: jsonargparse's expansion of every init argument of every
+    # Lightning subclass made an 80 MB script (4,000 options for the strategies alone)
+    assert len(script) < 1_000_000, len(script)
+    assert "--trainer.strategy.init_args" not in script and "--trainer.logger.init_args" not in script
+    strategies = re.search(r"_fit___trainer_strategy_choices=\(([^)]*)\)", script)
+    assert strategies and {"auto", "ddp", "fsdp"} <= set(strategies.group(1).split())
     assert main(["--print_completion", "fish?"]) == 2
     assert "one of bash, zsh, tcsh" in capsys.readouterr().err
 

@@ -564,4 +564,6 @@ def test_finetune_config_starts_from_checkpoint_with_new_head(tmp_path, monkeypa
     missing = [a if a != str(tmp_path / "pretrained.pth") else str(tmp_path / "missing.pth") for a in args]
     assert cli(missing) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("lk_ablate: error: checkpoint not found:") and last.endswith("missing.pth")
+    assert last == (f"lk_ablate: error: model.pretrained_path {tmp_path / 'missing.pth'} not found: this run starts "
+                    "from those weights; give the file, or resume/evaluate a checkpoint with --ckpt_path (its "
+                    "weights are used then, and the pretrained file is not needed)")
