@@ -82,6 +82,7 @@ class ShapeBiasConfig(SectionConfig):
         if self.image_size is not None and self.image_size < 1 or self.batch_size < 1 or self.num_workers < 0:
             raise ConfigError("shape_bias.image_size (or null) and shape_bias.batch_size must be >= 1, "
                               "shape_bias.num_workers >= 0")
+        stimuli(self.root, self.check_layout)  # the folder's layout, before any model is loaded (a few ms)
 
 
 def texture_category(file_name: str) -> str:

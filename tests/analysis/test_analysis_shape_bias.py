@@ -200,6 +200,8 @@ def test_a_wrong_stimuli_folder_stops_with_one_line(tmp_path):
 def test_config_checks_and_non_imagenet_models(tmp_path):
     with pytest.raises(ConfigError, match="shape_bias.root is required"):
         section_config("shape_bias", {})
+    with pytest.raises(DataError, match="cue-conflict stimuli not found"):  # checked when the section is built
+        section_config("shape_bias", {"root": str(tmp_path / "missing")})
     assert load_preset("paper")["shape_bias"] == {"check_layout": True, "image_size": None}
     make_stimuli(tmp_path / "cc", per_category=1, same=0)
     ten = nn.Linear(3, 10)

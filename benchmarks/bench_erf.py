@@ -1,0 +1,124 @@
+"""Cost of one ERF image (``lk_ablate analyze erf``: forward to the last stage + input gradient of its centre
+output) at RepLKNet's 1024 px, per model, against the same model computed the way the released script runs it.
+
+Baselines: ConvNeXt-T against timm's ``convnext_tiny(kernel_sizes=k)`` (PyTorch's direct depthwise conv, what a
+timm model in RepLKNet's ``visualize_erf.py`` runs), RepLKNet-31B against the same lk_ablate model with every large
+kernel ``impl="direct"`` (the official ``nn.Conv2d``). Both contenders are built in one process, warmed up on one
+image, then timed alternately (A, B, A, B, ...) on ``--images`` random images each; medians. The projected time of
+RepLKNet's 50 images is 50 x the median (the images are independent; the model is built once).
+
+``--clock cpu`` (default) is process CPU time with ``--threads 1``: stable on a machine shared with other jobs;
+``--clock wall`` is what an idle machine gives with its threads. Random weights (the cost does not depend on them).
+
+    python benchmarks/bench_erf.py                                    # the three rows of docs/benchmarks.md
+    python benchmarks/bench_erf.py --models convnext_tiny:7 --image-size 1024 --images 3 --no-baseline
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULT_MODELS = "convnext_tiny:7,convnext_tiny:31,replknet_31b:31B"
+BASELINE = {"convnext_tiny": "timm", "replknet_31b": "direct"}
+
+
+def build(family: str, kernel: str, contender: str) -> nn.Module:
+    import lk_ablate
+    from lk_ablate.models.layers import LargeKernelDWConv
+
+    if family == "convnext_tiny":
+        if contender == "timm":
+            import timm
+
+            return timm.create_model("convnext_tiny", pretrained=False, kernel_sizes=int(kernel)).eval()
+        return lk_ablate.create_model("convnext_tiny", kernel_size=int(kernel)).eval()
+    if family == "replknet_31b":
+        ks = [31, 29, 27, 13] if kernel == "31B" else [int(kernel)] * 4
+        model = lk_ablate.create_model("replknet_31b", kernel_size=ks).eval()
+        if contender == "direct":
+            for m in model.modules():
+                if isinstance(m, LargeKernelDWConv):
+                    m.impl = "direct"
+        return model
+    raise SystemExit(f"unknown model family {family!r}; choose convnext_tiny or replknet_31b")
+
+
+def machine() -> str:
+    name = platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
+
+
+def one_image(model: nn.Module, size: int, clock: str, seed: int) -> float:
+    from lk_ablate.analysis.erf import contribution_maps
+
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    tick = time.process_time if clock == "cpu" else time.perf_counter
+    t0 = tick()
+    m = contribution_maps(model, x)
+    dt = tick() - t0
+    assert bool(torch.isfinite(m).all())
+    return dt
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=DEFAULT_MODELS, help="family:kernel list (kernel 31B: RepLKNet's own 31-29-27-13)")
+    p.add_argument("--image-size", type=int, default=1024)
+    p.add_argument("--images", type=int, default=2, help="timed images per contender (after one warm-up image)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    p.add_argument("--no-baseline", action="store_true", help="time lk_ablate only")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# ERF cost per image at {args.image_size} px: {machine()}, clock {args.clock}, "
+          f"{args.images} timed image(s) after 1 warm-up, medians", flush=True)
+    rows = []
+    for spec in args.models.split(","):
+        family, kernel = spec.split(":")
+        names = ["lk_ablate"] + ([] if args.no_baseline else [BASELINE[family]])
+        models = {n: build(family, kernel, n) for n in names}
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for n in names:
+            one_image(models[n], args.image_size, args.clock, seed=0)  # warm-up: allocations, oneDNN primitives
+        for i in range(args.images):
+            for n in names:
+                times[n].append(one_image(models[n], args.image_size, args.clock, seed=i + 1))
+        med = {n: statistics.median(v) for n, v in times.items()}
+        rows.append((family, kernel, med))
+        print(f"  {family} k{kernel}: " + ", ".join(f"{n} {v:.1f} s" for n, v in med.items()), flush=True)
+        del models
+    ref = next((r[2]["lk_ablate"] for r in rows if r[0] == "convnext_tiny" and r[1] == "7"), None)
+    print()
+    head = ["model", "k", "lk_ablate s/image", "baseline", "baseline s/image", "lk_ablate / baseline",
+            "lk_ablate / ConvNeXt-T k7", "50 images (lk_ablate)"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for family, kernel, med in rows:
+        lk = med["lk_ablate"]
+        base = [n for n in med if n != "lk_ablate"]
+        b = med[base[0]] if base else None
+        cells = [family, kernel, f"{lk:.2f}", base[0] if base else "–", "–" if b is None else f"{b:.2f}",
+                 "–" if b is None else f"{lk / b:.2f}", "–" if ref is None else f"{lk / ref:.2f}",
+                 f"{50 * lk / 60:.1f} min"]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
