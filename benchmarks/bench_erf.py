@@ -7,28 +7,28 @@ kernel ``impl="direct"`` (the official ``nn.Conv2d``). Both contenders are built
 image, then timed alternately (A, B, A, B, ...) on ``--images`` random images each; medians. The projected time of
 RepLKNet's 50 images is 50 x the median (the images are independent; the model is built once).
 
-``--clock cpu`` (default) is process CPU time with ``--threads 1``: stable on a machine shared with other jobs;
+``--clock cpu`` (default) is process CPU time with ``--num_threads 1``: stable on a machine shared with other jobs;
 ``--clock wall`` is what an idle machine gives with its threads. Random weights (the cost does not depend on them).
 
     python benchmarks/bench_erf.py                                    # the three rows of docs/benchmarks.md
-    python benchmarks/bench_erf.py --models convnext_tiny:7 --image-size 1024 --images 3 --no-baseline
+    python benchmarks/bench_erf.py --models [convnext_tiny:7] --image_size 1024 --images 3 --baseline false
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DEFAULT_MODELS = "convnext_tiny:7,convnext_tiny:31,replknet_31b:31B"
+DEFAULT_MODELS = ["convnext_tiny:7", "convnext_tiny:31", "replknet_31b:31B"]
 BASELINE = {"convnext_tiny": "timm", "replknet_31b": "direct"}
 
 
@@ -77,22 +77,31 @@ def one_image(model: nn.Module, size: int, clock: str, seed: int) -> float:
     return dt
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=DEFAULT_MODELS, help="family:kernel list (kernel 31B: RepLKNet's own 31-29-27-13)")
-    p.add_argument("--image-size", type=int, default=1024)
+def parser():
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    p = ArgumentParser(prog="benchmarks/bench_erf.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
+    p.add_argument("--models", type=list[str], default=DEFAULT_MODELS,
+                   help="model_name:kernel_size pairs (kernel 31B: RepLKNet-31B's own 31-29-27-13)")
+    p.add_argument("--image_size", type=int, default=1024)
     p.add_argument("--images", type=int, default=2, help="timed images per contender (after one warm-up image)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
-    p.add_argument("--no-baseline", action="store_true", help="time lk_ablate only")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    p.add_argument("--num_threads", type=int, default=1)
+    p.add_argument("--clock", type=Literal["cpu", "wall"], default="cpu")
+    p.add_argument("--baseline", type=bool, default=True, help="also time the direct-convolution baseline")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    torch.set_num_threads(args.num_threads)
+    load0 = os.getloadavg()[0]
     print(f"# ERF cost per image at {args.image_size} px: {machine()}, clock {args.clock}, "
           f"{args.images} timed image(s) after 1 warm-up, medians", flush=True)
     rows = []
-    for spec in args.models.split(","):
+    for spec in args.models:
         family, kernel = spec.split(":")
-        names = ["lk_ablate"] + ([] if args.no_baseline else [BASELINE[family]])
+        names = ["lk_ablate"] + ([BASELINE[family]] if args.baseline else [])
         models = {n: build(family, kernel, n) for n in names}
         times: dict[str, list[float]] = {n: [] for n in names}
         for n in names:
@@ -118,7 +127,9 @@ def main() -> None:
                  "–" if b is None else f"{lk / b:.2f}", "–" if ref is None else f"{lk / ref:.2f}",
                  f"{50 * lk / 60:.1f} min"]
         print("| " + " | ".join(cells) + " |")
+    print(f"\nload average (1 min) {load0:.2f} before, {os.getloadavg()[0]:.2f} after")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -18,10 +18,15 @@ The released code is DingXiaoH/RepLKNet-pytorch ``erf/`` (commit b76808a); line 
   its area as a fraction of the image, ``side**2 / (H * W)``. No square qualifies: side and ratio are None
   (``get_rectangle`` returns None there and the script's caller fails on it).
 
+The rescale and the square sums run in float32 as the script's numpy code does on its float32 map
+(``rescale_dtype``); the averaged map is accumulated in float64 (the script: float32; they differ by ~5e-8
+norm-wise).
+
 Deviations kept as options, never the ``paper`` default: ``gradient: abs`` (|grad| instead of relu), ``rescale:
-none`` (the map divided by its max, no log: the area ratio of the raw contributions), ``allow_fewer`` (average the
-usable images there are when the folder holds fewer than ``num_images``; the script then writes nothing, and it
-also needs one image more than ``num_images`` before it saves, ``:96-98``: lk_ablate stops after ``num_images``).
+none`` (the map divided by its max, no log: the area ratio of the raw contributions), ``rescale_dtype: float64``
+(float32's ``A + 1`` loses contributions below ~1e-7), ``allow_fewer`` (average the usable images there are when
+the folder holds fewer than ``num_images``; the script then writes nothing, and it also needs one image more than
+``num_images`` before it saves, ``:96-98``: lk_ablate stops after ``num_images``).
 
 Token models (timm ViTs): ``stage`` counts blocks; the output of block ``stage`` (before the final norm) has its
 prefix (class / register) tokens dropped and its patch tokens laid out on the patch grid (B, C, H / p, W / p), so
