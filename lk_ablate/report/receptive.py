@@ -101,9 +101,9 @@ def plot_erf_maps(runs: Sequence[Run], out: Path) -> tuple[dict[str, Path], list
         for j in range(len(items), nrows * ncols):
             axes[j // ncols][j % ncols].set_visible(False)
         fig.suptitle(f"Effective receptive field, ordered by kernel size{_title(p)}", fontsize=10)
-        fig.tight_layout(rect=(0, 0, 0.92, 0.95))
-        cax = fig.add_axes((0.93, 0.15, 0.015, 0.7))
-        fig.colorbar(im, cax=cax, label="log10(contribution + 1) / max")
+        fig.tight_layout(rect=(0, 0, 0.86, 0.94))
+        cax = fig.add_axes((0.88, 0.15, 0.015, 0.7))
+        fig.colorbar(im, cax=cax).set_label("log10(contribution + 1) / max", fontsize=8)
         written[tagged("erf_maps", p)] = save_figure(fig, out / f"erf_maps{_suffix(p)}.png", tight=False)
     return written, notes
 
@@ -113,6 +113,7 @@ def _lines_vs_kernel(ax: Any, rows: Sequence[Row], series: Sequence[tuple[str, s
     families = list(dict.fromkeys(r.family for r in rows))
     styles = ("-", "--", ":", "-.")
     drawn = False
+    ticks: set[float] = set()
     for fi, fam in enumerate(families):
         for si, (key, label) in enumerate(series):
             pts = sorted((kernel_x(r.kernel_sizes), r.stats[key]) for r in rows
@@ -120,11 +121,13 @@ def _lines_vs_kernel(ax: Any, rows: Sequence[Row], series: Sequence[tuple[str, s
             if not pts:
                 continue
             errs = [s.error_bar or 0.0 for _, s in pts]
+            ticks.update(x for x, _ in pts)
             ax.errorbar([x for x, _ in pts], [s.mean for _, s in pts], yerr=errs, marker="o", ms=4, capsize=3,
                         color=f"C{si % 10}", ls=styles[fi % len(styles)],
                         label=label if len(families) == 1 else f"{fam} {label}")
             drawn = True
     if drawn:
+        ax.set_xticks(sorted(ticks), [f"{x:g}" for x in sorted(ticks)])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         ax.set_xlabel("kernel size (largest stage)")
