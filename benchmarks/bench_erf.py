@@ -65,13 +65,17 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
 
 
-def one_image(model: nn.Module, size: int, clock: str, seed: int) -> float:
+def one_image(model: nn.Module, size: int, clock: str, seed: int, device: str = "cpu") -> float:
     from lk_ablate.analysis.erf import contribution_maps
 
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
     tick = time.process_time if clock == "cpu" else time.perf_counter
+    if device == "cuda":
+        torch.cuda.synchronize()
     t0 = tick()
     m = contribution_maps(model, x)
+    if device == "cuda":
+        torch.cuda.synchronize()
     dt = tick() - t0
     assert bool(torch.isfinite(m).all())
     return dt
@@ -87,7 +91,8 @@ def parser():
     p.add_argument("--image_size", type=int, default=1024)
     p.add_argument("--images", type=int, default=2, help="timed images per contender (after one warm-up image)")
     p.add_argument("--num_threads", type=int, default=1)
-    p.add_argument("--clock", type=Literal["cpu", "wall"], default="cpu")
+    p.add_argument("--clock", type=Literal["cpu", "wall"], default="cpu", help="cuda: always wall (synchronized)")
+    p.add_argument("--device", type=Literal["cpu", "cuda"], default="cpu")
     p.add_argument("--baseline", type=bool, default=True, help="also time the direct-convolution baseline")
     return p
 
@@ -95,20 +100,23 @@ def parser():
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     torch.set_num_threads(args.num_threads)
+    if args.device == "cuda":
+        args.clock = "wall"
     load0 = os.getloadavg()[0]
-    print(f"# ERF cost per image at {args.image_size} px: {machine()}, clock {args.clock}, "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else machine()
+    print(f"# ERF cost per image at {args.image_size} px: {where}, clock {args.clock}, "
           f"{args.images} timed image(s) after 1 warm-up, medians", flush=True)
     rows = []
     for spec in args.models:
         family, kernel = spec.split(":")
         names = ["lk_ablate"] + ([BASELINE[family]] if args.baseline else [])
-        models = {n: build(family, kernel, n) for n in names}
+        models = {n: build(family, kernel, n).to(args.device) for n in names}
         times: dict[str, list[float]] = {n: [] for n in names}
         for n in names:
-            one_image(models[n], args.image_size, args.clock, seed=0)  # warm-up: allocations, oneDNN primitives
+            one_image(models[n], args.image_size, args.clock, 0, args.device)  # warm-up: allocations, kernels
         for i in range(args.images):
             for n in names:
-                times[n].append(one_image(models[n], args.image_size, args.clock, seed=i + 1))
+                times[n].append(one_image(models[n], args.image_size, args.clock, i + 1, args.device))
         med = {n: statistics.median(v) for n, v in times.items()}
         rows.append((family, kernel, med))
         print(f"  {family} k{kernel}: " + ", ".join(f"{n} {v:.1f} s" for n, v in med.items()), flush=True)
