@@ -260,6 +260,19 @@ def area_ratios(erf: np.ndarray, thresholds: Sequence[float], rescale: str = "lo
 
 
 # --- run ----------------------------------------------------------------------------------------------------
+def _in_order(data: Any, chunk: int) -> Any:
+    """(images, labels) batches of ``data`` in order. From a sequential DataLoader (``ValSource``) the images are
+    read from its dataset ``chunk`` at a time, so only the images used are decoded: the loader's own batches
+    (``data.batch_size`` at 1024 px, prefetched by its workers) would decode hundreds the analysis never reads."""
+    ds = getattr(data, "dataset", None)
+    if isinstance(data, torch.utils.data.DataLoader) and isinstance(data.sampler, torch.utils.data.SequentialSampler):
+        for start in range(0, len(ds), chunk):
+            items = [ds[i] for i in range(start, min(start + chunk, len(ds)))]
+            yield torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+    else:
+        yield from iterate_batches(data)
+
+
 def run(model: nn.Module, cfg: ErfConfig, data: Any, model_config: ModelConfig) -> dict[str, Any]:
     """The averaged map of the first ``num_images`` usable images of ``data`` ((images, labels) batches,
     normalised, ``image_size`` square; the labels are not used) and its area ratios. The map is returned as
@@ -272,7 +285,7 @@ def run(model: nn.Module, cfg: ErfConfig, data: Any, model_config: ModelConfig) 
     used = seen = 0
     skipped: list[int] = []
     feature_size: list[int] | None = None
-    for x, _ in iterate_batches(data):
+    for x, _ in _in_order(data, cfg.chunk):
         if tuple(x.shape[-2:]) != (cfg.image_size, cfg.image_size):
             raise ConfigError(f"erf.image_size is {cfg.image_size} but the images are {x.shape[-2]}x{x.shape[-1]}: "
                               "give images of that size or set erf.image_size to theirs")

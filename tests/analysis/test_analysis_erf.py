@@ -311,3 +311,21 @@ def test_analyze_erf_cli_reads_the_first_images_in_imagefolder_order(tmp_path, c
     assert rel(got, want) < 1e-6
     assert json.loads((tmp_path / "k3.robustness.json").read_text())["analyses"]["erf"]["arrays_file"] == \
         "k3.robustness.erf.npz"
+
+
+def test_from_a_val_loader_only_the_images_used_are_read():
+    """A sequential DataLoader (what ValSource gives) is read from its dataset chunk by chunk: 3 images decoded for
+    num_images 3, not the loader's batch of 64 (1024 px images are 12 MiB each as float32)."""
+    class Counting(torch.utils.data.Dataset):
+        reads = 0
+
+        def __len__(self):
+            return 100
+
+        def __getitem__(self, i):
+            Counting.reads += 1
+            return torch.rand(3, 16, 16) + 0.1, 0
+
+    loader = torch.utils.data.DataLoader(Counting(), batch_size=64, shuffle=False)
+    out = run_analyses(BoxStack(1, 3), {"erf": {"image_size": 16, "num_images": 3}}, loader, CFG)["erf"]
+    assert out["images"] == 3 and Counting.reads == 3
