@@ -122,11 +122,18 @@ def _plan(rows):
     return plan
 
 
-def test_shape_bias_of_planned_decisions_is_exact(tmp_path):
-    rows = make_stimuli(tmp_path / "cue-conflict")
+@pytest.fixture(scope="module")
+def released_layout(tmp_path_factory):
+    """The released layout (16 x 80 PNGs, 5 per folder with shape == texture), generated once for the module."""
+    root = tmp_path_factory.mktemp("stimuli") / "cue-conflict"
+    return root, make_stimuli(root)
+
+
+def test_shape_bias_of_planned_decisions_is_exact(released_layout):
+    root, rows = released_layout
     plan = _plan(rows)
-    out = run_analyses(PlannedDecisions(plan), {"shape_bias": {"root": str(tmp_path / "cue-conflict"),
-                                                               "num_workers": 0, "batch_size": 100}},
+    out = run_analyses(PlannedDecisions(plan), {"shape_bias": {"root": str(root), "num_workers": 0,
+                                                               "batch_size": 100}},
                        None, ModelConfig(num_classes=1000), protocol="paper")["shape_bias"]
     conflict = [(s, t, d) for (s, t), d in zip(rows, plan) if s != t]
     shape = sum(d == s for s, t, d in conflict)
@@ -151,18 +158,16 @@ def test_shape_bias_of_planned_decisions_is_exact(tmp_path):
                                       "shape_bias.texture_accuracy": pytest.approx(31.25)}
 
 
-def test_same_category_images_are_left_out_of_the_bias(tmp_path):
+def test_same_category_images_are_left_out_of_the_bias(released_layout):
     """Decide shape on every image: the 80 same-category images would count as shape AND texture hits if they
     were kept (bias 1280 / 1360); left out, the bias is exactly 100%."""
-    rows = make_stimuli(tmp_path / "cue-conflict")
-    out = run_analyses(PlannedDecisions([s for s, _ in rows]),
-                       {"shape_bias": {"root": str(tmp_path / "cue-conflict"), "num_workers": 0}}, None,
-                       ModelConfig(num_classes=1000), protocol="paper")["shape_bias"]
+    root, rows = released_layout
+    out = run_analyses(PlannedDecisions([s for s, _ in rows]), {"shape_bias": {"root": str(root), "num_workers": 0}},
+                       None, ModelConfig(num_classes=1000), protocol="paper")["shape_bias"]
     assert (out["shape_hits"], out["texture_hits"], out["shape_bias"]) == (1200, 0, 100.0)
     # texture on every image: bias 0
-    out = run_analyses(PlannedDecisions([t for _, t in rows]),
-                       {"shape_bias": {"root": str(tmp_path / "cue-conflict"), "num_workers": 0}}, None,
-                       ModelConfig(num_classes=1000), protocol="paper")["shape_bias"]
+    out = run_analyses(PlannedDecisions([t for _, t in rows]), {"shape_bias": {"root": str(root), "num_workers": 0}},
+                       None, ModelConfig(num_classes=1000), protocol="paper")["shape_bias"]
     assert (out["shape_hits"], out["texture_hits"], out["shape_bias"]) == (0, 1200, 0.0)
 
 
