@@ -21,7 +21,7 @@ from .erf import area_table
 from .runner import run_analyses
 
 DEMO_IMAGES = 50  # RepLKNet's num_images
-DEMO_SIZE = 128  # px: a 4x4 last-stage map for the stride-32 demo ConvNeXt
+DEMO_SIZE = 224  # px: a 7x7 last-stage map (a true centre) for the stride-32 model; at 128 px t = 0.99 saturates
 DEMO_CHUNK = 10  # images per backward pass (memory only)
 
 

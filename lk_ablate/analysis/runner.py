@@ -70,7 +70,8 @@ def analysis_sections(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k in ANALYSES}
 
 
-def eval_spec_for(name: str, cfg: ModelConfig, protocol: str = "model", section: SectionConfig | None = None) -> EvalSpec:
+def eval_spec_for(name: str, cfg: ModelConfig, protocol: str = "model",
+                  section: SectionConfig | None = None) -> EvalSpec:
     """The val transform analysis ``name`` reads under ``protocol``: the model's own (``model``), or the released
     script's (``paper``: the analysis module's ``paper_eval_spec(cfg)``; the model's own where it has none). An
     analysis whose transform depends on its own options (ERF's image size) defines

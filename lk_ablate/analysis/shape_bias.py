@@ -190,7 +190,8 @@ def tally(rows: list[tuple[str, str, str]]) -> dict[str, Any]:
 
     out = counts(rows)
     out["excluded_same_category"] = out["images"] - out["conflict_images"]
-    out["categories"] = {c: counts([r for r in rows if r[0] == c]) for c in categories() if any(r[0] == c for r in rows)}
+    shapes = {r[0] for r in rows}
+    out["categories"] = {c: counts([r for r in rows if r[0] == c]) for c in categories() if c in shapes}
     out["decisions"] = {c: sum(1 for r in rows if r[2] == c) for c in categories()}
     return out
 
@@ -225,8 +226,8 @@ def plot(result: dict[str, Any], path: Any) -> Any:
     ax.set_xlim(0, 1)
     ax.set_xlabel("fraction of 'shape' decisions (of shape + texture decisions)")
     sb = result["shape_bias"]
-    ax.set_title(f"shape bias {'n/a' if sb is None else f'{sb:.1f}%'} ({result['conflict_images']} cue-conflict images)",
-                 fontsize=9)
+    ax.set_title(f"shape bias {'n/a' if sb is None else f'{sb:.1f}%'} "
+                 f"({result['conflict_images']} cue-conflict images)", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     return save_figure(fig, path)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.common import read_analysis_arrays
-from ..analysis.erf import colormap, draw_map
+from ..analysis.erf import draw_map
 from ..base.figures import new_figure, save_figure
 from .runs import ANALYSIS_PREFIX, Row, Run, kernel_x, tagged
 

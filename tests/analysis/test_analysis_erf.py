@@ -281,8 +281,8 @@ def test_config_checks_and_the_paper_preset():
 
 def test_analyze_erf_cli_reads_the_first_images_in_imagefolder_order(tmp_path, capsys):
     """`lk_ablate analyze erf --preset paper`: the first num_images images of the val folder in ImageFolder order
-    (both of class a, the first of 10 here), resized (bicubic, both sides) to image_size, ImageNet mean/std; the map equals the
-    average of the two maps computed directly; results JSON + map beside it."""
+    (both of class a, the first of 10 here), resized (bicubic, both sides) to image_size, ImageNet mean/std; the map
+    equals the average of the two maps computed directly; results JSON + map beside it."""
     g = np.random.default_rng(0)
     for c, sizes in [("a", [(40, 30), (24, 36)])] + [(f"c{i}", [(32, 32)]) for i in range(9)]:  # 10 classes
         (tmp_path / "val" / c).mkdir(parents=True)

@@ -59,9 +59,11 @@ def test_report_draws_erf_maps_by_kernel_size_and_tabulates_area_and_shape_bias(
         cells = [c.strip() for c in line.split("|")[4:-1]]
         want = [f"{p['side']} / {100 * p['area_ratio']:.2f}" for p in erf[k]["thresholds"]]
         assert cells == want
-    assert "![ERF heat maps](erf_maps.png)" in section and "![ERF area ratio vs kernel size](erf_area_ratio.png)" in section
+    assert "![ERF heat maps](erf_maps.png)" in section
+    assert "![ERF area ratio vs kernel size](erf_area_ratio.png)" in section
     shape = md[md.index("## Shape bias"):md.index("## Runs")]
-    got = {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"\| convnext_demo \| (\d+) \| 0 \| ([\d.]+) \|", shape)}
+    cells = re.finditer(r"\| convnext_demo \| (\d+) \| 0 \| ([\d.]+) \|", shape)
+    got = {int(m.group(1)): float(m.group(2)) for m in cells}
     assert got == {3: 25.0, 7: 50.0, 13: 75.0}
     assert "![shape bias vs kernel size](shape_bias.png)" in shape
     assert "![shape bias per category](analysis_shape_bias.png)" in shape
