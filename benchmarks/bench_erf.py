@@ -4,14 +4,14 @@ output) at RepLKNet's 1024 px, per model, against the same model computed the wa
 Baselines: ConvNeXt-T against timm's ``convnext_tiny(kernel_sizes=k)`` (PyTorch's direct depthwise conv, what a
 timm model in RepLKNet's ``visualize_erf.py`` runs), RepLKNet-31B against the same lk_ablate model with every large
 kernel ``impl="direct"`` (the official ``nn.Conv2d``). Both contenders are built in one process, warmed up on one
-image, then timed alternately (A, B, A, B, ...) on ``--images`` random images each; medians. The projected time of
+image, then timed alternately (A, B, A, B, ...) on ``--repeats`` random images each; medians. The projected time of
 RepLKNet's 50 images is 50 x the median (the images are independent; the model is built once).
 
 ``--clock cpu`` (default) is process CPU time with ``--num_threads 1``: stable on a machine shared with other jobs;
 ``--clock wall`` is what an idle machine gives with its threads. Random weights (the cost does not depend on them).
 
     python benchmarks/bench_erf.py                                    # the three rows of docs/benchmarks.md
-    python benchmarks/bench_erf.py --models [convnext_tiny:7] --image_size 1024 --images 3 --baseline false
+    python benchmarks/bench_erf.py --configurations [convnext_tiny:7] --image_size 1024 --repeats 3 --baseline false
 """
 from __future__ import annotations
 
@@ -86,10 +86,10 @@ def parser():
 
     p = ArgumentParser(prog="benchmarks/bench_erf.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
-    p.add_argument("--models", type=list[str], default=DEFAULT_MODELS,
+    p.add_argument("--configurations", type=list[str], default=DEFAULT_MODELS,
                    help="model_name:kernel_size pairs (kernel 31B: RepLKNet-31B's own 31-29-27-13)")
     p.add_argument("--image_size", type=int, default=1024)
-    p.add_argument("--images", type=int, default=2, help="timed images per contender (after one warm-up image)")
+    p.add_argument("--repeats", type=int, default=2, help="timed images per contender (after one warm-up image)")
     p.add_argument("--num_threads", type=int, default=1)
     p.add_argument("--clock", type=Literal["cpu", "wall"], default="cpu", help="cuda: always wall (synchronized)")
     p.add_argument("--device", type=Literal["cpu", "cuda"], default="cpu")
@@ -105,16 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     where = torch.cuda.get_device_name() if args.device == "cuda" else machine()
     print(f"# ERF cost per image at {args.image_size} px: {where}, clock {args.clock}, "
-          f"{args.images} timed image(s) after 1 warm-up, medians", flush=True)
+          f"{args.repeats} timed image(s) after 1 warm-up, medians", flush=True)
     rows = []
-    for spec in args.models:
+    for spec in args.configurations:
         family, kernel = spec.split(":")
         names = ["lk_ablate"] + ([BASELINE[family]] if args.baseline else [])
         models = {n: build(family, kernel, n).to(args.device) for n in names}
         times: dict[str, list[float]] = {n: [] for n in names}
         for n in names:
             one_image(models[n], args.image_size, args.clock, 0, args.device)  # warm-up: allocations, kernels
-        for i in range(args.images):
+        for i in range(args.repeats):
             for n in names:
                 times[n].append(one_image(models[n], args.image_size, args.clock, i + 1, args.device))
         med = {n: statistics.median(v) for n, v in times.items()}

@@ -34,7 +34,6 @@ the "centre pixel" is the patch token at the grid's centre (gh // 2, gw // 2).
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,48 +44,14 @@ import torch.nn.functional as F
 
 from ..base.errors import ConfigError, DataError
 from ..base.figures import new_figure, save_figure
+from ..base.metric_keys import erf_scalar
 from ..data.transforms import EvalSpec
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from .common import SectionConfig, check_levels, iterate_batches, model_device
+from .common import iterate_batches, model_device
+from .configs import DTYPES, GRADIENTS, RESCALES, ErfConfig
 
-GRADIENTS = ("relu", "abs")
-RESCALES = ("log", "none")
-DTYPES = ("float32", "float64")
 # analyze_erf.py's heat map: seaborn's RdYlGn centred at 0 on a [0, 1] map, i.e. the colormap's upper half.
 CMAP_RANGE = (0.5, 1.0)
-
-
-@dataclasses.dataclass
-class ErfConfig(SectionConfig):
-    """``image_size``: side of the square input (the images are resized to it, both sides); ``num_images``: usable
-    images averaged; ``stage``: whose output (-1: the last stage; a ViT: a block index); ``thresholds``: fractions
-    of the total contribution; ``gradient``: ``relu`` (the script) or ``abs`` of the input gradient; ``rescale``:
-    ``log`` (``log10(A + 1) / max``, the script) or ``none`` (``A / max``); ``rescale_dtype``: ``float32`` (the
-    script's arithmetic for the rescale and the square sums) or ``float64``; ``chunk``: images per backward pass
-    (memory only: every image's map is computed on its own, so the result does not depend on it);
-    ``allow_fewer``: average fewer than ``num_images`` usable images instead of stopping."""
-
-    image_size: int = 1024
-    num_images: int = 50
-    stage: int = -1
-    thresholds: tuple[float, ...] = (0.2, 0.3, 0.5, 0.99)
-    gradient: str = "relu"
-    rescale: str = "log"
-    rescale_dtype: str = "float32"
-    chunk: int = 1
-    allow_fewer: bool = False
-
-    def validate(self) -> None:
-        if self.image_size < 3 or self.num_images < 1 or self.chunk < 1:
-            raise ConfigError(f"erf.image_size must be >= 3, erf.num_images and erf.chunk >= 1; got "
-                              f"{self.image_size}, {self.num_images}, {self.chunk}")
-        check_levels("erf.thresholds", self.thresholds, 0.0, 1.0, strict_lo=True)
-        if self.gradient not in GRADIENTS:
-            raise ConfigError(f"erf.gradient must be one of {GRADIENTS}, got {self.gradient!r}")
-        if self.rescale not in RESCALES:
-            raise ConfigError(f"erf.rescale must be one of {RESCALES}, got {self.rescale!r}")
-        if self.rescale_dtype not in DTYPES:
-            raise ConfigError(f"erf.rescale_dtype must be one of {DTYPES}, got {self.rescale_dtype!r}")
 
 
 def section_eval_spec(cfg: ErfConfig, model_config: ModelConfig, protocol: str) -> EvalSpec:
@@ -244,7 +209,7 @@ def high_contribution_square(data: np.ndarray, threshold: float) -> tuple[int, f
 
 def threshold_key(t: float) -> str:
     """A threshold as a summary-scalar suffix: 0.2 -> ``t20``, 0.99 -> ``t99``, 0.995 -> ``t99.5``."""
-    return f"t{round(100 * t, 6):g}"
+    return erf_scalar("area", t).removeprefix("area_")
 
 
 def area_ratios(erf: np.ndarray, thresholds: Sequence[float], rescale: str = "log",
@@ -354,12 +319,12 @@ def plot(result: dict[str, Any], path: Any) -> Any:
 
 def summary(result: dict[str, Any]) -> dict[str, float | None]:
     """Per threshold t: ``erf.area_t<100t>`` (% of the image) and ``erf.side_t<100t>`` (px); None where no square
-    reaches t."""
+    reaches t. The names are base/metric_keys.py's (``erf_scalar``): W&B ``analysis/erf/area_t20``, ..."""
     out: dict[str, float | None] = {}
     for p in result["thresholds"]:
-        k = threshold_key(p["threshold"])
-        out[f"erf.area_{k}"] = None if p["area_ratio"] is None else 100.0 * p["area_ratio"]
-        out[f"erf.side_{k}"] = None if p["side"] is None else float(p["side"])
+        t = p["threshold"]
+        out[f"erf.{erf_scalar('area', t)}"] = None if p["area_ratio"] is None else 100.0 * p["area_ratio"]
+        out[f"erf.{erf_scalar('side', t)}"] = None if p["side"] is None else float(p["side"])
     return out
 
 

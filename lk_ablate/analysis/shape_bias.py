@@ -21,11 +21,6 @@ A model must predict the 1,000 ImageNet-1k classes in the standard (sorted WNID)
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +29,14 @@ import torch.nn as nn
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from ..base.errors import ConfigError, DataError
+from ..base.errors import ConfigError
 from ..base.figures import new_figure, save_figure
+from ..base.metric_keys import SHAPE_BIAS_SCALARS
 from ..data.transforms import EvalSpec
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from .common import SectionConfig, logits_of
-
-IMAGES_PER_CATEGORY = 80
-GET_STIMULI = ("get them with `git clone --depth 1 https://github.com/rgeirhos/texture-vs-shape` and set "
-               "shape_bias.root to texture-vs-shape/stimuli/style-transfer-preprocessed-512")
-
-
-@lru_cache(maxsize=1)
-def category_indices() -> dict[str, tuple[int, ...]]:
-    """The 16 categories (sorted, as ``get_human_object_recognition_categories``) -> their ImageNet class indices."""
-    table = json.loads(resources.files(__package__).joinpath("cue_conflict_categories.json").read_text())
-    return {c: tuple(int(i) for i in v) for c, v in sorted(table["categories"].items())}
-
-
-def categories() -> tuple[str, ...]:
-    return tuple(category_indices())
+from .common import logits_of
+from .configs import ShapeBiasConfig
+from .cue_conflict import categories, category_indices, stimuli, texture_category  # noqa: F401 (the module's API)
 
 
 def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
@@ -61,75 +44,6 @@ def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
     mean/std, no resize (``shape_bias.image_size`` resizes, a documented option)."""
     return EvalSpec(crop=tuple(int(v) for v in cfg.input_size[-2:]), resize=None, interpolation="bicubic",
                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
-
-
-@dataclasses.dataclass
-class ShapeBiasConfig(SectionConfig):
-    """``root``: the stimuli folder (16 category folders); ``check_layout``: require the released set, 80 PNGs in
-    each folder (false: any number, e.g. a subset); ``image_size``: null feeds the stimuli as they are
-    (model-vs-human), a number resizes them (bicubic) to that square size, e.g. for a ViT that takes 384 px only."""
-
-    root: str = ""
-    check_layout: bool = True
-    image_size: int | None = None
-    batch_size: int = 64
-    num_workers: int = 2
-
-    def validate(self) -> None:
-        if not self.root:
-            raise ConfigError(f"shape_bias.root is required: the folder of the 16 cue-conflict category folders; "
-                              f"{GET_STIMULI}")
-        if self.image_size is not None and self.image_size < 1 or self.batch_size < 1 or self.num_workers < 0:
-            raise ConfigError("shape_bias.image_size (or null) and shape_bias.batch_size must be >= 1, "
-                              "shape_bias.num_workers >= 0")
-        stimuli(self.root, self.check_layout)  # the folder's layout, before any model is loaded (a few ms)
-
-
-def texture_category(file_name: str) -> str:
-    """``plotting/analyses.py:113-128``: 'airplane1-bicycle2.png' -> 'bicycle' (after the last '_', before the
-    first '.', the last '-' part, digits removed)."""
-    part = file_name.split("_")[-1].split(".")[0].split("-")[-1]
-    return "".join(ch for ch in part if not ch.isdigit())
-
-
-def stimuli(root: str | os.PathLike, check_layout: bool = True) -> list[tuple[Path, str, str]]:
-    """(path, shape category, texture category) of every stimulus, sorted by folder then file name; a folder that
-    is not the released layout stops here, with one line naming what is wrong and where to get the stimuli."""
-    root = Path(root)
-    cats = categories()
-    if not root.is_dir():
-        raise DataError(f"cue-conflict stimuli not found: {root}; {GET_STIMULI}")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    missing = [c for c in cats if c not in folders]
-    unknown = [f for f in folders if f not in cats]
-    if missing or unknown:
-        what = "; ".join(x for x in (f"missing category folder(s) {', '.join(missing)}" if missing else "",
-                                      f"unexpected folder(s) {', '.join(unknown)}" if unknown else "") if x)
-        raise DataError(f"{root} is not the cue-conflict stimuli folder ({what}; expected the 16 folders "
-                        f"{', '.join(cats)}); {GET_STIMULI}")
-    items: list[tuple[Path, str, str]] = []
-    wrong_count: list[str] = []
-    for c in cats:
-        files = sorted(p for p in (root / c).iterdir() if not p.name.startswith("."))
-        not_png = [p.name for p in files if not (p.is_file() and p.suffix.lower() == ".png")]
-        if not_png:
-            raise DataError(f"{root / c} holds {len(not_png)} file(s) that are not PNG images (e.g. {not_png[0]}); "
-                            f"the cue-conflict stimuli are PNGs; {GET_STIMULI}")
-        if check_layout and len(files) != IMAGES_PER_CATEGORY:
-            wrong_count.append(f"{c} {len(files)}")
-        for p in files:
-            tex = texture_category(p.name)
-            if tex not in cats:
-                raise DataError(f"{p}: file name names no texture category (expected <shape><n>-<texture><m>.png "
-                                f"with a texture among {', '.join(cats)}); {GET_STIMULI}")
-            items.append((p, c, tex))
-    if wrong_count:
-        raise DataError(f"{root}: the released stimuli have {IMAGES_PER_CATEGORY} PNGs per category, found "
-                        f"{', '.join(wrong_count)} ({len(items)} in all, 1280 expected); {GET_STIMULI} (or set "
-                        "shape_bias.check_layout false for a subset)")
-    if not items:
-        raise DataError(f"{root}: no PNG stimuli in the 16 category folders; {GET_STIMULI}")
-    return items
 
 
 class _Stimuli(torch.utils.data.Dataset):
@@ -233,5 +147,5 @@ def plot(result: dict[str, Any], path: Any) -> Any:
 
 
 def summary(result: dict[str, Any]) -> dict[str, float | None]:
-    return {"shape_bias.shape_bias": result["shape_bias"], "shape_bias.shape_accuracy": result["shape_accuracy"],
-            "shape_bias.texture_accuracy": result["texture_accuracy"]}
+    """``shape_bias.<scalar>`` for base/metric_keys.py's SHAPE_BIAS_SCALARS (W&B ``analysis/shape_bias/...``)."""
+    return {f"shape_bias.{k}": result[k] for k in SHAPE_BIAS_SCALARS}

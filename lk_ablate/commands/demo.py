@@ -6,11 +6,11 @@ ImageNet runs, scores each on the full 10,000-image test set and on
 Fashion-MNIST-C (15 corruptions x 5 severities on a fixed test subset, corrupted once and cached), writes a
 results JSON per run and ends with the ablation report.
 
-    lk_ablate demo                                   # kernels [3,13], 3 epochs (what `make demo` runs)
-    lk_ablate demo --kernels [3,7,13] --epochs 1 --trainer.limit_train_batches 50
+    lk_ablate demo                                   # kernel sizes [3,13], 3 epochs (what `make demo` runs)
+    lk_ablate demo --kernel_sizes [3,7,13] --max_epochs 1 -- --trainer.limit_train_batches 50
 
-Options other than the demo's own (``--trainer.*``, ``--model.*``, ...) go to each ``lk_ablate fit`` run; they
-are kept in ``--fit`` (``--print_config`` shows them, a ``--config`` file may list them).
+Everything after ``--`` goes to each ``lk_ablate fit`` run (``--trainer.*``, ``--model.*``, ...); it is kept in
+``--fit`` (``--print_config`` shows it, a ``--config`` file may list it).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..base.errors import ConfigError
-from ._common import command_parser, parse
+from ..base.metric_keys import VAL_TOP1
+from ._common import PROGRESS_HELP, command_parser, parse
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEMO_CONFIG = REPO_CONFIGS / "demo_fashion_mnist.yaml"
@@ -51,70 +51,41 @@ def train(kernel: int, epochs: int, out: Path, extra: list[str]):
     """`lk_ablate fit --config configs/demo_fashion_mnist.yaml --model.kernel_size K` in-process."""
     from ..lightning_cli import build_cli
 
+    # A rerun trains afresh: the previous demo run's checkpoints and scores in its own folder go first (a fit does
+    # not start from scratch in a folder that holds another run's last.ckpt).
+    for old in [*(out / f"k{kernel}").glob("*.ckpt"), *(out / f"k{kernel}").glob("*.robustness.json")]:
+        old.unlink()
     args = ["fit", "--config", str(DEMO_CONFIG), "--model.kernel_size", str(kernel),
             "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(out / f"k{kernel}"),
             "--checkpoint.dirpath", str(out / f"k{kernel}"), "--trainer.logger.init_args.save_dir",
             str(out / f"k{kernel}"), *extra]
     cli = build_cli(args)
     ckpt = cli.trainer.checkpoint_callback.last_model_path or cli.trainer.checkpoint_callback.best_model_path
-    acc = float(cli.trainer.callback_metrics["val/acc1"]) * 100
+    acc = float(cli.trainer.callback_metrics[VAL_TOP1])  # in percent
     return cli.model, ckpt, acc, cli.trainer
-
-
-# The demo's own options; any other option goes to `lk_ablate fit` (through --fit).
-_OWN = ("--config", "--kernels", "--epochs", "--out", "--subset", "--seed", "--threads", "--fit")
-_NO_VALUE = ("--print_config", "-h", "--help")
 
 
 def _parser() -> Any:
     p = command_parser("lk_ablate demo", __doc__.split("\n\n")[0])
-    p.add_argument("--kernels", type=list[int], default=[3, 13], help="depthwise kernel sizes, e.g. [3,13]")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs per kernel size")
-    p.add_argument("--out", type=str, default="checkpoints/demo", help="run folders, results JSON and the report")
-    p.add_argument("--subset", type=int, default=500, help="test images corrupted for Fashion-MNIST-C")
-    p.add_argument("--seed", type=int, default=0, help="the Fashion-MNIST-C subset's and corruptions' seed")
-    p.add_argument("--threads", type=int | None, default=None, help="torch threads (null: all cores)")
+    p.add_argument("--kernel_sizes", type=list[int], default=[3, 13],
+                   help="depthwise kernel sizes, one fit each, e.g. [3,13]")
+    p.add_argument("--max_epochs", type=int, default=3, help="training epochs of each fit (trainer.max_epochs)")
+    p.add_argument("--output_dir", type=str, default="checkpoints/demo",
+                   help="run folders, results JSON and the report")
+    p.add_argument("--subset_size", type=int, default=500, help="test images corrupted for Fashion-MNIST-C")
+    p.add_argument("--subset_seed", type=int, default=0, help="the seed of that subset and of its corruptions")
+    p.add_argument("--num_threads", type=int | None, default=None, help="torch threads (null: all cores)")
+    p.add_argument("--progress", type=bool, default=True, help=PROGRESS_HELP)
     p.add_argument("--fit", type=list[Any], default=[],
-                   help="options for each `lk_ablate fit` run, e.g. [--trainer.limit_train_batches,6]")
+                   help="options for each `lk_ablate fit` run, e.g. [--trainer.limit_train_batches,6]; on the "
+                        "command line: everything after --")
     return p
 
 
-def _check_old_kernels(argv: Sequence[str]) -> None:
-    """``--kernels 3 13`` (the argparse version) -> one line naming ``--kernels [3,13]``."""
-    for i, a in enumerate(argv):
-        if a == "--kernels" and i + 1 < len(argv) and not argv[i + 1].startswith("["):
-            values = []
-            for v in argv[i + 1:]:
-                if v.startswith("--"):
-                    break
-                values.append(v)
-            raise ConfigError(f"--kernels {' '.join(values)} is now --kernels [{','.join(values)}]")
-
-
-def split_fit_options(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(the demo's own arguments, the options for `lk_ablate fit`): an option the demo does not have goes to fit
-    with its value (``--trainer.max_steps 5`` or ``--trainer.max_steps=5``)."""
-    own: list[str] = []
-    fit: list[str] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        flag = a.split("=", 1)[0]
-        takes_next = "=" not in a and i + 1 < len(argv) and not argv[i + 1].startswith("--")
-        if flag in _NO_VALUE or not a.startswith("--"):
-            own.append(a)
-        else:
-            (own if flag in _OWN or flag.startswith("--fit+") else fit).append(a)
-            if takes_next:
-                (own if flag in _OWN or flag.startswith("--fit+") else fit).append(argv[i + 1])
-                i += 1
-        i += 1
-    return own, fit
-
-
 def parse_args(argv: Sequence[str]) -> Any:
-    _check_old_kernels(argv)
-    own, fit = split_fit_options(argv)
+    """The demo's options; the words after ``--`` are appended to ``--fit`` (so --print_config shows them)."""
+    argv = list(argv)
+    own, fit = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     return parse(_parser(), own + [f"--fit+={a}" for a in fit])
 
 
@@ -134,9 +105,9 @@ def cli_main(argv: list[str]) -> int:
     from ..data.fashion_mnist import load_fashion_mnist, resize_grey
     from ..robustness.corruptions import CORRUPTIONS, evaluate_corruptions, stratified_subset
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages()
     from ..data.fashion_mnist_ffcv import ensure_fashion_mnist_betons
@@ -146,24 +117,26 @@ def cli_main(argv: list[str]) -> int:
     stages.run(f"Fashion-MNIST -> .beton ({size} px RGB; written once, then cached)", ensure_fashion_mnist_betons,
                "data_cache/fashion_mnist_ffcv", size)
     runs = {}
-    for k in sorted(args.kernels):
-        runs[k] = stages.run(f"train convnext_demo k={k} ({args.epochs} epochs, 60k images)", train, k,
-                             args.epochs, out, extra)
+    for k in sorted(args.kernel_sizes):
+        runs[k] = stages.run(f"train convnext_demo k={k} ({args.max_epochs} epochs, 60k images)", train, k,
+                             args.max_epochs, out, extra)
 
     def corrupt_and_score():
         images, labels = load_fashion_mnist("test")
-        idx = stratified_subset(labels, args.subset, seed=args.seed)
+        idx = stratified_subset(labels, args.subset_size, seed=args.subset_seed)
         size = next(iter(runs.values()))[0].model_config.image_size
         grey = resize_grey(images[idx], size).numpy()
         rgb = np.repeat(grey[..., None], 3, axis=-1)
         models = {k: r[0].model.eval() for k, r in runs.items()}
-        return evaluate_corruptions(models, rgb, labels[idx], corruptions=CORRUPTIONS, seed=args.seed,
-                                    cache_dir=out / "fashion_mnist_c_cache", baseline=min(runs))
+        return evaluate_corruptions(models, rgb, labels[idx], corruptions=CORRUPTIONS, seed=args.subset_seed,
+                                    cache_dir=out / "fashion_mnist_c_cache", baseline=min(runs),
+                                    progress=args.progress)
 
-    scores = stages.run(f"Fashion-MNIST-C: {len(CORRUPTIONS)} corruptions x 5 severities on {args.subset} test "
-                        f"images", corrupt_and_score)
+    scores = stages.run(f"Fashion-MNIST-C: {len(CORRUPTIONS)} corruptions x 5 severities on {args.subset_size} "
+                        "test images", corrupt_and_score)
 
     paths = []
+    wandb_project = None
     for k, (module, ckpt, clean, trainer) in runs.items():
         s = scores[k]
         metrics = {"fashion_mnist": {"top1": clean, "n": 10000},
@@ -174,13 +147,15 @@ def cli_main(argv: list[str]) -> int:
         res = make_results(model_name=module.hparams.model_name, kernel_sizes=list(module.model.kernel_sizes),
                            num_params=sum(p.numel() for p in module.model.parameters()),
                            model_config=module.model_config.to_dict(), weights={"raw": metrics},
-                           settings={"demo": True, "epochs": args.epochs, "subset": args.subset, "seed": args.seed},
+                           settings={"demo": True, "epochs": args.max_epochs, "subset": args.subset_size,
+                                     "seed": args.subset_seed},
                            errors=[], checkpoint_path=ckpt, epoch=trainer.current_epoch,
                            global_step=trainer.global_step, checkpoint_format="lightning")
         paths.append(write_results(results_path(ckpt), res))
+        wandb_project = log_to_the_fit_run(res, ckpt) or wandb_project
 
     print("\nFashion-MNIST, clean top-1 on the full test set (10,000) and Fashion-MNIST-C top-1 "
-          f"({args.subset} images x 15 corruptions x 5 severities):")
+          f"({args.subset_size} images x 15 corruptions x 5 severities):")
     base = min(runs)
     head = f"{'kernel':>6} {'clean':>7} {'mean-C':>7} {'rel.mCE':>8}  " + " ".join(f"{c[:8]:>8}" for c in CORRUPTIONS)
     print(head)
@@ -200,9 +175,36 @@ def cli_main(argv: list[str]) -> int:
     def report():
         from .report import cli_main as report_main
 
-        return report_main([str(out), "--out", str(out / "report")])
+        return report_main([str(out), "--output_dir", str(out / "report")])
 
     stages.run("ablation report", report)
     print("\n" + stages.table())
     print(f"\nresults: {', '.join(str(p) for p in paths)}\nreport: {out / 'report'}")
+    print("\n" + wandb_hint(out, wandb_project))
     return 0
+
+
+def log_to_the_fit_run(results: dict[str, Any], ckpt: str) -> str | None:
+    """When the fit logged to W&B (``-- --trainer.logger`` a WandbLogger), put the run's Fashion-MNIST(-C) scores into
+    its W&B run, as ``lk_ablate robustness --wandb true`` does; returns the run's project (None: no W&B run)."""
+    from ..training.wandb import log_results_to_run, read_run_info
+
+    info = read_run_info(ckpt)
+    if info is None:
+        return None
+    log_results_to_run(results, info, save_dir=Path(ckpt).parent)
+    return info.get("project") or "lk_ablate"
+
+
+def wandb_hint(out: Path, project: str | None) -> str:
+    """How to see the demo's runs on W&B (``project``: the one they logged to; None: they logged to CSV)."""
+    dashboard = (f"lk_ablate dashboard --wandb.project {project or 'lk_ablate_demo'} --benchmarks "
+                 f"[fashion_mnist,fashion_mnist_c] --weights raw --report_path {out / 'report' / 'report.md'}")
+    sync = f"wandb sync {out}/k*/wandb/offline-run-*"
+    if project:
+        return (f"W&B: each run's scores are in its W&B run (project {project}); if they were logged offline, "
+                f"upload them with `{sync}`; then build the dashboard:\n  {dashboard}")
+    return ("W&B: this demo logged to CSV. To see its runs on W&B, log them there (offline needs no account), upload "
+            "them, then build the dashboard:\n"
+            f"  WANDB_MODE=offline lk_ablate demo -- --trainer.logger configs/base/logger_wandb.yaml "
+            f"--trainer.logger.init_args.project lk_ablate_demo\n  {sync}\n  {dashboard}")

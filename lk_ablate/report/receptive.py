@@ -18,12 +18,13 @@ from typing import Any
 from ..analysis.common import read_analysis_arrays
 from ..analysis.erf import draw_map
 from ..base.figures import new_figure, save_figure
+from ..base.metric_keys import SHAPE_BIAS_SCALARS
 from .runs import ANALYSIS_PREFIX, Row, Run, kernel_x, tagged
 
 __all__ = ["erf_columns", "has_own_section", "plot_receptive", "receptive_sections", "shape_columns"]
 
 _AREA = re.compile(r"^analysis/erf(@[^.]+)?\.area_t(.+)$")
-SHAPE_METRICS = ("shape_bias", "shape_accuracy", "texture_accuracy")
+SHAPE_METRICS = SHAPE_BIAS_SCALARS  # base/metric_keys.py
 
 
 def has_own_section(key: str) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 from ..analysis.summary import plot_across_runs
 from ..base.figures import new_figure, save_figure
 from ..base.files import atomic_write_text
+from .labels import bench_label, metric_label
 from .receptive import has_own_section, receptive_sections
 from .runs import (ANALYSIS_PREFIX, Row, Run, Stat, analysis_columns, corruption_benchmarks, kernel_x, table_columns,
                    tagged)
@@ -21,26 +22,14 @@ from .runs import (ANALYSIS_PREFIX, Row, Run, Stat, analysis_columns, corruption
 __all__ = ["bench_label", "column_label", "plot_analyses", "plot_metrics", "write_csv", "write_markdown",
            "write_runs_csv"]
 
-BENCH_LABELS = {"imagenet_val": "ImageNet", "imagenet_a": "IN-A", "imagenet_r": "IN-R", "imagenet_c": "IN-C",
-                "imagenet_o": "IN-O", "fashion_mnist": "Fashion-MNIST", "fashion_mnist_c": "Fashion-MNIST-C"}
-METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "mean_top1": "mean top-1",
-                 "severity5_mean_top1": "sev-5 top-1 (19)", "severity5_mean_top1_15": "sev-5 top-1 (15)",
-                 "mce": "mCE", "relative_mce": "rel. mCE", "aupr": "AUPR", "clean_top1_subset": "clean top-1 (subset)"}
-
 
 # --- labels -----------------------------------------------------------------------------------------------
-def bench_label(bench: str) -> str:
-    """``imagenet_a`` -> ``IN-A``; ``imagenet_a@paper`` -> ``IN-A [paper]``."""
-    base, _, protocol = bench.partition("@")
-    return BENCH_LABELS.get(base, base) + (f" [{protocol}]" if protocol else "")
-
-
 def column_label(key: str) -> str:
     """``imagenet_a/top1`` -> ``IN-A top-1``; analysis scalars keep their own names."""
     if key.startswith(ANALYSIS_PREFIX):
         return key[len(ANALYSIS_PREFIX):]
     bench, _, metric = key.partition("/")
-    return f"{bench_label(bench)} {METRIC_LABELS.get(metric, metric)}"
+    return metric_label(bench, metric)
 
 
 # --- writing ----------------------------------------------------------------------------------------------
@@ -72,7 +61,7 @@ def write_markdown(path: Path, rows: Sequence[Row], runs: Sequence[Run], notes: 
     cols = table_columns(rows)
     lines = ["# Kernel-size ablation report", "",
              f"{len(runs)} run(s) from {', '.join(f'`{s}`' for s in sources)}; weights: {weights} "
-             f"(primary = EMA where it was scored). Generated {_dt.datetime.now().isoformat(timespec='seconds')} "
+             f"(auto = EMA where it was scored, else raw). Generated {_dt.datetime.now().isoformat(timespec='seconds')} "
              "by `lk_ablate report`.", ""]
     if cols:
         dec = {c: _decimals(r.stats[c] for r in rows if c in r.stats) for c in cols}

@@ -86,6 +86,7 @@ class Run(_ModelKernel):
     protocol: str = "model"  # the benchmarks' (settings.protocol); each analysis entry records its own
     partial: list[str] = field(default_factory=list)  # benchmarks left out: scored with images skipped
     scoring: dict[str, Any] = field(default_factory=dict)  # settings.scoring: decode, precision, on_bad_image
+    checkpoint: str | None = None  # checkpoint.path: the weights scored (tells copies of one run's file apart)
 
     @property
     def label(self) -> str:
@@ -182,10 +183,10 @@ def _seed_of(data: Mapping[str, Any]) -> int | None:
     return None
 
 
-def load_run(path: Path, weights: str = "primary") -> Run | None:
+def load_run(path: Path, weights: str = "auto") -> Run | None:
     """One results file as a Run; None when it holds no scored weights of the requested kind."""
     data = read_results(path)
-    which = data["primary"] if weights == "primary" else weights
+    which = data["primary"] if weights == "auto" else weights
     benches = data["weights"].get(which)
     analyses = dict(data.get("analyses") or {})
     if benches is None and not analyses:
@@ -212,10 +213,11 @@ def load_run(path: Path, weights: str = "primary") -> Run | None:
     return Run(path=path, model=data["model"]["name"], kernel_sizes=None if ks is None else tuple(int(k) for k in ks),
                seed=_seed_of(data), epoch=ckpt.get("epoch"), step=ckpt.get("global_step"), weights=which,
                metrics=metrics, analyses=analyses, errors=list(data.get("errors") or []), protocol=protocol,
-               partial=partial, scoring=dict((data.get("settings") or {}).get("scoring") or {}))
+               partial=partial, scoring=dict((data.get("settings") or {}).get("scoring") or {}),
+               checkpoint=ckpt.get("path"))
 
 
-def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary",
+def load_runs(paths: Iterable[str | os.PathLike], weights: str = "auto",
               strict: bool = False) -> tuple[list[Run], list[str]]:
     """The latest results file of every run under ``paths``, and notes on the files left out.
 
@@ -225,8 +227,8 @@ def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary",
     them, with or without ``strict``.
     """
     paths = list(paths)
-    if weights not in ("primary", "raw", "ema"):
-        raise ConfigError(f"--weights must be primary, raw or ema, got {weights!r}")
+    if weights not in ("auto", "raw", "ema"):
+        raise ConfigError(f"--weights must be auto (EMA where it was scored, else raw), raw or ema, got {weights!r}")
     notes: list[str] = []
     bad: list[str] = []
     latest: dict[tuple, Run] = {}
@@ -242,10 +244,11 @@ def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary",
         if run.partial:
             notes.append(f"{path}: {', '.join(run.partial)} left out of the tables: scored on fewer images than "
                          "the benchmark, not comparable with complete runs")
-        inexact = {k: v for k, v in run.scoring.items() if (k, v) in (("decode", "gpu"), ("precision", "bf16"))}
+        inexact = {k: v for k, v in run.scoring.items()
+                   if (k, v) in (("decode", "gpu"), ("precision", "bf16-mixed"))}
         if inexact:
             notes.append(f"{path}: scored with {', '.join(f'{k} {v}' for k, v in inexact.items())}; differs slightly "
-                         "from CPU-decoded fp32 scoring (docs/robustness.md)")
+                         "from CPU-decoded 32-true scoring (docs/robustness.md)")
         key = (run.model, run.kernel_sizes, run.seed, run.protocol) if run.seed is not None \
             else ("folder", str(path.parent.resolve()), run.protocol)
         # newest step first; of equal steps prefer the uniquely named file over last.* (same weights)
@@ -257,8 +260,11 @@ def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary",
         old_rank = (old.step if old.step is not None else -1, not old.path.stem.startswith("last"))
         keep, drop = (run, old) if rank > old_rank else (old, run)
         latest[key] = keep
-        if keep.step != drop.step:
-            notes.append(f"{drop.path}: superseded by the later {keep.path.name} (step {keep.step}) of the same run")
+        notes.append(_left_out_note(keep, drop))
+    copies = _same_checkpoint_copies(list(latest.values()))
+    for drop, keep in copies:
+        latest = {k: r for k, r in latest.items() if r is not drop}
+        notes.append(_left_out_note(keep, drop))
     if bad and strict:
         raise DataError(f"{len(bad)} bad results file(s) (--strict):\n  " + "\n  ".join(bad))
     if bad and not latest:
@@ -271,6 +277,47 @@ def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary",
     runs = sorted(latest.values(), key=lambda r: (r.family, kernel_x(r.kernel_sizes), r.kernel_sizes or (), r.model,
                                                   -1 if r.seed is None else r.seed, str(r.path)))
     return runs, notes
+
+
+def _left_out_note(keep: Run, drop: Run) -> str:
+    """Why ``drop`` is not counted beside ``keep``, the run it duplicates or precedes (one note per file left out)."""
+    if keep.step != drop.step:
+        return f"{drop.path}: superseded by the later {keep.path.name} (step {keep.step}) of the same run"
+    what = f"step {keep.step} of {keep.label}" if keep.step is not None else keep.label
+    if keep.metrics == drop.metrics and keep.analyses == drop.analyses:
+        return f"{drop.path}: the same results as {keep.path} ({what}): counted once"
+    differ = sorted(k for k in set(keep.metrics) & set(drop.metrics) if keep.metrics[k].value != drop.metrics[k].value)
+    if differ:
+        return (f"{drop.path}: holds {what} like {keep.path}, with other values ({', '.join(differ[:3])}"
+                f"{' ...' if len(differ) > 3 else ''}); counted once, from {keep.path.name}: remove the file that is "
+                "wrong")
+    extra = sorted(set(drop.metrics) - set(keep.metrics)) or sorted(set(drop.analyses) - set(keep.analyses))
+    return (f"{drop.path}: holds {what} like {keep.path}, with other entries ({', '.join(extra[:3]) or 'fewer'}"
+            f"{' ...' if len(extra) > 3 else ''}); one file per run is counted ({keep.path.name}): score or analyse "
+            "the run into one results file")
+
+
+def _same_checkpoint_copies(runs: Sequence[Run]) -> list[tuple[Run, Run]]:
+    """(copy, kept) pairs among runs without a recorded seed: files that score the same checkpoint state (its
+    recorded path and step), or hold the same values for one model, kernel, protocol and step. Without a seed such
+    files fall into separate runs (one per folder), and a copy would count as a second seed."""
+    out: list[tuple[Run, Run]] = []
+    kept: list[Run] = []
+    for run in sorted(runs, key=lambda r: (r.path.stem.startswith("last"), str(r.path))):
+        twin = None
+        if run.seed is None:
+            for other in kept:
+                same_run = (other.model, other.kernel_sizes, other.protocol, other.step, other.weights) == \
+                    (run.model, run.kernel_sizes, run.protocol, run.step, run.weights)
+                same_ckpt = run.checkpoint is not None and run.checkpoint == other.checkpoint
+                if same_run and other.seed is None and (same_ckpt or (run.metrics == other.metrics and run.metrics)):
+                    twin = other
+                    break
+        if twin is None:
+            kept.append(run)
+        else:
+            out.append((run, twin))
+    return out
 
 
 # --- statistics -------------------------------------------------------------------------------------------

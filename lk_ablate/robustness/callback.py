@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..base.safe_load import UnsafeCheckpointError, load_torch_file
 from ..base.errors import ConfigError, DataError
+from ..base.metric_keys import ROBUST_ERRORS
 from ..evaluation.loading import weight_sets
 from ..evaluation.options import check_protocol
 from ..training.preemption import stop_on_signal
@@ -56,7 +57,7 @@ class RobustnessEvaluation(L.Callback):
             every model; see docs/robustness.md), recorded in the results' settings.
         decode: "cpu" (PIL in the loader workers, the reference) or "gpu" (JPEGs decoded, resized and cropped
             on the GPU: faster, not bit-identical).
-        precision: "fp32" (the paper's evaluation) or "bf16" (autocast).
+        precision: "32-true" (the paper's evaluation) or "bf16-mixed" (autocast).
         on_bad_image: "error" (stop at the first unreadable image with one line naming it) or "skip" (score
             the rest; the results list the skipped files and count them).
     """
@@ -67,7 +68,7 @@ class RobustnessEvaluation(L.Callback):
                  severities: list[int] | None = None, every_n_epochs: int = 0, on_checkpoint: bool = False,
                  at_fit_end: bool = True, weights: str = "both", batch_size: int = 64, num_workers: int = 4,
                  output_dir: str | None = None, protocol: str = "model", decode: str = "cpu",
-                 precision: str = "fp32", on_bad_image: str = "error") -> None:
+                 precision: str = "32-true", on_bad_image: str = "error") -> None:
         super().__init__()
         if weights not in ("both", "raw", "ema"):
             raise ConfigError(f"RobustnessEvaluation.weights must be 'both', 'raw' or 'ema', got {weights!r}")
@@ -194,7 +195,7 @@ class RobustnessEvaluation(L.Callback):
                     write_results(path, data)
                 rank_zero_info(f"robustness results written to {', '.join(map(str, targets))}")
                 metrics = flatten_metrics(data)
-                metrics["robust/errors"] = float(len(errors))
+                metrics[ROBUST_ERRORS] = float(len(errors))
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=step)
                     logger.save()
@@ -234,7 +235,7 @@ class RobustnessEvaluation(L.Callback):
         return Path(root) / f"epoch={epoch}-step={step}.robustness.json"
 
 
-def settings_for(benchmarks: list[Benchmark], decode: str = "cpu", precision: str = "fp32",
+def settings_for(benchmarks: list[Benchmark], decode: str = "cpu", precision: str = "32-true",
                  on_bad_image: str = "error") -> dict[str, Any]:
     """The part of the results that records what was scored (identical for callback and standalone runs)."""
     protocols = {p.protocol for b in benchmarks for p in b.parts}

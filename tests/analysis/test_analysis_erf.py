@@ -293,7 +293,7 @@ def test_analyze_erf_cli_reads_the_first_images_in_imagefolder_order(tmp_path, c
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
                 "hyper_parameters": {"model_name": "convnext_demo", "kernel_size": 3, "num_classes": 10,
                                      "model_kwargs": {}}}, tmp_path / "k3.ckpt")
-    rc = main(["analyze", "erf", "--model.ckpt", str(tmp_path / "k3.ckpt"), "--preset", "paper",
+    rc = main(["analyze", "erf", "--ckpt_path", str(tmp_path / "k3.ckpt"), "--preset", "paper",
                "--data.imagenet_val", str(tmp_path / "val"), "--data.num_workers", "0", "--erf.image_size", "64",
                "--erf.num_images", "2"])
     assert rc == 0

@@ -219,9 +219,9 @@ def test_config_checks_and_non_imagenet_models(tmp_path):
 def test_analyze_shape_bias_cli(tmp_path, capsys):
     """`lk_ablate analyze shape_bias` on a registered model (random weights, 32 px stimuli, a subset)."""
     make_stimuli(tmp_path / "cc", per_category=2, same=1, size=32)
-    rc = main(["analyze", "shape_bias", "--model.name", "convnext_tiny", "--model.kernel_size", "3", "--preset",
+    rc = main(["analyze", "shape_bias", "--model.model_name", "convnext_tiny", "--model.kernel_size", "3", "--preset",
                "paper", "--shape_bias.root", str(tmp_path / "cc"), "--shape_bias.check_layout", "false",
-               "--shape_bias.num_workers", "0", "--results", str(tmp_path / "r.robustness.json")])
+               "--shape_bias.num_workers", "0", "--results_path", str(tmp_path / "r.robustness.json")])
     assert rc == 0
     assert "shape_bias: shape_bias.shape_bias" in capsys.readouterr().out
     entry = read_results(tmp_path / "r.robustness.json")["analyses"]["shape_bias"]

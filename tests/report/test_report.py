@@ -90,8 +90,8 @@ def table7_runs(root: Path) -> None:
     for k, (val, a, r) in TABLE7.items():
         for seed, off in SEED_OFFSETS.items():
             benches = {"imagenet_val": {"top1": val + off, "top5": 95.0, "n": 50000},
-                       "imagenet_a": {"top1": a + off, "correct": 0, "n": 7500},
-                       "imagenet_r": {"top1": r + off, "correct": 0, "n": 30000}}
+                       "imagenet_a": {"top1": a + off, "n": 7500},
+                       "imagenet_r": {"top1": r + off, "n": 30000}}
             folder = root / f"convnext_k{k}_s{seed}"
             write_run(folder, "last", "convnext_tiny", [k] * 4, benches, seed)
             write_run(folder, "epoch009-step0000100", "convnext_tiny", [k] * 4, benches, seed)  # same step
@@ -110,7 +110,7 @@ def table7_runs(root: Path) -> None:
 def test_report_table7_end_to_end(tmp_path, capsys):
     table7_runs(tmp_path / "runs")
     out = tmp_path / "report"
-    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--wandb.project", "null"]) == 0
+    assert main(["report", str(tmp_path / "runs"), "--output_dir", str(out), "--wandb.project", "null"]) == 0
     assert "5 (model, kernel) row(s)" in capsys.readouterr().out
 
     with open(out / "report.csv") as f:
@@ -218,7 +218,7 @@ def test_report_input_errors_are_one_message(case, message, tmp_path, capsys):
     if case == "old_schema":
         (runs / "x.robustness.json").write_text('{"schema": "lk_ablate.robustness", "schema_version": 0}')
     target = runs if case != "missing" else tmp_path / "nowhere"
-    assert main(["report", str(target), "--out", str(tmp_path / "out"), "--wandb.project", "null"]) == 2
+    assert main(["report", str(target), "--output_dir", str(tmp_path / "out"), "--wandb.project", "null"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.startswith("lk_ablate: error:")
 
@@ -248,6 +248,17 @@ def test_report_logs_the_table_to_wandb(tmp_path, monkeypatch):
             assert got[key] == float(csv_row[key])
     assert {k for k in run["summary"] if k.startswith("report/plots/")} == {
         "report/plots/imagenet_val_top1", "report/plots/imagenet_a_top1", "report/plots/imagenet_o_aupr"}
+    # A native W&B line chart per column: metric against the largest stage kernel, one line per family (RepLKNet-3B
+    # on RepLKNet-31B's line, as in the PNG), the paper's Table 5 numbers at x = 3 and 31.
+    charts = {k: v for k, v in run["summary"].items() if k.startswith("report/charts/")}
+    assert set(charts) == {"report/charts/imagenet_val/top1_table", "report/charts/imagenet_a/top1_table",
+                           "report/charts/imagenet_o/aupr_table"}
+    chart = json.loads((run["dir"] / "files" / charts["report/charts/imagenet_a/top1_table"]["path"]).read_text())
+    assert chart == {"columns": ["step", "lineKey", "lineVal"],
+                     "data": [[3.0, "replknet_31b", 14.6], [31.0, "replknet_31b", 29.4]]}
+    spec = run["config"]["_wandb"]["visualize"]["report/charts/imagenet_a/top1"]["panel_config"]
+    assert (spec["panelDefId"], spec["stringSettings"]) == ("wandb/lineseries/v0", {
+        "title": "IN-A top-1", "xname": "kernel size (largest stage)"})
 
 
 def test_report_print_config_round_trip(tmp_path, capsys, monkeypatch):
@@ -261,28 +272,20 @@ def test_report_print_config_round_trip(tmp_path, capsys, monkeypatch):
         assert e.value.code in (0, None)
         return capsys.readouterr().out
 
-    first = printed("runs/a", "runs/b", "--out", "rep", "--weights", "raw", "--strict", "--wandb.group", "g")
+    first = printed("runs/a", "runs/b", "--output_dir", "rep", "--weights", "raw", "--strict", "true", "--wandb.group", "g")
     cfg = yaml.safe_load(first)
-    assert cfg["runs"] == ["runs/a", "runs/b"] and (cfg["out"], cfg["weights"], cfg["strict"]) == ("rep", "raw", True)
-    assert cfg["wandb"] == {"project": "from_env", "entity": None, "group": "g"}  # $WANDB_PROJECT is the default
+    assert cfg["runs"] == ["runs/a", "runs/b"]
+    assert (cfg["output_dir"], cfg["weights"], cfg["strict"]) == ("rep", "raw", True)
+    # $WANDB_PROJECT is the default
+    assert cfg["wandb"] == {"project": "from_env", "entity": None, "group": "g", "dashboard": False}
     (tmp_path / "c.yaml").write_text(first)
     assert printed("--config", str(tmp_path / "c.yaml")) == first
     # a config file runs the report as its options would
     table7_runs(tmp_path / "runs")
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"runs": [str(tmp_path / "runs")], "out": str(tmp_path / "rep"),
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"runs": [str(tmp_path / "runs")], "output_dir": str(tmp_path / "rep"),
                                                      "wandb": {"project": None}}))
     assert main(["report", "--config", str(tmp_path / "c.yaml")]) == 0
     assert "5 (model, kernel) row(s)" in capsys.readouterr().out and (tmp_path / "rep" / "report.csv").is_file()
-
-
-@pytest.mark.parametrize("old,new", [(["--wandb-project", "p"], "--wandb.project P"),
-                                     (["--wandb-entity=e"], "--wandb.entity E"),
-                                     (["--wandb-group", "g"], "--wandb.group G"),
-                                     (["--no-wandb"], "--wandb.project null")])
-def test_report_old_spellings_name_the_new_one(old, new, tmp_path, capsys):
-    assert main(["report", str(tmp_path), *old]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("lk_ablate: error: ") and new in err[0], err
 
 
 def test_partial_and_inexact_scoring_are_kept_apart(tmp_path):
@@ -295,7 +298,7 @@ def test_partial_and_inexact_scoring_are_kept_apart(tmp_path):
     write_run(tmp_path / "runs" / "s0", "last", "convnext_tiny", [7] * 4, full, seed=0)
     path = write_run(tmp_path / "runs" / "s1", "last", "convnext_tiny", [7] * 4, partial, seed=1)
     data = read_results(path)
-    data["settings"]["scoring"] = {"decode": "gpu", "precision": "bf16", "on_bad_image": "skip"}
+    data["settings"]["scoring"] = {"decode": "gpu", "precision": "bf16-mixed", "on_bad_image": "skip"}
     write_results(path, data)
     written = build_report([tmp_path / "runs"], tmp_path / "report")
     (row,) = written["rows"]
@@ -303,6 +306,6 @@ def test_partial_and_inexact_scoring_are_kept_apart(tmp_path):
     assert row.stats["imagenet_r/top1"].n == 2 and row.stats["imagenet_r/top1"].mean == 35.0
     assert written["notes"] == [f"{path}: imagenet_a (2 unreadable images skipped) left out of the tables: scored on "
                                 "fewer images than the benchmark, not comparable with complete runs",
-                                f"{path}: scored with decode gpu, precision bf16; differs slightly from CPU-decoded "
-                                "fp32 scoring (docs/robustness.md)"]
+                                f"{path}: scored with decode gpu, precision bf16-mixed; differs slightly from "
+                                "CPU-decoded 32-true scoring (docs/robustness.md)"]
     assert written["notes"][0] in (tmp_path / "report" / "report.md").read_text()

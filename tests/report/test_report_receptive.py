@@ -89,3 +89,30 @@ def test_erf_columns_keep_protocols_apart(tmp_path):
     assert [c[0] for c in cols["paper"]] == ["20", "30", "50", "99"]
     assert cols["paper"][0][1:] == ("analysis/erf@paper.area_t20", "analysis/erf@paper.side_t20")
     assert np.isfinite(aggregate(runs)[0].stats["analysis/erf@paper.area_t20"].mean)
+
+
+def test_erf_and_shape_bias_scalars_are_the_dashboards_analysis_keys():
+    """`analyze --wandb` logs the two analyses' scalars under the keys base/metric_keys.py declares, and the
+    dashboard's Analyses section charts exactly those keys (nothing else, none left out)."""
+    from lk_ablate.analysis import get_analysis
+    from lk_ablate.base.metric_keys import erf_keys, shape_bias_keys
+    from lk_ablate.report.dashboard import DashboardOptions, build_dashboard, referenced_keys, spec
+    from lk_ablate.training.wandb import analysis_summary
+
+    erf = {"protocol": "model", "thresholds": [{"threshold": 0.2, "side": 33, "area_ratio": 0.0010},
+                                               {"threshold": 0.3, "side": 41, "area_ratio": 0.0016},
+                                               {"threshold": 0.5, "side": 55, "area_ratio": 0.0029},
+                                               {"threshold": 0.99, "side": None, "area_ratio": None}]}
+    erf["summary_scalars"] = get_analysis("erf").summary(erf)
+    shape = {"protocol": "paper", **tally([("cat", "dog", "cat")] * 3 + [("cat", "dog", "dog"), ("dog", "dog", "dog")])}
+    shape["summary_scalars"] = get_analysis("shape_bias").summary(shape)
+    logged = analysis_summary({"erf": erf, "shape_bias": shape})
+    assert logged == {"analysis/erf/area_t20": 0.1, "analysis/erf/side_t20": 33.0, "analysis/erf/area_t30": 0.16,
+                      "analysis/erf/side_t30": 41.0, "analysis/erf/area_t50": 0.29, "analysis/erf/side_t50": 55.0,
+                      "analysis/shape_bias@paper/shape_bias": 75.0, "analysis/shape_bias@paper/shape_accuracy": 60.0,
+                      "analysis/shape_bias@paper/texture_accuracy": 20.0}  # t=0.99 reached no square: not logged
+    declared = set(erf_keys()) | set(shape_bias_keys("paper"))
+    assert set(logged) | {"analysis/erf/area_t99", "analysis/erf/side_t99"} == declared
+    keys = referenced_keys(spec(build_dashboard(DashboardOptions(entity="e", project="p",
+                                                                 analysis_keys=sorted(logged)))))
+    assert {k for k in keys["summary"] if k.startswith("analysis/")} == set(logged)
