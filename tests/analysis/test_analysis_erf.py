@@ -81,6 +81,7 @@ def test_erf_of_a_linear_box_stack_is_the_repeated_box_convolution(layers, k):
     assert rows.max() - rows.min() + 1 == side and cols.max() - cols.min() + 1 == side
 
 
+@pytest.mark.slow
 def test_erf_through_run_analyses_averages_stores_the_map_and_summarizes(tmp_path):
     """run_analyses: the average of the first num_images maps (here identical: the box kernel), its area ratios,
     the map written compressed beside the results file (and read back equal), the summary scalars."""
@@ -224,6 +225,7 @@ def test_first_usable_images_are_averaged_and_non_finite_ones_skipped():
         run_analyses(model, {"erf": {"image_size": 32}}, [(x, torch.zeros(5))], CFG)
 
 
+@pytest.mark.slow
 def test_chunk_does_not_change_the_map_and_stages_shrink_the_erf():
     torch.manual_seed(0)
     model = lk_ablate.create_model("convnext_demo", kernel_size=5).eval()
@@ -241,6 +243,7 @@ def test_chunk_does_not_change_the_map_and_stages_shrink_the_erf():
         run_analyses(model, {"erf": {"image_size": 64, "stage": 4}}, [(x, torch.zeros(4))], model.model_config)
 
 
+@pytest.mark.slow
 def test_stage_outputs_of_timm_families_and_vit_tokens():
     """timm ConvNeXt (stages), ResNet (layer1..4) and ViT (blocks; prefix tokens dropped, patch tokens on the grid)."""
     import timm
@@ -279,6 +282,7 @@ def test_config_checks_and_the_paper_preset():
     assert (own.interpolation, own.mean) == (CFG.interpolation, CFG.mean)
 
 
+@pytest.mark.slow
 def test_analyze_erf_cli_reads_the_first_images_in_imagefolder_order(tmp_path, capsys):
     """`lk_ablate analyze erf --preset paper`: the first num_images images of the val folder in ImageFolder order
     (both of class a, the first of 10 here), resized (bicubic, both sides) to image_size, ImageNet mean/std; the map

@@ -129,6 +129,7 @@ def released_layout(tmp_path_factory):
     return root, make_stimuli(root)
 
 
+@pytest.mark.slow  # reads the 1,280 stimuli of the released layout
 def test_shape_bias_of_planned_decisions_is_exact(released_layout):
     root, rows = released_layout
     plan = _plan(rows)
@@ -158,17 +159,20 @@ def test_shape_bias_of_planned_decisions_is_exact(released_layout):
                                       "shape_bias.texture_accuracy": pytest.approx(31.25)}
 
 
-def test_same_category_images_are_left_out_of_the_bias(released_layout):
-    """Decide shape on every image: the 80 same-category images would count as shape AND texture hits if they
-    were kept (bias 1280 / 1360); left out, the bias is exactly 100%."""
-    root, rows = released_layout
-    out = run_analyses(PlannedDecisions([s for s, _ in rows]), {"shape_bias": {"root": str(root), "num_workers": 0}},
-                       None, ModelConfig(num_classes=1000), protocol="paper")["shape_bias"]
-    assert (out["shape_hits"], out["texture_hits"], out["shape_bias"]) == (1200, 0, 100.0)
+def test_same_category_images_are_left_out_of_the_bias(tmp_path):
+    """Decide shape on every image of 16 x 4 stimuli (1 per folder with shape == texture): kept, the 16
+    same-category images would count as shape AND texture hits (bias 64 / 80 = 80%); left out, it is exactly 100%."""
+    root = tmp_path / "cc"
+    rows = make_stimuli(root, per_category=4, same=1)
+    section = {"shape_bias": {"root": str(root), "num_workers": 0, "check_layout": False}}
+    out = run_analyses(PlannedDecisions([s for s, _ in rows]), section, None, ModelConfig(num_classes=1000),
+                       protocol="paper")["shape_bias"]
+    assert (out["images"], out["excluded_same_category"]) == (64, 16)
+    assert (out["shape_hits"], out["texture_hits"], out["shape_bias"]) == (48, 0, 100.0)
     # texture on every image: bias 0
-    out = run_analyses(PlannedDecisions([t for _, t in rows]), {"shape_bias": {"root": str(root), "num_workers": 0}},
-                       None, ModelConfig(num_classes=1000), protocol="paper")["shape_bias"]
-    assert (out["shape_hits"], out["texture_hits"], out["shape_bias"]) == (0, 1200, 0.0)
+    out = run_analyses(PlannedDecisions([t for _, t in rows]), section, None, ModelConfig(num_classes=1000),
+                       protocol="paper")["shape_bias"]
+    assert (out["shape_hits"], out["texture_hits"], out["shape_bias"]) == (0, 48, 0.0)
 
 
 def _check_error(root, match, check_layout=True):
@@ -216,10 +220,12 @@ def test_config_checks_and_non_imagenet_models(tmp_path):
                      ModelConfig(num_classes=10))
 
 
+@pytest.mark.slow
 def test_analyze_shape_bias_cli(tmp_path, capsys):
     """`lk_ablate analyze shape_bias` on a registered model (random weights, 32 px stimuli, a subset)."""
     make_stimuli(tmp_path / "cc", per_category=2, same=1, size=32)
-    rc = main(["analyze", "shape_bias", "--model.model_name", "convnext_tiny", "--model.kernel_size", "3", "--preset",
+    rc = main(["analyze", "shape_bias", "--model.model_name", "convnext_demo", "--model.num_classes", "1000",
+               "--model.kernel_size", "3", "--preset",
                "paper", "--shape_bias.root", str(tmp_path / "cc"), "--shape_bias.check_layout", "false",
                "--shape_bias.num_workers", "0", "--results_path", str(tmp_path / "r.robustness.json")])
     assert rc == 0

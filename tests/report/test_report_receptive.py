@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 import torch
 
 import lk_ablate
@@ -32,6 +33,7 @@ def _run(folder, k, seed, x, shape_rows):
     return erf, result
 
 
+@pytest.mark.slow
 def test_report_draws_erf_maps_by_kernel_size_and_tabulates_area_and_shape_bias(tmp_path, monkeypatch):
     x = torch.randn(2, 3, 64, 64)
     rows = {13: [("cat", "dog", "cat")] * 3 + [("cat", "dog", "dog")],  # shape bias 75%
@@ -91,6 +93,7 @@ def test_erf_columns_keep_protocols_apart(tmp_path):
     assert np.isfinite(aggregate(runs)[0].stats["analysis/erf@paper.area_t20"].mean)
 
 
+@pytest.mark.slow
 def test_erf_and_shape_bias_scalars_are_the_dashboards_analysis_keys():
     """`analyze --wandb` logs the two analyses' scalars under the keys base/metric_keys.py declares, and the
     dashboard's Analyses section charts exactly those keys (nothing else, none left out)."""
