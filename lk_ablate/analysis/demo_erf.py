@@ -36,7 +36,7 @@ def demo_inputs(images: np.ndarray, num_images: int, image_size: int, mean: Any,
 
 def demo_erf(models: Mapping[int, nn.Module], images: np.ndarray, results_paths: Mapping[int, str | Path],
              num_images: int = DEMO_IMAGES, image_size: int = DEMO_SIZE, chunk: int = DEMO_CHUNK,
-             plot_dir: str | Path | None = None) -> tuple[dict[int, dict[str, Any]], str]:
+             output_dir: str | Path | None = None) -> tuple[dict[int, dict[str, Any]], str]:
     """ERF of each model (kernel size -> model with its ``model_config``) on the first ``num_images`` of
     ``images``; each result is stored in ``results_paths[k]`` (an existing results file). Returns the results and
     the printable area-ratio table."""
@@ -46,7 +46,7 @@ def demo_erf(models: Mapping[int, nn.Module], images: np.ndarray, results_paths:
         cfg = model.model_config
         x = demo_inputs(images, num_images, image_size, cfg.mean, cfg.std)
         path = Path(results_paths[k])
-        out_dir = Path(plot_dir) if plot_dir is not None else path.parent
+        out_dir = Path(output_dir) if output_dir is not None else path.parent
         results[k] = run_analyses(model, section, [(x, torch.zeros(len(x), dtype=torch.long))], cfg,
                                   results_path=path, out_dir=out_dir, plot_prefix=path.name.removesuffix(".json") + ".",
                                   label=f"{getattr(model, 'model_name', None) or 'model'} k{k}")["erf"]
