@@ -12,10 +12,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..base.errors import DataError
+from ..base.files import atomic_write
 from ..base.jsonable import to_jsonable
 from ..base.progress import advance
 from ..base.results import make_results, update_results, write_results
@@ -118,6 +120,33 @@ def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gen
 
 
 # --- output ---------------------------------------------------------------------------------------------
+def analysis_arrays_path(results_path: str | os.PathLike, name: str) -> Path:
+    """``<results stem>.<name>.npz`` beside the results file (``x.robustness.json`` -> ``x.robustness.erf.npz``)."""
+    path = Path(results_path)
+    return path.with_name(f"{path.name.removesuffix('.json')}.{name}.npz")
+
+
+def write_analysis_arrays(results_path: str | os.PathLike, name: str, arrays: Mapping[str, Any]) -> Path:
+    """Store an analysis's arrays (name -> array) compressed beside the results file (atomic); returns the path."""
+    path = analysis_arrays_path(results_path, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+    return path
+
+
+def read_analysis_arrays(results_path: str | os.PathLike, entry: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The arrays an analysis entry of a results file names in ``arrays_file`` (beside that file); None when the
+    entry names none or the file is gone. Read without unpickling (``allow_pickle=False``)."""
+    name = entry.get("arrays_file") if isinstance(entry, Mapping) else None
+    if not name:
+        return None
+    path = Path(results_path).parent / name
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 def write_analysis_result(results_path: str | os.PathLike, name: str, result: Mapping[str, Any],
                           init: Mapping[str, Any] | None = None) -> None:
     """Store ``result`` as "analyses" -> ``name`` of the run's results JSON (lk_ablate.base.results schema).

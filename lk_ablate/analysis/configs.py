@@ -16,6 +16,8 @@ from typing import Any
 from ..base.errors import ConfigError
 from ..base.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..base.jsonable import to_jsonable
+from ..base.metric_keys import ERF_THRESHOLDS
+from .cue_conflict import GET_STIMULI, stimuli
 
 
 # --- config sections ------------------------------------------------------------------------------------
@@ -168,6 +170,47 @@ class TAIGConfig(SectionConfig):
             raise ConfigError("taig.iterations, ig_steps, chunk must be >= 1 and step_size > 0")
         if self.surrogate_model is None and self.surrogate_timm is None:
             raise ConfigError("taig needs a surrogate: set surrogate_timm or surrogate_model")
+
+
+# --- erf ------------------------------------------------------------------------------------------------------
+
+
+GRADIENTS = ("relu", "abs")
+RESCALES = ("log", "none")
+DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass
+class ErfConfig(SectionConfig):
+    """``image_size``: side of the square input (the images are resized to it, both sides); ``num_images``: usable
+    images averaged; ``stage``: whose output (-1: the last stage; a ViT: a block index); ``thresholds``: fractions
+    of the total contribution; ``gradient``: ``relu`` (the script) or ``abs`` of the input gradient; ``rescale``:
+    ``log`` (``log10(A + 1) / max``, the script) or ``none`` (``A / max``); ``rescale_dtype``: ``float32`` (the
+    script's arithmetic for the rescale and the square sums) or ``float64``; ``chunk``: images per backward pass
+    (memory only: every image's map is computed on its own, so the result does not depend on it);
+    ``allow_fewer``: average fewer than ``num_images`` usable images instead of stopping."""
+
+    image_size: int = 1024
+    num_images: int = 50
+    stage: int = -1
+    thresholds: tuple[float, ...] = ERF_THRESHOLDS
+    gradient: str = "relu"
+    rescale: str = "log"
+    rescale_dtype: str = "float32"
+    chunk: int = 1
+    allow_fewer: bool = False
+
+    def validate(self) -> None:
+        if self.image_size < 3 or self.num_images < 1 or self.chunk < 1:
+            raise ConfigError(f"erf.image_size must be >= 3, erf.num_images and erf.chunk >= 1; got "
+                              f"{self.image_size}, {self.num_images}, {self.chunk}")
+        check_levels("erf.thresholds", self.thresholds, 0.0, 1.0, strict_lo=True)
+        if self.gradient not in GRADIENTS:
+            raise ConfigError(f"erf.gradient must be one of {GRADIENTS}, got {self.gradient!r}")
+        if self.rescale not in RESCALES:
+            raise ConfigError(f"erf.rescale must be one of {RESCALES}, got {self.rescale!r}")
+        if self.rescale_dtype not in DTYPES:
+            raise ConfigError(f"erf.rescale_dtype must be one of {DTYPES}, got {self.rescale_dtype!r}")
 
 
 # --- features -------------------------------------------------------------------------------------------------
@@ -433,6 +476,31 @@ class OcclusionConfig(SectionConfig):
                               "of the DINO ViT-S/16 weights (e.g. dino_deitsmall16_pretrain.pth)")
 
 
+# --- shape_bias -----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ShapeBiasConfig(SectionConfig):
+    """``root``: the stimuli folder (16 category folders); ``check_layout``: require the released set, 80 PNGs in
+    each folder (false: any number, e.g. a subset); ``image_size``: null feeds the stimuli as they are
+    (model-vs-human), a number resizes them (bicubic) to that square size, e.g. for a ViT that takes 384 px only."""
+
+    root: str = ""
+    check_layout: bool = True
+    image_size: int | None = None
+    batch_size: int = 64
+    num_workers: int = 4
+
+    def validate(self) -> None:
+        if not self.root:
+            raise ConfigError(f"shape_bias.root is required: the folder of the 16 cue-conflict category folders; "
+                              f"{GET_STIMULI}")
+        if self.image_size is not None and self.image_size < 1 or self.batch_size < 1 or self.num_workers < 0:
+            raise ConfigError("shape_bias.image_size (or null) and shape_bias.batch_size must be >= 1, "
+                              "shape_bias.num_workers >= 0")
+        stimuli(self.root, self.check_layout)  # the folder's layout, before any model is loaded (a few ms)
+
+
 # --- the catalogue --------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Entry:
@@ -463,6 +531,11 @@ CATALOGUE: dict[str, Entry] = {e.name: e for e in (
           "kernel_distance"),
     Entry("feature_variance", FeatureVarianceConfig, "feature-map variance per layer vs normalised depth", True,
           "features"),
+    Entry("erf", ErfConfig,
+          "effective receptive field (RepLKNet): centre-output input gradients, high-contribution area ratios", True,
+          "erf"),
+    Entry("shape_bias", ShapeBiasConfig,
+          "cue-conflict shape bias (Geirhos et al. 2019, model-vs-human's 16-class decision)", False, "shape_bias"),
 )}
 
 PRESETS_PACKAGE = "lk_ablate.analysis.presets"

@@ -17,8 +17,9 @@ from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, one_line
 from ..evaluation.options import check_protocol
 from ..models.registry import ModelConfig
-from . import attacks, features, frequency, imagenet9, imagenet_p, kernel_distance, lesion, occlusion
-from .common import write_analysis_result
+from . import (attacks, erf, features, frequency, imagenet9, imagenet_p, kernel_distance, lesion, occlusion,
+               shape_bias)
+from .common import write_analysis_arrays, write_analysis_result
 from .configs import CATALOGUE, PRESETS_PACKAGE, SectionConfig, add_section_arguments, preset_names
 
 
@@ -54,6 +55,8 @@ ANALYSES: dict[str, Analysis] = {a.name: a for a in (
     _analysis("frequency", frequency.run, frequency.plot, frequency.summary),
     _analysis("kernel_distance", kernel_distance.run, kernel_distance.plot, kernel_distance.summary),
     _analysis("feature_variance", features.run, features.plot, features.summary),
+    _analysis("erf", erf.run, erf.plot, erf.summary),
+    _analysis("shape_bias", shape_bias.run, shape_bias.plot, shape_bias.summary),
 )}
 assert list(ANALYSES) == list(CATALOGUE), "every catalogued analysis has its functions here"
 
@@ -66,12 +69,18 @@ def analysis_sections(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k in ANALYSES}
 
 
-def eval_spec_for(name: str, cfg: ModelConfig, protocol: str = "model") -> EvalSpec:
+def eval_spec_for(name: str, cfg: ModelConfig, protocol: str = "model",
+                  section: SectionConfig | None = None) -> EvalSpec:
     """The val transform analysis ``name`` reads under ``protocol``: the model's own (``model``), or the released
-    script's (``paper``: the analysis module's ``paper_eval_spec(cfg)``; the model's own where it has none)."""
+    script's (``paper``: the analysis module's ``paper_eval_spec(cfg)``; the model's own where it has none). An
+    analysis whose transform depends on its own options (ERF's image size) defines
+    ``section_eval_spec(section, cfg, protocol)``, used when ``section`` is given."""
     check_protocol(protocol)
+    module = sys.modules[get_analysis(name).run.__module__]
+    by_section = getattr(module, "section_eval_spec", None)
+    if by_section is not None and section is not None:
+        return by_section(section, cfg, protocol)
     if protocol == "paper":
-        module = sys.modules[get_analysis(name).run.__module__]
         paper = getattr(module, "paper_eval_spec", None)
         if paper is not None:
             return paper(cfg)
@@ -165,8 +174,11 @@ def run_analyses(model: nn.Module, config_sections: Mapping[str, Any], val_data:
     result records its ``protocol``. Each result is stored in the results JSON ``results_path`` (schema of
     ``lk_ablate.base.results``, under "analyses" -> name; a missing file is created from ``results_init``,
     the keyword arguments of ``make_results``) and plotted to ``out_dir/<plot_prefix><name>.png`` when those are
-    given. The model is put in eval mode and restored to its previous mode afterwards. ``progress``: each analysis
-    reports the images it has put through the model (over all its passes; base/progress.py). Returns {name: result}.
+    given. Large arrays an analysis returns under ``arrays`` (ERF's averaged map) are written compressed beside the
+    results file, ``<results stem>.<name>.npz`` (its name in the entry's ``arrays_file``), never into the JSON; the
+    returned result keeps them under ``arrays``. The model is put in eval mode and restored to its previous mode
+    afterwards. ``progress``: each analysis reports the images it has put through the model (over all its passes;
+    base/progress.py). Returns {name: result}.
     """
     sections = dict(config_sections or {})
     selected = list(names) if names is not None else [n for n in sections if n in ANALYSES]
@@ -193,7 +205,7 @@ def run_analyses(model: nn.Module, config_sections: Mapping[str, Any], val_data:
             spec = ANALYSES[n]
             data, mc = val_data, cfg_model
             if protocol == "paper" or hasattr(val_data, "loader"):
-                es = eval_spec_for(n, cfg_model, protocol)
+                es = eval_spec_for(n, cfg_model, protocol, parsed[n])
                 mc = input_config(cfg_model, es) if protocol == "paper" else cfg_model
                 if hasattr(val_data, "loader") and spec.needs_val:
                     data = val_data.loader(es)
@@ -210,9 +222,14 @@ def run_analyses(model: nn.Module, config_sections: Mapping[str, Any], val_data:
                     plot = Path(out_dir) / f"{plot_prefix}{n}.png"
                     spec.plot(result, Path(publish_plot.enter_context(atomic_path(plot, suffix=".png"))))
                     result["plot"] = str(plot)
+                arrays = result.pop("arrays", None)
+                if arrays and results_path is not None:
+                    result["arrays_file"] = write_analysis_arrays(results_path, n, arrays).name
                 result = to_jsonable(result, nonfinite_to_none=True)
                 if results_path is not None:
                     write_analysis_result(results_path, n, result, results_init)
+            if arrays:
+                result["arrays"] = arrays
             results[n] = result
     finally:
         model.train(was_training)

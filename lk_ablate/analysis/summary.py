@@ -66,6 +66,9 @@ CURVES = {  # analysis -> (x label, y label, result -> (xs, ys))
     "kernel_distance": ("normalised depth", "mean kernel attention distance",
                         lambda r: _xy(r["layers"], "depth", "mean")),
     "feature_variance": ("normalised depth", "feature map variance", lambda r: _xy(r["layers"], "depth", "variance")),
+    "erf": ("threshold t (fraction of the total contribution)", "high-contribution area (% of the image)",
+            lambda r: ([p["threshold"] for p in r["thresholds"] if p["area_ratio"] is not None],
+                       [100 * p["area_ratio"] for p in r["thresholds"] if p["area_ratio"] is not None])),
 }
 
 
@@ -94,6 +97,20 @@ def plot_across_runs(runs: Runs, out_dir: str | Path) -> list[Path]:
 
             _lines(axes[0][0], runs, name, by_eps, "eps (at 5 steps, else the most)", "top-1 (%)")
             _lines(axes[0][1], runs, name, by_steps, "PGD steps (at eps 0.006, else the middle eps)", "top-1 (%)")
+        elif name == "shape_bias":  # model-vs-human's matrix plot: shape decisions per shape category
+            fig, axes = new_figure(size=(5.0, 4.6))
+            ax = axes[0][0]
+            for i, (label, a) in enumerate((lab, a) for lab, a in runs if name in a):
+                cats = a[name]["categories"]
+                names = sorted(cats)
+                ax.scatter([cats[c]["shape_bias"] if cats[c]["shape_bias"] is not None else float("nan")
+                            for c in names], range(len(names)), s=14, color=f"C{i % 10}", label=label, zorder=3)
+                if a[name]["shape_bias"] is not None:
+                    ax.axvline(a[name]["shape_bias"], color=f"C{i % 10}", lw=1)
+                ax.set_yticks(range(len(names)), names, fontsize=7)
+            ax.set_xlim(0, 100)
+            ax.set_xlabel("shape decisions (% of shape + texture decisions)")
+            ax.legend(fontsize=7)
         elif name in CURVES:
             fig, axes = new_figure()
             xlabel, ylabel, xy = CURVES[name]

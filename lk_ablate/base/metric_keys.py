@@ -14,7 +14,8 @@ Accuracies are in percent wherever a user reads them.
   ``top1_<corruption>`` (mean over the scored severities) and ``top1_<corruption>_<severity>`` (one cell);
   ``robust/errors`` (failed benchmarks of one scoring); the table ``robustness/top1_table``;
 - analyses: ``analysis/<name>[@<protocol>]/<scalar>`` (:func:`analysis_key`), from each analysis's
-  ``summary_scalars``;
+  ``summary_scalars``; ERF's ``area_t<100t>`` / ``side_t<100t>`` (:func:`erf_keys`) and shape bias's
+  :data:`SHAPE_BIAS_SCALARS` (:func:`shape_bias_keys`) are named here;
 - run config (besides the full resolved config, logged nested: ``model.kernel_size``, ``seed_everything``, ...):
   ``kernel_max`` (the largest stage kernel, a number: the kernel axis of every chart, per-stage kernels included)
   and ``kernel_label`` (``31`` or ``31-29-27-13``: the grouping key).
@@ -23,12 +24,12 @@ from __future__ import annotations
 
 __all__ = [
     "ANALYSIS_PREFIX", "BENCHMARK_METRICS", "CONFIG_KERNEL_LABEL", "CONFIG_KERNEL_MAX", "CONFIG_KERNEL_SIZE",
-    "CONFIG_MODEL_NAME", "CONFIG_SEED", "CORRUPTION_BENCHMARKS", "IMAGENET_BENCHMARKS", "MONITORS",
-    "REPORT_CHART_PREFIX", "REPORT_PLOT_PREFIX", "REPORT_RUNS", "REPORT_TABLE", "ROBUST_ERRORS", "ROBUST_PREFIX",
-    "ROBUST_TABLE", "STEP", "TEST_EMA_TOP1", "TEST_EMA_TOP5", "TEST_LOSS", "TEST_TOP1", "TEST_TOP5",
-    "TRAIN_GLOBAL_BATCH_SIZE", "TRAIN_LOSS", "TRAIN_LR", "TRAIN_PEAK_LR", "TRAIN_TOP1", "VAL_EMA_TOP1",
-    "VAL_EMA_TOP5", "VAL_LOSS", "VAL_TOP1", "VAL_TOP5", "analysis_key", "analysis_summary_key", "corruption_key",
-    "eval_key", "kernel_config", "robust_key",
+    "CONFIG_MODEL_NAME", "CONFIG_SEED", "CORRUPTION_BENCHMARKS", "ERF_THRESHOLDS", "IMAGENET_BENCHMARKS",
+    "MONITORS", "REPORT_CHART_PREFIX", "REPORT_PLOT_PREFIX", "REPORT_RUNS", "REPORT_TABLE", "ROBUST_ERRORS",
+    "ROBUST_PREFIX", "ROBUST_TABLE", "SHAPE_BIAS_SCALARS", "STEP", "TEST_EMA_TOP1", "TEST_EMA_TOP5", "TEST_LOSS",
+    "TEST_TOP1", "TEST_TOP5", "TRAIN_GLOBAL_BATCH_SIZE", "TRAIN_LOSS", "TRAIN_LR", "TRAIN_PEAK_LR", "TRAIN_TOP1",
+    "VAL_EMA_TOP1", "VAL_EMA_TOP5", "VAL_LOSS", "VAL_TOP1", "VAL_TOP5", "analysis_key", "analysis_summary_key",
+    "corruption_key", "erf_keys", "erf_scalar", "eval_key", "kernel_config", "robust_key", "shape_bias_keys",
 ]
 
 # --- training ------------------------------------------------------------------------------------------------------
@@ -108,6 +109,29 @@ def analysis_summary_key(summary_key: str, protocol: str | None = None) -> str:
     as its W&B key (``analysis/occlusion/random_mean``)."""
     name, _, scalar = summary_key.partition(".")
     return analysis_key(name, scalar or name, protocol)
+
+
+# The scalars of the two analyses that the report gives sections of their own (report/receptive.py) and the
+# dashboard charts in its Analyses section: ERF per threshold t, ``area_t<100t>`` (% of the image) and
+# ``side_t<100t>`` (px), RepLKNet's thresholds by default; shape bias, shape and texture accuracy (%).
+ERF_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
+SHAPE_BIAS_SCALARS = ("shape_bias", "shape_accuracy", "texture_accuracy")
+
+
+def erf_scalar(kind: str, threshold: float) -> str:
+    """``area_t20`` / ``side_t99`` (``kind``: ``area`` or ``side``); 0.995 -> ``area_t99.5`` (``_`` on W&B)."""
+    if kind not in ("area", "side"):
+        raise ValueError(f"erf scalar kind must be 'area' or 'side', got {kind!r}")
+    return f"{kind}_t{round(100 * threshold, 6):g}"
+
+
+def erf_keys(thresholds: tuple[float, ...] | list[float] = ERF_THRESHOLDS, protocol: str | None = None) -> list[str]:
+    """The W&B keys of an ERF result with these thresholds: area then side, per threshold."""
+    return [analysis_key("erf", erf_scalar(kind, t), protocol) for t in thresholds for kind in ("area", "side")]
+
+
+def shape_bias_keys(protocol: str | None = None) -> list[str]:
+    return [analysis_key("shape_bias", s, protocol) for s in SHAPE_BIAS_SCALARS]
 
 
 # --- the report's W&B run ------------------------------------------------------------------------------------------

@@ -19,6 +19,13 @@ Everything downstream (``lk_ablate report``, the analyses) reads only these file
                                            # "analyses.<name>", {...}); each analysis's protocol, missing = "model"
     }
 
+Analysis entries are each analysis's own (docs/analyses.md), with ``summary_scalars``; large arrays live beside the
+file, ``<results stem>.<name>.npz``, named by the entry's ``arrays_file``. ``erf``: {images, images_read, skipped,
+image_size, stage, stage_name, feature_size, centre, map_max, map_min, thresholds: [{threshold, side | null,
+area_ratio | null}], arrays_file}; ``shape_bias``: {images, conflict_images, excluded_same_category, shape_hits,
+texture_hits, shape_bias, shape_accuracy, texture_accuracy (%, null without hits), categories: {<category>: the same
+counts}, decisions: {<category>: count}}.
+
 Benchmark entries (accuracies, mCE and AUPR in %, counts are numbers of images):
 ``imagenet_val`` {top1, top5, correct_top1, correct_top5, n}; ``imagenet_a`` / ``imagenet_r`` {top1, correct, n};
 ``imagenet_c`` {top1[c][s], n[c][s], correct[c][s], mean_top1, corruption_top1[c], ce[c], mce, relative_mce,

@@ -165,6 +165,13 @@ def cli_main(argv: list[str]) -> int:
               + " ".join(f"{s['corruption_top1'][c]:8.2f}" for c in CORRUPTIONS))
     print(f"(rel.mCE: corruption error relative to kernel {base}, in %, as mCE is relative to AlexNet)")
 
+    from ..analysis.demo_erf import DEMO_IMAGES, DEMO_SIZE, demo_erf
+
+    erf_name = f"ERF: first {DEMO_IMAGES} Fashion-MNIST test images upsampled to {DEMO_SIZE} px"
+    _, erf_table = stages.run(erf_name, demo_erf, {k: r[0].model.eval() for k, r in runs.items()},
+                              load_fashion_mnist("test")[0], dict(zip(runs, paths)))
+    print(f"\nEffective receptive field (RepLKNet's high-contribution area ratio; {erf_name}):\n{erf_table}")
+
     def report():
         from .report import cli_main as report_main
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base.errors import DataError
+from .receptive import plot_receptive
 from .render import plot_analyses, plot_metrics, write_csv, write_markdown, write_runs_csv
 from .runs import aggregate, load_runs
 from .wandb_log import log_to_wandb
@@ -27,6 +28,9 @@ def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, wei
     rows = aggregate(runs)
     plots = plot_metrics(rows, out)
     plots.update(plot_analyses(runs, out))
+    receptive_plots, receptive_notes = plot_receptive(runs, rows, out)  # ERF heat maps, area ratio, shape bias
+    plots.update(receptive_plots)
+    notes = [*notes, *receptive_notes]
     written = {"markdown": write_markdown(out / "report.md", rows, runs, notes, plots, weights, [str(p) for p in paths]),
                "csv": write_csv(out / "report.csv", rows), "runs_csv": write_runs_csv(out / "runs.csv", runs),
                "plots": list(plots.values()), "rows": rows, "runs": runs, "notes": notes}

@@ -15,6 +15,7 @@ from ..analysis.summary import plot_across_runs
 from ..base.figures import new_figure, save_figure
 from ..base.files import atomic_write_text
 from .labels import bench_label, metric_label
+from .receptive import has_own_section, receptive_sections
 from .runs import (ANALYSIS_PREFIX, Row, Run, Stat, analysis_columns, corruption_benchmarks, kernel_x, table_columns,
                    tagged)
 
@@ -86,7 +87,7 @@ def write_markdown(path: Path, rows: Sequence[Row], runs: Sequence[Run], notes: 
         lines.append("")
         if f"corruptions:{bench}" in plots:
             lines += [f"![{bench} per corruption]({plots[f'corruptions:{bench}'].name})", ""]
-    acols = analysis_columns(rows)
+    acols = [c for c in analysis_columns(rows) if not has_own_section(c)]  # ERF, shape bias: own sections
     if acols:
         dec = {c: _decimals(r.stats[c] for r in rows if c in r.stats) for c in acols}
         lines += ["## Analyses (scalar summaries)", ""]
@@ -101,6 +102,7 @@ def write_markdown(path: Path, rows: Sequence[Row], runs: Sequence[Run], notes: 
             elif key.startswith("analysis:"):
                 lines.append(f"![{p.stem.removeprefix('analysis_')} across runs]({p.name})")
         lines.append("")
+    lines += receptive_sections(rows, plots)
     lines += ["## Runs", ""]
     lines += _md_table(["model", "kernel", "seed", "epoch", "step", "weights", "results file"],
                        [[r.model, r.kernel, "?" if r.seed is None else str(r.seed), str(r.epoch), str(r.step),
@@ -191,7 +193,7 @@ def plot_metrics(rows: Sequence[Row], out: Path) -> dict[str, Path]:
     """One PNG per table column (and per analysis scalar), and one grid per corruption benchmark."""
     written: dict[str, Path] = {}
     caption = "error bars: 95% t-interval over seeds; single runs: ±1.96 binomial SE"
-    for key in table_columns(rows) + analysis_columns(rows):
+    for key in table_columns(rows) + [c for c in analysis_columns(rows) if not has_own_section(c)]:
         fig, axes = new_figure()
         ax = axes[0][0]
         if not _plot_metric(ax, rows, key):

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-BENCHMARKS = ("bench_dwconv", "bench_loaders", "bench_models", "bench_robustness", "gpu_bench", "bench_startup")
+BENCHMARKS = ("bench_dwconv", "bench_loaders", "bench_models", "bench_robustness", "gpu_bench", "bench_startup",
+              "bench_erf")
 GROUPS_NOTE = "Command groups:"
 
 

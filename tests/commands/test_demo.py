@@ -92,6 +92,19 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert all(float(v / 5).is_integer() for by in fm["fashion_mnist_c"]["top1"].values() for v in by.values())
         assert len(fm["fashion_mnist_c"]["top1"]) == 15
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "report.csv").is_file()
+    # the ERF stage: the first 50 test images at 224 px; the printed table is the results files' erf entries
+    erf = out[out.index("Effective receptive field"):]
+    assert "first 50 Fashion-MNIST test images upsampled to 224 px" in erf.splitlines()[0]
+    for line, k in zip(erf.splitlines()[3:5], (3, 5)):
+        entry = json.loads((tmp_path / f"k{k}" / "last.robustness.json").read_text())["analyses"]["erf"]
+        assert entry["images"] == 50 and entry["image_size"] == [224, 224] and entry["feature_size"] == [7, 7]
+        want = [str(k)] + [w for p in entry["thresholds"]
+                           for w in (["none"] if p["side"] is None else [str(p["side"]), f"{100 * p['area_ratio']:.2f}"])]
+        assert line.split() == want
+        assert (tmp_path / f"k{k}" / "last.robustness.erf.npz").is_file()
+    assert "ERF: first 50" in out[out.index("stage times:"):]
+    assert (tmp_path / "report" / "erf_maps.png").is_file() and "## Effective receptive field" in \
+        (tmp_path / "report" / "report.md").read_text()
 
 
 def test_demo_print_config_round_trip_and_fit_options(tmp_path, capsys):
