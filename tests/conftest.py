@@ -24,9 +24,17 @@ import lightning.pytorch  # noqa: E402,F401
 pytest_plugins = ["slurm_cluster", "no_skips"]
 
 
+# The files whose module fixtures or processes take minutes: they start first, so that `make test`'s two xdist
+# workers (--dist loadfile hands out whole files in collection order) do not end with one of them alone.
+LONG_FILES = ("test_slurm.py", "test_preemption.py", "test_compile.py", "test_ddp.py", "test_robustness_ddp.py",
+              "test_lease.py", "test_robustness_corruptions.py", "test_ffcv_loader.py", "test_demo.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """The one deselection of the suite: `gpu` tests run only where CUDA is present (a CPU machine cannot run them;
-    every other test runs everywhere, and a missing component fails its test instead of skipping it)."""
+    """The long files first (LONG_FILES), and the one deselection of the suite: `gpu` tests run only where CUDA is
+    present (a CPU machine cannot run them; every other test runs everywhere, and a missing component fails its
+    test instead of skipping it)."""
+    items.sort(key=lambda item: item.path.name not in LONG_FILES)  # stable: the order within each group stays
     if torch.cuda.is_available():
         return
     gpu = [item for item in items if item.get_closest_marker("gpu")]
