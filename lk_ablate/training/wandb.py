@@ -26,6 +26,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import WandbLogger
 
 from ..base.errors import ConfigError, DataError
+from ..base.provenance import collect
 from ..base.results import flatten_metrics
 from ..base.safe_load import UnsafeCheckpointError, load_torch_file
 from ..models.registry import default_kernel_sizes, kernel_label, model_family
@@ -147,9 +148,12 @@ class WandbRun(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.config is None or self._logged or not trainer.is_global_zero:
             return
+        # What produced the run (code, versions, device, precision, threads, determinism; lk_ablate.base.provenance),
+        # beside the config it ran with.
+        provenance = pl_module.provenance() if hasattr(pl_module, "provenance") else collect(device=pl_module.device)
         for logger in wandb_loggers(trainer):
             # Nested sections ("model", "data", "trainer", ...) show in the W&B UI as model.kernel_size etc.
-            logger.experiment.config.update(self.config, allow_val_change=True)
+            logger.experiment.config.update(dict(self.config, provenance=provenance), allow_val_change=True)
         self._logged = True
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
