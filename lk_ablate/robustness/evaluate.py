@@ -246,7 +246,9 @@ def _details(models: Mapping[str, nn.Module], benchmarks: Sequence[Benchmark], c
         # Each rank read its own batches: a file's size is the one non-negative entry (-1 where unreadable).
         sizes = np.max(np.stack([g["sizes"][bench.name] for g in gathered]), axis=0)
         whole, per_part = Fingerprint(), [Fingerprint() for _ in bench.parts]
-        several = len(bench.parts) > 1
+        # Several folders (ImageNet-O's in/out; ImageNet-C's cells, even one: gaussian_noise/5 and shot_noise/5
+        # hold the same file names): paths carry the part's key, and each part has its own fingerprint too.
+        several = len(bench.parts) > 1 or bench.kind == "corruption"
         for i, (path, p, size) in enumerate(zip(paths, part, sizes)):
             rel = os.path.relpath(path, bench.parts[p].root).replace(os.sep, "/")
             per_part[p].add(rel, int(size))

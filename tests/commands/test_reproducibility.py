@@ -25,16 +25,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return dict(env, **extra)
 
 
-def run_json(code: str, tmp_path: Path, env: dict[str, str]) -> dict:
+def run_json(code: str, tmp_path: Path, env: dict[str, str], *args: str) -> dict:
     script = tmp_path / "probe.py"
     script.write_text(code)
-    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 PROBE = """
 import importlib.util, json, os, sys
+with open(sys.argv[1], "a") as f:  # one line per start of this script: a re-executed command starts twice
+    f.write(os.environ.get("ATEN_CPU_CAPABILITY", "-") + "\\n")
 import torch  # loaded before pin(): only a new process can get the pinned kernels
 # the module alone, by its path (stdlib only): the probe need not import lk_ablate's models
 spec = importlib.util.spec_from_file_location("cpu_kernels", {path!r})
@@ -48,17 +50,20 @@ print(json.dumps({"status": status, "capability": torch.backends.cpu.get_cpu_cap
 
 
 def test_pin_reexecutes_the_command_with_the_kernels_set_before_torch_loads(tmp_path):
-    got = run_json(PROBE, tmp_path, clean_env())
+    starts = tmp_path / "starts.txt"
+    got = run_json(PROBE, tmp_path, clean_env(), str(starts))
     ok, why = pinnable()
     if not ok:  # e.g. an ARM machine: nothing is pinned, and the demo says so
         assert got["status"].startswith("CPU kernels not pinned") and why in got["status"]
         return
-    # The printing process is the re-executed one: torch loaded there with the variables already set.
+    # The script started twice, the second time with the variables set before torch loaded, and printed there.
+    assert starts.read_text().split() == ["-", "avx2"]
     assert got["reexec"] == "1" and got["env"] == PINNED_ENV and got["capability"] == "AVX2"
     assert got["status"] == "CPU kernels pinned: " + " ".join(f"{k}={v}" for k, v in PINNED_ENV.items())
-    # already set (e.g. by the user): no second process
-    again = run_json(PROBE, tmp_path, clean_env(**PINNED_ENV))
-    assert again["reexec"] is None and again["env"] == PINNED_ENV
+    # already set (e.g. by the user): no second start
+    starts.unlink()
+    again = run_json(PROBE, tmp_path, clean_env(**PINNED_ENV), str(starts))
+    assert again["reexec"] is None and again["env"] == PINNED_ENV and starts.read_text().split() == ["avx2"]
 
 
 def test_demo_pins_its_own_command_line_and_never_reexecutes_a_caller(monkeypatch):
@@ -139,10 +144,9 @@ import hashlib, json
 import numpy as np
 from lk_ablate.robustness.corruptions import corrupt_images
 rng = np.random.default_rng(0)
-imgs = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
-c = corrupt_images(imgs, ["defocus_blur", "zoom_blur"], [1, 3, 5], seed=0, workers=1)
-print(json.dumps({k: hashlib.sha256(np.concatenate([c.arrays[k][s] for s in (1, 3, 5)]).tobytes()).hexdigest()
-                  for k in c.arrays}))
+imgs = rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)
+c = corrupt_images(imgs, ["defocus_blur"], [1, 2, 3, 4, 5], seed=0, workers=1)
+print(json.dumps({s: hashlib.sha256(c.arrays["defocus_blur"][s].tobytes()).hexdigest() for s in range(1, 6)}))
 """
 
 
@@ -153,10 +157,11 @@ def test_corruption_cache_does_not_depend_on_opencvs_cpu_dispatch(tmp_path):
 
     from lk_ablate.robustness.corruptions import corrupt_images
 
-    imgs = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
-    c = corrupt_images(imgs, ["defocus_blur", "zoom_blur"], [1, 3, 5], seed=0, workers=1)
-    here = {k: hashlib.sha256(np.concatenate([c.arrays[k][s] for s in (1, 3, 5)]).tobytes()).hexdigest()
-            for k in c.arrays}
+    # 48 random images: OpenCV's AVX2 and SSE kernels give different pixels for some of them (measured: one at
+    # severity 4 with these seeds; on Fashion-MNIST-C's 500 test images, some at every run)
+    imgs = np.random.default_rng(0).integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)
+    c = corrupt_images(imgs, ["defocus_blur"], [1, 2, 3, 4, 5], seed=0, workers=1)
+    here = {str(s): hashlib.sha256(c.arrays["defocus_blur"][s].tobytes()).hexdigest() for s in range(1, 6)}
     assert run_json(CORRUPT, tmp_path, clean_env(OPENCV_CPU_DISABLE="AVX2,FMA3,AVX")) == here
 
 
