@@ -5,21 +5,22 @@ libraries choose their kernels), ``pinned`` (``PINNED_ENV``: AVX2 ATen and oneDN
 path) and ``pinned-mkl-avx2`` (the same with MKL's AVX2 branch, Intel-only: the alternative the pinned set
 does not take). Every process times the demo's training step (convnext_demo, batch 128, 32 px, channels-last,
 AdamW, the demo's threads) and its inference (batch 256), after warm-up steps; settings alternate over
-``--rounds`` rounds and each cell is the median, so load from other processes hits all settings alike.
+``--repeats`` rounds and each cell is the median, so load from other processes hits all settings alike.
 Times are process CPU time per step (less disturbed by other work on a shared machine than wall time) and wall
 time.
 
-    python benchmarks/bench_cpu_kernels.py --kernels 3 13 --steps 30 --rounds 3
+    python benchmarks/bench_cpu_kernels.py --kernel_sizes [3,13] --steps 20 --repeats 3
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -69,16 +70,23 @@ def child(kernel: int, steps: int, threads: int) -> dict:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kernels", type=int, nargs="+", default=[3, 13])
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2, help="torch threads (the demo's default)")
-    p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+def parser() -> ArgumentParser:
+    from argparse import SUPPRESS
+
+    p = ArgumentParser(prog="benchmarks/bench_cpu_kernels.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
+    p.add_argument("--kernel_sizes", type=list[int], default=[3, 13], help="the demo's kernel sizes")
+    p.add_argument("--steps", type=int, default=20, help="timed training (and inference) steps per process")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds over the settings (the median counts)")
+    p.add_argument("--num_threads", type=int, default=2, help="torch threads (the demo's default)")
+    p.add_argument("--child", type=int | None, default=None, help=SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     if args.child is not None:
-        print(json.dumps(child(args.child, args.steps, args.threads)))
+        print(json.dumps(child(args.child, args.steps, args.num_threads)))
         return
     from lk_ablate.base.cpu_kernels import PINNED_ENV, pinnable
 
@@ -90,20 +98,20 @@ def main() -> None:
     base_env = {k: v for k, v in os.environ.items() if k not in PINNED_ENV}
     base_env["PYTHONPATH"] = str(ROOT) + os.pathsep + base_env.get("PYTHONPATH", "")
     results: dict[tuple[int, str], list[dict]] = {}
-    for _ in range(args.rounds):
-        for k in args.kernels:
+    for _ in range(args.repeats):
+        for k in args.kernel_sizes:
             for name, env in SETTINGS.items():
                 cmd = [sys.executable, __file__, "--child", str(k), "--steps", str(args.steps),
-                       "--threads", str(args.threads)]
+                       "--num_threads", str(args.num_threads)]
                 res = subprocess.run(cmd, env={**base_env, **env}, capture_output=True, text=True, check=True)
                 results.setdefault((k, name), []).append(json.loads(res.stdout.strip().splitlines()[-1]))
     from lk_ablate.base.provenance import cpu_name
 
-    print(f"{cpu_name()}, {os.cpu_count()} cores, {args.threads} torch threads; median of {args.rounds} rounds x "
+    print(f"{cpu_name()}, {os.cpu_count()} cores, {args.num_threads} torch threads; median of {args.repeats} rounds x "
           f"{args.steps} steps; load average {os.getloadavg()[0]:.1f} at the end")
     print(f"{'kernel':>6} {'setting':<16} {'capability':<10} {'train cpu ms':>12} {'train wall ms':>13} "
           f"{'infer cpu ms':>12} {'infer wall ms':>13} {'train ratio':>11}")
-    for k in args.kernels:
+    for k in args.kernel_sizes:
         base = statistics.median(r["train_cpu_ms"] for r in results[(k, "native")])
         for name in SETTINGS:
             rs = results[(k, name)]

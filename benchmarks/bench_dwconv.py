@@ -4,7 +4,7 @@ For every (batch, map size, kernel) of a grid, times the forward, input-gradient
 each method (``direct``: PyTorch's kernel on the tensor as it comes, ``direct_cl``: on a channels-last copy,
 ``fft``), and records per product the fastest, keeping ``direct`` unless another method is more than ``--margin``
 faster (millisecond differences at small kernels are noise, and PyTorch's own path has no overhead): the plan
-``(fwd, gin, gw)``. Times are the minimum of ``--reps``
+``(fwd, gin, gw)``. Times are the minimum of ``--repeats``
 interleaved repetitions after one warm-up, and of ``--sweeps`` passes over the whole grid (the minimum is the least
 disturbed by other work on a busy machine).
 A direct method already slower than ``--prune`` times the best at a smaller kernel is not timed again for larger
@@ -14,12 +14,11 @@ gradient on a 112x112 map takes minutes on a CPU.
 CPU rows are measured in float32 on NCHW inputs, one thread, in process CPU time (see ``timer``) (how the models run on CPU); CUDA rows under bfloat16 autocast on
 channels-last inputs (how they train on GPU); ``direct_cl`` is skipped there as it equals ``direct``.
 
-    python benchmarks/bench_dwconv.py --device cpu --write lk_ablate/models/dwconv_rules.json
-    python benchmarks/bench_dwconv.py --device cuda --write lk_ablate/models/dwconv_rules.json  # merges
+    python benchmarks/bench_dwconv.py --device cpu --output_path lk_ablate/models/dwconv_rules.json
+    python benchmarks/bench_dwconv.py --device cuda --output_path lk_ablate/models/dwconv_rules.json  # merges
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -28,8 +27,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lk_ablate.models import layers  # noqa: E402
@@ -156,7 +157,7 @@ def measure(device: str, batches: list[int], sizes: list[int], kernels: list[int
             dropped: set[tuple[str, str]] = set()
             for kc in dict.fromkeys(min(k, 2 * h - 1) for k in kernels):
                 if time.time() > deadline:
-                    log(f"--max-minutes reached: rows from n={n} h={h} k={kc} on not measured")
+                    log(f"--max_minutes reached: rows from n={n} h={h} k={kc} on not measured")
                     break
                 todo = {p: [m for m in methods if (p, m) not in dropped] for p in PASSES}
                 got = time_row(device, n, h, c, kc, todo, reps, amp)
@@ -209,26 +210,32 @@ def dump(table: dict) -> str:
     return "\n".join(parts + ["}"]) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--batches", default=None, help="comma list (default cpu 1,8; cuda 8,64)")
-    ap.add_argument("--sizes", default="7,14,28,56,112", help="square map sizes, comma list")
-    ap.add_argument("--kernels", default=",".join(map(str, KERNELS)))
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--sweeps", type=int, default=3)
-    ap.add_argument("--max-minutes", type=float, default=float("inf"), help="stop measuring after this long")
+def parser() -> ArgumentParser:
+    ap = ArgumentParser(prog="benchmarks/bench_dwconv.py", description=__doc__)
+    ap.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
+    ap.add_argument("--device", type=Literal["cpu", "cuda"], default="cpu")
+    ap.add_argument("--batch_sizes", type=list[int] | None, default=None, help="default cpu [1,8]; cuda [8,64]")
+    ap.add_argument("--map_sizes", type=list[int], default=[7, 14, 28, 56, 112], help="square map sizes")
+    ap.add_argument("--kernel_sizes", type=list[int], default=list(KERNELS))
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved repetitions per product (the minimum counts)")
+    ap.add_argument("--sweeps", type=int, default=3, help="passes over the whole grid (the minimum counts)")
+    ap.add_argument("--max_minutes", type=float, default=float("inf"), help="stop measuring after this long")
     ap.add_argument("--prune", type=float, default=8.0)
-    ap.add_argument("--replan", action="store_true",
-                    help="only recompute the plans of the --write table from its measured times with --margin")
+    ap.add_argument("--replan", type=bool, default=False,
+                    help="only recompute the plans of the --output_path table from its measured times with --margin")
     ap.add_argument("--margin", type=float, default=0.25,
                     help="keep direct unless another method is this much faster (tiny differences are noise)")
-    ap.add_argument("--threads", type=int, default=1,
+    ap.add_argument("--num_threads", type=int, default=1,
                     help="torch threads on CPU (default 1: CPU time then is compute time; all methods scale alike)")
-    ap.add_argument("--write", default=None, help="rule JSON to create or merge this device's rows into")
-    args = ap.parse_args(argv)
+    ap.add_argument("--output_path", type=str | None, default=None,
+                    help="rule JSON to create or merge this device's rows into")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.replan:
-        path = Path(args.write)
+        path = Path(args.output_path)
         table = json.loads(path.read_text())
         for rows in table["devices"].values():
             for row in rows:
@@ -239,29 +246,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"re-planned {path} with margin {args.margin}")
         return 0
     if args.device == "cpu":
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.num_threads)
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
-    batches = [int(b) for b in (args.batches or ("8,64" if args.device == "cuda" else "1,8")).split(",")]
-    sizes = [int(s) for s in args.sizes.split(",")]
-    kernels = [int(k) for k in args.kernels.split(",")]
+    batches = args.batch_sizes or ([8, 64] if args.device == "cuda" else [1, 8])
+    sizes, kernels = list(args.map_sizes), list(args.kernel_sizes)
+    sizes_note = ",".join(map(str, sizes))
     t0 = time.time()
     rows: list[dict] = []
     try:
-        measure(args.device, batches, sizes, kernels, args.reps, args.prune, args.margin, args.sweeps,
+        measure(args.device, batches, sizes, kernels, args.repeats, args.prune, args.margin, args.sweeps,
                 lambda s: print(s, flush=True), deadline=t0 + 60 * args.max_minutes, rows=rows)
     except BaseException as e:  # keep what was measured
         print(f"interrupted after {len(rows)} rows: {e!r}", flush=True)
-        args.sizes += " (interrupted)"
+        sizes_note += " (interrupted)"
     for row in rows:
         print(fmt_row(row) + "  -> " + ",".join(row["plan"]))
     meta = {"machine": machine_name(args.device), "torch": torch.__version__,
             "date": datetime.date.today().isoformat(), "seconds": round(time.time() - t0),
-            "sizes": args.sizes, "margin": args.margin, "setting": ("bfloat16 autocast, channels_last" if args.device == "cuda" else "float32, NCHW"),
+            "sizes": sizes_note, "margin": args.margin, "setting": ("bfloat16 autocast, channels_last" if args.device == "cuda" else "float32, NCHW"),
             "command": "python benchmarks/bench_dwconv.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(json.dumps(meta))
-    if args.write:
-        path = Path(args.write)
+    if args.output_path:
+        path = Path(args.output_path)
         table = json.loads(path.read_text()) if path.exists() else {}
         table.setdefault("about", "Measured by benchmarks/bench_dwconv.py; read by lk_ablate.models.layers.rule_for. "
                                   "ms: minimum time of each product per method; plan: the fastest per product.")

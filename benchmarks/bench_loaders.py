@@ -4,21 +4,20 @@ Every pipeline runs the full training recipe at 224 px, batch 256: RandomResized
 RandAugment rand-m9-mstd0.5-inc1, normalise, random erasing 0.25 (pixel noise).
 
 - ffcv: lk_ablate's FFCV loader on a .beton written with ffcv-imagenet's parameters (max side 500, half
-  JPEG q90, half raw); ``--workers`` numba threads in the main process.
-- pil: torchvision ImageFolder + timm's ``create_transform`` (PIL), DataLoader with ``--workers`` processes.
+  JPEG q90, half raw); ``--data.num_workers`` numba threads in the main process.
+- pil: torchvision ImageFolder + timm's ``create_transform`` (PIL), DataLoader with ``--data.num_workers`` processes.
 - v2: file bytes -> ``torchvision.io.decode_jpeg`` -> ``transforms.v2`` (RandAugment with timm's op set,
-  probabilities and magnitudes written with v2 functionals), DataLoader with ``--workers`` processes.
+  probabilities and magnitudes written with v2 functionals), DataLoader with ``--data.num_workers`` processes.
 
-Data: ``--images`` generated JPEGs of 350-500 px per side (smooth random content plus noise, quality 90),
+Data: ``--num_images`` generated JPEGs of 350-500 px per side (smooth random content plus noise, quality 90),
 cached under ``--root``. Epochs of the pipelines are interleaved in one process (the machine's speed drifts);
 the table shows every epoch and the median after the first (FFCV's first epoch compiles its kernels).
 
     python benchmarks/bench_loaders.py            # 4000 images, 6 epochs each
-    python benchmarks/bench_loaders.py --images 1200 --epochs 3   # quick look
+    python benchmarks/bench_loaders.py --num_images 1200 --max_epochs 3   # quick look
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import random
@@ -26,9 +25,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -200,34 +201,39 @@ def run_epoch(loader, epoch: int) -> tuple[int, float, float]:
     return n, dt, time.process_time() + sum(_proc_cpu(p) for p in workers) - c0
 
 
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="benchmarks/bench_loaders.py", description=__doc__)
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
+    p.add_argument("--num_images", type=int, default=4000, help="generated training JPEGs")
+    p.add_argument("--max_epochs", type=int, default=6, help="epochs per pipeline (interleaved)")
+    p.add_argument("--data.batch_size", type=int, default=256)
+    p.add_argument("--data.num_workers", type=int, default=2, help="loader workers (FFCV: numba threads)")
+    p.add_argument("--data.input_size", type=int, default=224, help="training crop side")
+    p.add_argument("--root", type=str, default="/tmp/lk_ablate_bench_loaders", help="where the JPEGs are cached")
+    p.add_argument("--pipelines", type=list[Literal["ffcv", "pil", "v2"]], default=["ffcv", "pil", "v2"])
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=4000)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--root", default="/tmp/lk_ablate_bench_loaders")
-    p.add_argument("--pipelines", nargs="+", default=["ffcv", "pil", "v2"], choices=["ffcv", "pil", "v2"])
-    args = p.parse_args(argv)
+    args = parser().parse_args(argv)
     torch.set_num_threads(1)
     root = Path(args.root)
     load0 = os.getloadavg()
-    jpeg_root = make_jpegs(root, args.images)
+    jpeg_root = make_jpegs(root, args.num_images)
     loaders = {}
     if "ffcv" in args.pipelines:
-        loaders["ffcv"] = ffcv_loader(jpeg_root, root, args.size, args.batch_size, args.workers)
+        loaders["ffcv"] = ffcv_loader(jpeg_root, root, args.data.input_size, args.data.batch_size, args.data.num_workers)
     if "pil" in args.pipelines:
         from torchvision.datasets import ImageFolder
 
-        loaders["pil"] = torch_loader(ImageFolder(str(jpeg_root / "train"), transform=pil_transform(args.size)),
-                                      args.batch_size, args.workers)
+        loaders["pil"] = torch_loader(ImageFolder(str(jpeg_root / "train"), transform=pil_transform(args.data.input_size)),
+                                      args.data.batch_size, args.data.num_workers)
     if "v2" in args.pipelines:
-        loaders["v2"] = torch_loader(JpegFolder(jpeg_root / "train", v2_transform(args.size)), args.batch_size,
-                                     args.workers)
+        loaders["v2"] = torch_loader(JpegFolder(jpeg_root / "train", v2_transform(args.data.input_size)), args.data.batch_size,
+                                     args.data.num_workers)
     rates: dict[str, list[float]] = {k: [] for k in loaders}
     cpu: dict[str, list[float]] = {k: [] for k in loaders}
-    for epoch in range(args.epochs):
+    for epoch in range(args.max_epochs):
         for name, loader in loaders.items():
             n, dt, c = run_epoch(loader, epoch)
             rates[name].append(n / dt)
@@ -237,11 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     load1 = os.getloadavg()
     med = {k: statistics.median(v[1:] if len(v) > 1 else v) for k, v in rates.items()}
     med_cpu = {k: statistics.median(v[1:] if len(v) > 1 else v) for k, v in cpu.items()}
-    print(f"\n{args.images} JPEGs 350-500 px, batch {args.batch_size}, {args.workers} workers, {args.size} px, "
+    print(f"\n{args.num_images} JPEGs 350-500 px, batch {args.data.batch_size}, {args.data.num_workers} workers, {args.data.input_size} px, "
           f"{os.cpu_count()} cores; load average {load0[0]:.1f} before, {load1[0]:.1f} after")
-    print(f"| pipeline | {' | '.join(f'epoch {e}' for e in range(args.epochs))} | median (epochs 1+) img/s "
+    print(f"| pipeline | {' | '.join(f'epoch {e}' for e in range(args.max_epochs))} | median (epochs 1+) img/s "
           f"| CPU-ms per image (median) |")
-    print(f"|---|{'---|' * args.epochs}---|---|")
+    print(f"|---|{'---|' * args.max_epochs}---|---|")
     for k, v in rates.items():
         print(f"| {k} | {' | '.join(f'{r:.0f}' for r in v)} | {med[k]:.0f} | {med_cpu[k]:.2f} |")
     if "ffcv" in med:

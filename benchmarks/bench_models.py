@@ -8,17 +8,17 @@ hits both alike. A train step is forward + backward + AdamW step on random image
 forward under ``torch.inference_mode`` in eval mode.
 
 Peak memory on CPU is VmHWM (peak resident set) of a fresh subprocess per configuration that builds the model and
-runs two steps (``--memory``); on CUDA it is ``torch.cuda.max_memory_allocated`` in the main process.
+runs two steps (``--memory true``); on CUDA it is ``torch.cuda.max_memory_allocated`` in the main process.
 
 CPU: float32, NCHW, batch 8, 224x224. CUDA: bfloat16 autocast, channels_last, batch 64, cudnn.benchmark.
 
-``--compile`` runs BOTH contenders under torch.compile (``lk_ablate.models.compile.compile_model``, in place;
-``--compile-mode``, ``--compile-backend``): like is compared with like. The first warm-up step includes the
+``--model.compile true`` runs BOTH contenders under torch.compile (``lk_ablate.models.compile.compile_model``, in
+place; ``--model.compile_mode``, ``--model.compile_backend``): like is compared with like. The first warm-up step includes the
 compilation; its seconds are reported as ``<contender>_first_s``.
 
-    python benchmarks/bench_models.py --device cpu --memory --out docs/bench_cpu.md
-    python benchmarks/bench_models.py --device cuda --out bench_cuda.md
-    python benchmarks/bench_models.py --device cuda --compile --kernels 7,51 --models convnext_tiny
+    python benchmarks/bench_models.py --device cpu --memory true --output_path docs/bench_cpu.md
+    python benchmarks/bench_models.py --device cuda --output_path bench_cuda.md
+    python benchmarks/bench_models.py --device cuda --model.compile true --kernel_sizes [7,51] --model_names [convnext_tiny]
 """
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
+from jsonargparse import ActionConfigFile, ArgumentParser, SUPPRESS
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -70,12 +72,12 @@ def build(family: str, contender: str, kernel: str, device: str, channels_last: 
 
 
 def compiled(model: nn.Module, args: argparse.Namespace) -> nn.Module:
-    """``model`` under torch.compile when ``--compile`` (the same call for both contenders)."""
-    if not getattr(args, "compile", False):
+    """``model`` under torch.compile when ``--model.compile true`` (the same call for both contenders)."""
+    if not args.model.compile:
         return model
     from lk_ablate.models.compile import compile_model
 
-    return compile_model(model, args.compile_mode, args.compile_backend)
+    return compile_model(model, args.model.compile_mode, args.model.compile_backend)
 
 
 class Runner:
@@ -87,9 +89,9 @@ class Runner:
         self.cuda = args.device == "cuda"
         self.model = compiled(build(family, contender, kernel, args.device, channels_last=self.cuda), args)
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
+        x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen)
         self.x = x.to(args.device, memory_format=torch.channels_last if self.cuda else torch.contiguous_format)
-        self.y = torch.randint(0, 1000, (args.batch,), generator=gen).to(args.device)
+        self.y = torch.randint(0, 1000, (args.batch_size,), generator=gen).to(args.device)
         self.model.train(train)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4) if train else None
 
@@ -129,11 +131,11 @@ def child(spec: str, args: argparse.Namespace) -> int:
 
 
 def peak_memory(spec: str, args: argparse.Namespace) -> float:
-    cmd = [sys.executable, __file__, "--child", spec, "--device", args.device, "--batch", str(args.batch),
-           "--size", str(args.size), "--threads", str(torch.get_num_threads()), "--clock", args.clock]
-    if args.compile:
-        cmd += ["--compile", "--compile-backend", args.compile_backend] + (
-            ["--compile-mode", args.compile_mode] if args.compile_mode else [])
+    cmd = [sys.executable, __file__, "--child", spec, "--device", args.device, "--batch_size", str(args.batch_size),
+           "--image_size", str(args.image_size), "--num_threads", str(torch.get_num_threads()), "--clock", args.clock]
+    if args.model.compile:
+        cmd += ["--model.compile", "true", "--model.compile_backend", args.model.compile_backend] + (
+            ["--model.compile_mode", args.model.compile_mode] if args.model.compile_mode else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return json.loads(out.stdout.strip().splitlines()[-1])["vmhwm_mib"]
 
@@ -151,7 +153,7 @@ def compare(family: str, kernel: str, train: bool, args: argparse.Namespace) -> 
             torch.cuda.reset_peak_memory_stats()
         runners[c] = Runner(family, c, kernel, train, args)
         t0 = time.perf_counter()
-        for _ in range(max(1, args.warmup)):
+        for _ in range(max(1, args.warmup_steps)):
             runners[c].step()
             first.setdefault(c, time.perf_counter() - t0)  # wall seconds of the first step (compilation included)
         if args.device == "cuda":
@@ -165,7 +167,7 @@ def compare(family: str, kernel: str, train: bool, args: argparse.Namespace) -> 
         if i + 1 >= args.min_steps and time.perf_counter() > t_budget:
             break
     row = {"model": family, "k": kernel, "pass": "train" if train else "infer", "steps": len(times[contenders[0]]),
-           "compiled": bool(args.compile)}
+           "compiled": bool(args.model.compile)}
     for c in contenders:
         row[c] = statistics.median(times[c])
         row[c + "_first_s"] = round(first[c], 3)
@@ -195,15 +197,15 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
                 head += ["lk_ablate img/s", f"{base} img/s", "lk_ablate GPU MiB", f"{base} GPU MiB"]
             if any("lk_ablate_mib" in r for r in sel):
                 head += ["lk_ablate peak MiB", f"{base} peak MiB", "lk_ablate MiB / own k7"]
-            how = f", torch.compile ({args.compile_backend}, mode {args.compile_mode or 'default'})" if args.compile \
+            how = f", torch.compile ({args.model.compile_backend}, mode {args.model.compile_mode or 'default'})" if args.model.compile \
                 else ""
-            out += [f"\n{family}, {mode}, batch {args.batch}, {args.size}x{args.size}, {args.device}{how}\n",
+            out += [f"\n{family}, {mode}, batch {args.batch_size}, {args.image_size}x{args.image_size}, {args.device}{how}\n",
                     "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for r in sel:
                 cells = [r["k"], f"{r['lk_ablate']:.3f}", f"{r[base]:.3f}", f"{r['lk_ablate'] / r[base]:.2f}",
                          f"{r['lk_ablate'] / ref['lk_ablate']:.2f}" if ref else "-"]
                 if args.device == "cuda":
-                    cells += [f"{args.batch / r['lk_ablate']:.0f}", f"{args.batch / r[base]:.0f}",
+                    cells += [f"{args.batch_size / r['lk_ablate']:.0f}", f"{args.batch_size / r[base]:.0f}",
                               f"{r['lk_ablate_gpu_mib']:.0f}", f"{r[base + '_gpu_mib']:.0f}"]
                 if "lk_ablate_mib" in r:
                     cells += [f"{r['lk_ablate_mib']:.0f}", f"{r[base + '_mib']:.0f}",
@@ -213,37 +215,46 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--models", default="convnext_tiny,replknet_31b")
-    ap.add_argument("--kernels", default="3,7,13,31,51",
-                    help="comma list; '31B' is RepLKNet-31B's own (31,29,27,13), '3B' RepLKNet-3B (3, no small kernel)")
-    ap.add_argument("--passes", default="train,infer")
-    ap.add_argument("--batch", type=int, default=None, help="default 8 on cpu, 64 on cuda")
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--warmup", type=int, default=None, help="default 1 on cpu, 3 on cuda")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per contender (default 5 cpu, 20 cuda)")
-    ap.add_argument("--min-steps", type=int, default=3)
-    ap.add_argument("--max-seconds", type=float, default=60.0, help="stop after min-steps once a pair ran this long")
+def parser() -> ArgumentParser:
+    ap = ArgumentParser(prog="benchmarks/bench_models.py", description=__doc__)
+    ap.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
+    ap.add_argument("--device", type=Literal["cpu", "cuda"], default="cpu")
+    ap.add_argument("--model_names", type=list[str], default=["convnext_tiny", "replknet_31b"])
+    ap.add_argument("--kernel_sizes", type=list[int | str], default=[3, 7, 13, 31, 51],
+                    help="'31B' is RepLKNet-31B's own (31,29,27,13), '3B' RepLKNet-3B (3, no small kernel)")
+    ap.add_argument("--passes", type=list[Literal["train", "infer"]], default=["train", "infer"])
+    ap.add_argument("--batch_size", type=int | None, default=None, help="default 8 on cpu, 64 on cuda")
+    ap.add_argument("--image_size", type=int, default=224)
+    ap.add_argument("--warmup_steps", type=int | None, default=None, help="default 1 on cpu, 3 on cuda")
+    ap.add_argument("--steps", type=int | None, default=None, help="timed steps per contender (default 5 cpu, 20 cuda)")
+    ap.add_argument("--min_steps", type=int, default=3)
+    ap.add_argument("--max_seconds", type=float, default=60.0, help="stop after min_steps once a pair ran this long")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds; start no comparison after")
-    ap.add_argument("--memory", action="store_true", help="also peak memory (CPU: VmHWM of a fresh subprocess)")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                    help="cpu: process CPU time (with --threads 1 it ignores time other processes take on a busy "
+    ap.add_argument("--memory", type=bool, default=False, help="also peak memory (CPU: VmHWM of a fresh subprocess)")
+    ap.add_argument("--num_threads", type=int | None, default=None)
+    ap.add_argument("--clock", type=Literal["wall", "cpu"], default="wall",
+                    help="cpu: process CPU time (with --num_threads 1 it ignores time other processes take on a busy "
                          "machine; with more threads it also counts OpenMP spinning)")
-    ap.add_argument("--compile", action="store_true", help="both contenders under torch.compile (like with like)")
-    ap.add_argument("--compile-mode", default=None, help="torch.compile mode (default, reduce-overhead, max-autotune)")
-    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
-    ap.add_argument("--out", default=None, help="write the markdown tables (and a .json of the rows) here")
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    ap.add_argument("--model.compile", type=bool, default=False,
+                    help="both contenders under torch.compile (like with like)")
+    ap.add_argument("--model.compile_mode", type=str | None, default=None,
+                    help="torch.compile mode (default, reduce-overhead, max-autotune)")
+    ap.add_argument("--model.compile_backend", type=str, default="inductor",
+                    help="torch.compile backend (default inductor)")
+    ap.add_argument("--output_path", type=str | None, default=None,
+                    help="write the markdown tables (and a .json of the rows) here")
+    ap.add_argument("--child", type=str | None, default=None, help=SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     cuda = args.device == "cuda"
-    args.batch = args.batch or (64 if cuda else 8)
-    args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    args.batch_size = args.batch_size or (64 if cuda else 8)
+    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (3 if cuda else 1)
     args.steps = args.steps or (20 if cuda else 5)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
     if args.clock == "cpu" and cuda:
         raise SystemExit("--clock cpu is for CPU runs; CUDA steps are timed by wall clock after synchronize")
     if cuda:
@@ -252,11 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         return child(args.child, args)
     rows = []
     t_end = time.time() + args.deadline
-    for family in args.models.split(","):
-        for kernel in args.kernels.split(","):
+    for family in args.model_names:
+        for kernel in map(str, args.kernel_sizes):
             if kernel in RELEASED and family != "replknet_31b":
                 continue
-            for mode in args.passes.split(","):
+            for mode in args.passes:
                 if time.time() > t_end:
                     print(f"--deadline reached: {family} k={kernel} {mode} not measured", flush=True)
                     continue
@@ -266,11 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench_dwconv import machine_name
 
     text = (f"Machine: {machine_name(args.device)}; torch {torch.__version__}; clock: {args.clock}; median of "
-            f"{args.steps} interleaved steps after {args.warmup} warm-up\n" + table(rows, args))
+            f"{args.steps} interleaved steps after {args.warmup_steps} warm-up\n" + table(rows, args))
     print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    if args.output_path:
+        Path(args.output_path).write_text(text)
+        Path(args.output_path).with_suffix(".json").write_text(json.dumps(rows, indent=1))
     return 0
 
 

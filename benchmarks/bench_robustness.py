@@ -11,12 +11,13 @@ files and as the median of interleaved repeats, it times:
 and prints the ratios and the projected minutes per checkpoint. Ends with one line per layout,
 ``<layout> pipeline/bound = <ratio>``.
 
-    python benchmarks/bench_robustness.py --pipeline-only --device cpu              # < 3 min on 2 cores
-    python benchmarks/bench_robustness.py --device cuda --workers 16 --batch-size 256 --models convnext_tiny:7 replknet_31b
-    python benchmarks/bench_robustness.py --device cuda --decode gpu ...             # nvJPEG decode on the GPU
-    python benchmarks/bench_robustness.py --measure-gpu-decode --device cuda         # PIL vs GPU decode differences
-    python benchmarks/bench_robustness.py --measure-bf16 --device cpu                # fp32 vs bf16 logits
-    python benchmarks/bench_robustness.py --corruptions --images 500   # on-the-fly corruption speed (Fashion-MNIST-C)
+    python benchmarks/bench_robustness.py --pipeline_only true --device cpu          # < 3 min on 2 cores
+    python benchmarks/bench_robustness.py --device cuda --data.num_workers 16 --data.batch_size 256 \\
+        --model_names [convnext_tiny:7,replknet_31b]
+    python benchmarks/bench_robustness.py --device cuda --data.decode gpu ...        # nvJPEG decode on the GPU
+    python benchmarks/bench_robustness.py --measure_gpu_decode true --device cuda    # PIL vs GPU decode differences
+    python benchmarks/bench_robustness.py --measure_bf16 true --device cpu           # 32-true vs bf16-mixed logits
+    python benchmarks/bench_robustness.py --time_corruptions true --num_images 500   # corruption speed (Fashion-MNIST-C)
 """
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
 from PIL import Image
 
 from lk_ablate import create_model
@@ -140,8 +143,8 @@ def _forward_rate(model: torch.nn.Module, size: int, batch: int, device: torch.d
 def _model_rate(model: torch.nn.Module, bench: Benchmark, cfg: ModelConfig, args: argparse.Namespace,
                 device: torch.device) -> float:
     t = time.perf_counter()
-    results, errors = evaluate({"raw": model}, cfg, [bench], batch_size=args.batch_size,
-                               num_workers=args.workers, device=device, decode=args.decode, precision=args.precision)
+    results, errors = evaluate({"raw": model}, cfg, [bench], batch_size=args.data.batch_size,
+                               num_workers=args.data.num_workers, device=device, decode=args.data.decode, precision=args.precision)
     assert not errors, errors
     _sync(device)
     key = "n_total" if bench.kind == "corruption" else "n"
@@ -152,18 +155,18 @@ def _machine(device: torch.device, args: argparse.Namespace) -> str:
     what = (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU")
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     return (f"device {device} ({what}), {os.cpu_count()} CPUs, load average {load}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} torch threads, batch {args.batch_size}, {args.workers} loader workers, "
-            f"decode {args.decode}, precision {args.precision}, {args.images} images per layout, "
+            f"{torch.get_num_threads()} torch threads, batch {args.data.batch_size}, {args.data.num_workers} loader workers, "
+            f"decode {args.data.decode}, precision {args.precision}, {args.num_images} images per layout, "
             f"median of {args.repeats} interleaved repeats")
 
 
 def bench_scoring(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     cfg = ModelConfig()  # ConvNeXt-T's eval input: 224 px, resize 256, bicubic
-    models = [] if args.pipeline_only else args.models
+    models = [] if args.pipeline_only else args.model_names
     times: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        layouts = _layouts(tmp, args.images)
+        layouts = _layouts(tmp, args.num_images)
         built = {}
         for spec in models:
             name, _, k = spec.partition(":")
@@ -172,17 +175,17 @@ def bench_scoring(args: argparse.Namespace) -> None:
         # scoring/pipeline compares like with like.
         for spec, model in built.items():  # forward alone: once, it does not interleave with file reading
             size = cfg.image_size
-            times[(spec, "forward")] = [_forward_rate(model, size, args.batch_size, device, args.precision == "bf16")]
+            times[(spec, "forward")] = [_forward_rate(model, size, args.data.batch_size, device, args.precision == "bf16-mixed")]
 
         def inputs(bench: Benchmark) -> ScoringInputs:
-            return ScoringInputs(bench, cfg, batch_size=args.batch_size, num_workers=args.workers, device=device,
-                                 decode=args.decode)
+            return ScoringInputs(bench, cfg, batch_size=args.data.batch_size, num_workers=args.data.num_workers, device=device,
+                                 decode=args.data.decode)
 
         for layout, bench in layouts.items():  # warm-up: worker start, allocator, code paths
             _pipeline_rate(inputs(bench))
         for _ in range(args.repeats):
             for layout, bench in layouts.items():
-                wall, cpu = _single_rate(inputs(bench), args.batch_size)
+                wall, cpu = _single_rate(inputs(bench), args.data.batch_size)
                 times.setdefault((layout, "single wall"), []).append(wall)
                 times.setdefault((layout, "single"), []).append(cpu)
                 rate, per_cpu = _pipeline_rate(inputs(bench))
@@ -196,9 +199,9 @@ def bench_scoring(args: argparse.Namespace) -> None:
           f"   pipeline/bound per repeat")
     for layout in layouts:
         single, pipe = med[(layout, "single")], med[(layout, "pipeline")]
-        ratios = [p / (s * args.workers) for s, p in zip(times[(layout, "single")], times[(layout, "pipeline")])]
-        print(f"{layout:<7}{single:>9.0f}{med[(layout, 'single wall')]:>9.0f}{single * args.workers:>9.0f}"
-              f"{pipe:>10.0f}{pipe / (single * args.workers):>12.2f}{med[(layout, 'pipeline cpu')] / single:>10.2f}   "
+        ratios = [p / (s * args.data.num_workers) for s, p in zip(times[(layout, "single")], times[(layout, "pipeline")])]
+        print(f"{layout:<7}{single:>9.0f}{med[(layout, 'single wall')]:>9.0f}{single * args.data.num_workers:>9.0f}"
+              f"{pipe:>10.0f}{pipe / (single * args.data.num_workers):>12.2f}{med[(layout, 'pipeline cpu')] / single:>10.2f}   "
               + " ".join(f"{r:.2f}" for r in ratios))
     print("(img/s. single: one process doing the pipeline's whole per-image work, per second of its CPU time "
           "(wall: per second of wall time); bound = single x workers; pipeline: delivered by the loader, "
@@ -222,7 +225,7 @@ def bench_scoring(args: argparse.Namespace) -> None:
         mins = [SETS[k] / (rate["C"] if "ImageNet-C" in k else rate["A/R"]) / 60 for k in SETS]
         print(f"  {label:<48}" + "".join(f"{m:10.1f}" for m in mins))
     for layout in layouts:
-        print(f"{layout} pipeline/bound = {med[(layout, 'pipeline')] / (med[(layout, 'single')] * args.workers):.2f}")
+        print(f"{layout} pipeline/bound = {med[(layout, 'pipeline')] / (med[(layout, 'single')] * args.data.num_workers):.2f}")
 
 
 def _dw_impl() -> str:
@@ -271,11 +274,11 @@ def measure_gpu_decode(args: argparse.Namespace) -> None:
     cfg = ModelConfig()
     with tempfile.TemporaryDirectory() as tmp:
         wnids = load_wnids("imagenet_1k")[:CLASSES]
-        root = _tree(Path(tmp) / "a", wnids, args.images, (500, 375), 1)
+        root = _tree(Path(tmp) / "a", wnids, args.num_images, (500, 375), 1)
         bench = Benchmark("imagenet_a", "masked_top1", (Part("a", str(root), wnids, True),))
-        ref = _inputs_of(bench, cfg, device, "cpu", args.batch_size)
+        ref = _inputs_of(bench, cfg, device, "cpu", args.data.batch_size)
         if device.type == "cuda":
-            got = _inputs_of(bench, cfg, device, "gpu", args.batch_size)
+            got = _inputs_of(bench, cfg, device, "gpu", args.data.batch_size)
         else:  # the same code on the CPU: decode_jpeg + v2 geometry, called directly
             from lk_ablate.robustness.pipeline import BatchImages, device_decode, normalize_nhwc
 
@@ -288,9 +291,9 @@ def measure_gpu_decode(args: argparse.Namespace) -> None:
           f"crop 224, on {device}{note}")
     print("  " + _compare("input", got, ref) + f", max |a-b| = {(got - ref).abs().max().item():.3f} "
           f"(normalised units; one grey level = {1 / 255 / 0.225:.4f})")
-    for name in args.models:
+    for name in args.model_names:
         model = _scored_model(name, device)
-        la, lb = _logits(model, got, args.batch_size, False), _logits(model, ref, args.batch_size, False)
+        la, lb = _logits(model, got, args.data.batch_size, False), _logits(model, ref, args.data.batch_size, False)
         agree = (la.argmax(1) == lb.argmax(1)).float().mean().item() * 100
         print(f"  {name} (random init, gammas 1, fp32): " + _compare("logits", la, lb) + f", argmax agreement "
               f"{agree:.1f}%")
@@ -301,17 +304,17 @@ def measure_bf16(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         wnids = load_wnids("imagenet_1k")[:CLASSES]
-        root = _tree(Path(tmp) / "a", wnids, args.images, (500, 375), 1)
+        root = _tree(Path(tmp) / "a", wnids, args.num_images, (500, 375), 1)
         bench = Benchmark("imagenet_a", "masked_top1", (Part("a", str(root), wnids, True),))
         print(f"bf16 autocast vs fp32 on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-              f"{args.images} generated photo-like 500x375 JPEGs through the scoring pipeline")
-        for name in args.models:
+              f"{args.num_images} generated photo-like 500x375 JPEGs through the scoring pipeline")
+        for name in args.model_names:
             model = _scored_model(name, device)
-            for size in args.sizes:
+            for size in args.image_sizes:
                 cfg = ModelConfig(input_size=(3, size, size), crop_pct=0.875, interpolation="bicubic",
                                   num_classes=1000)
-                x = _inputs_of(bench, cfg, device, "cpu", args.batch_size)
-                la, lb = _logits(model, x, args.batch_size, True), _logits(model, x, args.batch_size, False)
+                x = _inputs_of(bench, cfg, device, "cpu", args.data.batch_size)
+                la, lb = _logits(model, x, args.data.batch_size, True), _logits(model, x, args.data.batch_size, False)
                 agree = (la.argmax(1) == lb.argmax(1)).float().mean().item() * 100
                 print(f"  {name} (random init, gammas 1) at {size} px: " + _compare("logits", la, lb)
                       + f", argmax agreement {agree:.1f}%")
@@ -321,8 +324,8 @@ def bench_corruptions(args: argparse.Namespace) -> None:
     from lk_ablate.robustness.corruptions import CORRUPTIONS, _corrupt_all, corrupt_images
 
     rng = np.random.default_rng(0)
-    imgs = np.stack([_smooth(rng, 32, 32) for _ in range(args.images)])
-    print(f"{args.images} images at 32 px, 5 severities, one process:")
+    imgs = np.stack([_smooth(rng, 32, 32) for _ in range(args.num_images)])
+    print(f"{args.num_images} images at 32 px, 5 severities, one process:")
     total = 0.0
     for c in CORRUPTIONS:
         t = time.perf_counter()
@@ -332,43 +335,49 @@ def bench_corruptions(args: argparse.Namespace) -> None:
         total += dt
         print(f"  {c:<18} {dt:6.2f} s")
     print(f"  {'total':<18} {total:6.2f} s")
-    for workers in (1, args.workers):
+    for workers in (1, args.data.num_workers):
         t = time.perf_counter()
         corrupt_images(imgs, seed=1 + workers, workers=workers)
         print(f"corrupt_images, 15 x 5, {workers} worker(s): {time.perf_counter() - t:.1f} s")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--models", nargs="+", default=None,
-                   help="name[:kernel] (default: convnext_tiny:7 replknet_31b; convnext_demo for --measure-bf16)")
-    p.add_argument("--images", type=int, default=None, help="images per layout (C; A/R gets half; default 1000, 2400 pipeline-only)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 256 on CUDA, 64 on the CPU")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="benchmarks/bench_robustness.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
+    p.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model_names", type=list[str] | None, default=None,
+                   help="name[:kernel] (default: [convnext_tiny:7,replknet_31b]; convnext_demo for --measure_bf16)")
+    p.add_argument("--num_images", type=int | None, default=None,
+                   help="images per layout (C; A/R gets half; default 1000, 2400 pipeline-only)")
+    p.add_argument("--data.batch_size", type=int | None, default=None, help="default 256 on CUDA, 64 on the CPU")
+    p.add_argument("--data.num_workers", type=int, default=os.cpu_count() or 1, help="loader workers (default: cores)")
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--sizes", type=int, nargs="+", default=[64, 96], help="--measure-bf16 input sizes")
-    p.add_argument("--pipeline-only", action="store_true", help="no model: the input pipeline against its bound")
-    p.add_argument("--measure-gpu-decode", action="store_true", help="decode gpu vs PIL: inputs, logits, argmax")
-    p.add_argument("--measure-bf16", action="store_true", help="bf16 vs fp32 scoring: logits, argmax")
-    p.add_argument("--corruptions", action="store_true", help="time the on-the-fly corruptions instead")
-    args = p.parse_args()
+    p.add_argument("--data.decode", type=Literal["cpu", "gpu"], default="cpu")
+    p.add_argument("--precision", type=Literal["32-true", "bf16-mixed"], default="32-true")
+    p.add_argument("--image_sizes", type=list[int], default=[64, 96], help="--measure_bf16 input sizes")
+    p.add_argument("--pipeline_only", type=bool, default=False, help="no model: the input pipeline against its bound")
+    p.add_argument("--measure_gpu_decode", type=bool, default=False, help="decode gpu vs PIL: inputs, logits, argmax")
+    p.add_argument("--measure_bf16", type=bool, default=False, help="bf16 vs fp32 scoring: logits, argmax")
+    p.add_argument("--time_corruptions", type=bool, default=False, help="time the on-the-fly corruptions instead")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     cuda = args.device.startswith("cuda")
-    if args.batch_size is None:
-        args.batch_size = 256 if cuda else 64
-    if args.models is None:
-        args.models = ["convnext_demo"] if args.measure_bf16 else (
+    if args.data.batch_size is None:
+        args.data.batch_size = 256 if cuda else 64
+    if args.model_names is None:
+        args.model_names = ["convnext_demo"] if args.measure_bf16 else (
             ["convnext_tiny:7"] if args.measure_gpu_decode else ["convnext_tiny:7", "replknet_31b"])
-    if args.images is None:
-        args.images = 500 if args.corruptions else 256 if (args.measure_bf16 or args.measure_gpu_decode) else (
+    if args.num_images is None:
+        args.num_images = 500 if args.time_corruptions else 256 if (args.measure_bf16 or args.measure_gpu_decode) else (
             2400 if args.pipeline_only else 1000)
     if args.pipeline_only and args.device == "cpu":
         # Each loader worker runs one intra-op thread (DataLoader's setting); so does the process that
         # normalises, or its idle OpenMP threads would spin on the cores the workers decode on.
         torch.set_num_threads(1)
-    if args.corruptions:
+    if args.time_corruptions:
         bench_corruptions(args)
     elif args.measure_gpu_decode:
         measure_gpu_decode(args)

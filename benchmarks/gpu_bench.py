@@ -15,7 +15,7 @@ cuts is printed as not measured:
    alternately, medians (``bench_models.compare``). Memory: ``torch.cuda.max_memory_allocated`` over build and
    warm-up, above what the other contender holds.
 3. Compiled (inductor, both contenders): ConvNeXt-T k7 and k51, RepLKNet-31B; each (model, kernel, pass) in its own
-   ``bench_models.py --compile`` process, killed after ``--compile-cap`` seconds. Train passes first.
+   ``bench_models.py --model.compile true`` process, killed after ``--compile_cap`` seconds. Train passes first.
 
 Targets checked (ConvNeXt-T): k51 train step <= 1.5x its own k7 step (stretch 1.3x), k31 <= 1.3x, never slower
 than timm (<= 1.05x at k3/k7, <= 1.00x at k13/31/51, every measured row, eager and compiled), train memory at
@@ -31,8 +31,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -52,8 +54,8 @@ def measure_rules(args: argparse.Namespace, out_dir: Path | None, log) -> tuple[
     rows: list[dict] = []
     t0 = time.time()
     try:
-        bench_dwconv.measure(args.device, [args.batch], ints(args.rule_sizes), ints(args.rule_kernels), reps=3,
-                             prune=8.0, margin=0.25, sweeps=1, log=lambda s: None, deadline=t0 + args.rules_seconds,
+        bench_dwconv.measure(args.device, [args.batch_size], list(args.rule_map_sizes), list(args.rule_kernel_sizes),
+                             reps=3, prune=8.0, margin=0.25, sweeps=1, log=lambda s: None, deadline=t0 + args.rules_seconds,
                              rows=rows)
     except Exception as e:  # keep what was measured (e.g. out of memory at the largest case)
         log(f"rule measurement stopped: {e!r}")
@@ -66,7 +68,7 @@ def measure_rules(args: argparse.Namespace, out_dir: Path | None, log) -> tuple[
         "date": datetime.date.today().isoformat(), "seconds": round(time.time() - t0),
         "setting": "bfloat16 autocast, channels_last" if args.device == "cuda" else "float32, NCHW", "margin": 0.25,
         "command": "python benchmarks/gpu_bench.py (step 1: bench_dwconv.measure, batch %d, sizes %s, kernels %s)"
-                   % (args.batch, args.rule_sizes, args.rule_kernels),
+                   % (args.batch_size, args.rule_map_sizes, args.rule_kernel_sizes),
         "note": f"{len(rows)} rows measured by this run, {len(kept)} kept from the previous table"}
     path = (out_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / "dwconv_rules.json"
     path.write_text(bench_dwconv.dump(table))
@@ -80,20 +82,22 @@ def measure_rules(args: argparse.Namespace, out_dir: Path | None, log) -> tuple[
 # ------------------------------------------------------------------------------------------- steps 2, 3
 
 def configs(args: argparse.Namespace) -> list[tuple[str, str]]:
-    return ([("convnext_tiny", k) for k in args.kernels.split(",") if k] +
-            [("replknet_31b", k) for k in args.replknet.split(",") if k])
+    return ([("convnext_tiny", str(k)) for k in args.kernel_sizes] +
+            [("replknet_31b", str(k)) for k in args.replknet_variants])
 
 
 def bench_args(args: argparse.Namespace, **extra) -> argparse.Namespace:
-    return argparse.Namespace(device=args.device, clock="wall", batch=args.batch, size=args.size,
-                              warmup=args.warmup, steps=args.steps, min_steps=3, max_seconds=args.max_seconds,
-                              memory=False, compile=False, compile_mode=None, compile_backend="inductor", **extra)
+    return argparse.Namespace(device=args.device, clock="wall", batch_size=args.batch_size, image_size=args.image_size,
+                              warmup_steps=args.warmup_steps, steps=args.steps, min_steps=3,
+                              max_seconds=args.max_seconds, memory=False,
+                              model=argparse.Namespace(compile=False, compile_mode=None, compile_backend="inductor"),
+                              **extra)
 
 
 def run_eager(args: argparse.Namespace, deadline: float, log) -> list[dict]:
     rows = []
     for family, k in configs(args):
-        for mode in args.passes.split(","):
+        for mode in args.passes:
             base = {"model": family, "k": k, "pass": mode, "compiled": False}
             if time.time() > deadline:
                 rows.append({**base, "status": "not measured (budget)"})
@@ -112,7 +116,7 @@ def run_eager(args: argparse.Namespace, deadline: float, log) -> list[dict]:
 
 def run_compiled(args: argparse.Namespace, deadline: float, log) -> list[dict]:
     """One subprocess per (model, kernel, pass), hard-capped: a compile cannot be interrupted from inside."""
-    todo = [(tuple(c.split(":")), mode) for mode in args.passes.split(",") for c in args.compiled.split(",") if c]
+    todo = [(tuple(c.split(":")), mode) for mode in args.passes for c in args.compiled if c]
     rows = []
     for (family, k), mode in todo:
         base = {"model": family, "k": k, "pass": mode, "compiled": True}
@@ -120,14 +124,15 @@ def run_compiled(args: argparse.Namespace, deadline: float, log) -> list[dict]:
         if cap < 20:
             rows.append({**base, "status": "not measured (budget)"})
             continue
-        cmd = [sys.executable, str(HERE / "bench_models.py"), "--device", args.device, "--models", family,
-               "--kernels", k, "--passes", mode, "--batch", str(args.batch), "--size", str(args.size),
-               "--warmup", str(args.warmup), "--steps", str(args.steps), "--max-seconds", str(args.max_seconds),
-               "--compile", "--compile-backend", args.compile_backend]
-        if args.compile_mode:
-            cmd += ["--compile-mode", args.compile_mode]
+        cmd = [sys.executable, str(HERE / "bench_models.py"), "--device", args.device, "--model_names", f"[{family}]",
+               "--kernel_sizes", f"[{k}]", "--passes", f"[{mode}]", "--batch_size", str(args.batch_size),
+               "--image_size", str(args.image_size), "--warmup_steps", str(args.warmup_steps), "--steps",
+               str(args.steps), "--max_seconds", str(args.max_seconds), "--model.compile", "true",
+               "--model.compile_backend", args.model.compile_backend]
+        if args.model.compile_mode:
+            cmd += ["--model.compile_mode", args.model.compile_mode]
         if args.device == "cpu":
-            cmd += ["--threads", str(torch.get_num_threads())]
+            cmd += ["--num_threads", str(torch.get_num_threads())]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=cap, env=dict(os.environ))
             got = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"model"')]
@@ -143,10 +148,6 @@ def run_compiled(args: argparse.Namespace, deadline: float, log) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ table, checks
-
-def ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v]
-
 
 def own_ref(rows: list[dict], row: dict) -> dict | None:
     """The same model, pass and mode at k=7 (ConvNeXt-T only: RepLKNet's rows are 31B and 3B)."""
@@ -212,37 +213,44 @@ def checks(rows: list[dict]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- main
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--kernels", default="3,7,13,31,51", help="ConvNeXt-T kernels")
-    ap.add_argument("--replknet", default="31B,3B", help="RepLKNet variants (31B, 3B, or a kernel for every stage)")
-    ap.add_argument("--passes", default="train,infer")
-    ap.add_argument("--compiled", default="convnext_tiny:7,convnext_tiny:51,replknet_31b:31B",
+def parser() -> ArgumentParser:
+    ap = ArgumentParser(prog="benchmarks/gpu_bench.py", description=__doc__)
+    ap.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
+    ap.add_argument("--device", type=Literal["cuda", "cpu"], default="cuda")
+    ap.add_argument("--batch_size", type=int, default=64)
+    ap.add_argument("--image_size", type=int, default=224)
+    ap.add_argument("--kernel_sizes", type=list[int], default=[3, 7, 13, 31, 51], help="ConvNeXt-T kernels")
+    ap.add_argument("--replknet_variants", type=list[str], default=["31B", "3B"],
+                    help="RepLKNet variants (31B, 3B, or a kernel for every stage)")
+    ap.add_argument("--passes", type=list[Literal["train", "infer"]], default=["train", "infer"])
+    ap.add_argument("--compiled", type=list[str], default=["convnext_tiny:7", "convnext_tiny:51", "replknet_31b:31B"],
                     help="model:kernel list run under torch.compile (empty: none)")
-    ap.add_argument("--compile-backend", default="inductor")
-    ap.add_argument("--compile-mode", default=None)
-    ap.add_argument("--compile-cap", type=float, default=150.0,
+    ap.add_argument("--model.compile_backend", type=str, default="inductor", help="torch.compile backend")
+    ap.add_argument("--model.compile_mode", type=str | None, default=None, help="torch.compile mode")
+    ap.add_argument("--compile_cap", type=float, default=150.0,
                     help="seconds per compiled configuration (its own process: imports, two compiles, steps)")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup_steps", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--max-seconds", type=float, default=4.0, help="timing per pair stops after this (>= 3 steps)")
-    ap.add_argument("--rules-seconds", type=float, default=75.0, help="cap of step 1 (0: skip, keep the table)")
-    ap.add_argument("--rule-sizes", default="56,28,14,7")
+    ap.add_argument("--max_seconds", type=float, default=4.0, help="timing per pair stops after this (>= 3 steps)")
+    ap.add_argument("--rules_seconds", type=float, default=75.0, help="cap of step 1 (0: skip, keep the table)")
+    ap.add_argument("--rule_map_sizes", type=list[int], default=[56, 28, 14, 7])
     # The kernels the benchmarked models use (cropped per map: 27 at 14x14, 13 at 7x7), ascending: bench_dwconv stops
     # timing a direct method at larger kernels once it is far behind.
-    ap.add_argument("--rule-kernels", default="3,7,13,31,51")
+    ap.add_argument("--rule_kernel_sizes", type=list[int], default=[3, 7, 13, 31, 51])
     ap.add_argument("--budget", type=float, default=420.0,
                     help="seconds for the whole run: no comparison starts after it (one already running finishes)")
-    ap.add_argument("--out-dir", default=os.environ.get("OUT"), help="default $OUT; written files go there")
-    args = ap.parse_args(argv)
+    ap.add_argument("--output_dir", type=str | None, default=os.environ.get("OUT"),
+                    help="default $OUT; written files go there")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_bench: no CUDA device; run on a GPU machine (or --device cpu to test the script)")
     t0 = time.time()
     deadline = t0 + args.budget
-    out_dir = Path(args.out_dir) if args.out_dir else None
+    out_dir = Path(args.output_dir) if args.output_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     if args.device == "cuda":
@@ -261,16 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     rows += run_compiled(args, deadline, log)
     name = bench_dwconv.machine_name(args.device)
     text = "\n".join([
-        f"\n{name}; torch {torch.__version__}; batch {args.batch}, {args.size} px, "
+        f"\n{name}; torch {torch.__version__}; batch {args.batch_size}, {args.image_size} px, "
         f"{'bf16 autocast, channels_last' if args.device == 'cuda' else 'float32'}; medians of up to {args.steps} "
-        f"alternating steps after {args.warmup} warm-up; compiled = torch.compile({args.compile_backend}, mode "
-        f"{args.compile_mode or 'default'}) of both contenders; dwconv rules: {rules}; {time.time() - t0:.0f} s\n",
-        table(rows, args.batch), "", *checks(rows)])
+        f"alternating steps after {args.warmup_steps} warm-up; compiled = torch.compile({args.model.compile_backend}, mode "
+        f"{args.model.compile_mode or 'default'}) of both contenders; dwconv rules: {rules}; {time.time() - t0:.0f} s\n",
+        table(rows, args.batch_size), "", *checks(rows)])
     print(text, flush=True)
     if out_dir:
         (out_dir / "gpu_bench.md").write_text(text + "\n")
         (out_dir / "gpu_bench.json").write_text(json.dumps({"machine": name, "torch": torch.__version__,
-                                                            "args": vars(args), "rows": rows,
+                                                            "args": args.as_dict(), "rows": rows,
                                                             "checks": checks(rows)}, indent=1))
     return 0
 

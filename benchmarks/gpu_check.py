@@ -40,9 +40,9 @@ def main() -> int:
             t0 = time.perf_counter()
             trainer.fit(module, data)
             dt = time.perf_counter() - t0
-            acc = float(trainer.callback_metrics.get("val/acc1", float("nan")))
+            acc = float(trainer.callback_metrics.get("val/top1", float("nan")))
             rows.append((f"fit {model_name} k={k} (ddp, bf16-mixed, channels_last, 2 epochs x 10 steps of 64)",
-                         f"val/acc1 {acc:.3f}, loss finite {bool(torch.isfinite(trainer.callback_metrics['val/loss']))}",
+                         f"val/top1 {acc:.3f}, loss finite {bool(torch.isfinite(trainer.callback_metrics['val/loss']))}",
                          dt))
     print(f"\n{name}")
     print(f"| check | result | seconds |\n|---|---|---|")

@@ -14,13 +14,14 @@ Prints one line per setting: identical or the largest norm-wise relative differe
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,13 +54,20 @@ def child(out: str, steps: int, deterministic: bool, bf16: bool) -> None:
     print(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--child", nargs=4, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+def parser() -> ArgumentParser:
+    from argparse import SUPPRESS
+
+    p = ArgumentParser(prog="benchmarks/gpu_determinism.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these options")
+    p.add_argument("--steps", type=int, default=20, help="training steps of each run")
+    p.add_argument("--child", type=str | None, default=None, help=SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     if args.child:
-        out, steps, det, bf16 = args.child
+        out, steps, det, bf16 = args.child.split(",")
         child(out, int(steps), det == "1", bf16 == "1")
         return
     import torch
@@ -74,8 +82,8 @@ def main() -> None:
                 paths, info = [], ""
                 for i in range(2):
                     path = os.path.join(tmp, f"{det}{bf16}{i}.pt")
-                    res = subprocess.run([sys.executable, __file__, "--child", path, str(args.steps), str(det),
-                                          str(bf16)], env=run_env, capture_output=True, text=True, check=True)
+                    res = subprocess.run([sys.executable, __file__, "--child", f"{path},{args.steps},{det},{bf16}"],
+                                         env=run_env, capture_output=True, text=True, check=True)
                     info = res.stdout.strip().splitlines()[-1]
                     paths.append(path)
                 a, b = (torch.load(p) for p in paths)

@@ -1,58 +1,117 @@
-"""The ``lk_ablate`` console script: LightningCLI for fit/validate/test/predict, plus extra subcommands."""
+"""The ``lk_ablate`` console script: LightningCLI for fit/validate/test/predict, plus lk_ablate's own commands.
+
+Help, ``--version``, an unknown command and every own command's ``--help`` run without importing torch: commands
+are imported when named, and their parsers are built from torch-free option classes (docs/cli.md).
+"""
 from __future__ import annotations
 
+import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 
-from .base.errors import ConfigError, LkAblateError
+from .base.errors import ConfigError, LkAblateError, one_line
+from .base.version import __version__
 
-# Extra subcommands: name -> "module:function"; each function takes argv (list[str]) and returns an exit code.
-# Imported lazily so `lk_ablate fit` never pays for (or depends on) another feature's imports.
+# lk_ablate's own commands: name -> ("module:function", help); each function takes argv (list[str]) and returns an
+# exit code. Imported when named, so `lk_ablate fit` never pays for (or depends on) another feature's imports.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("lk_ablate.commands.demo:cli_main", "train and score the embedded Fashion-MNIST default"),
     "reparam": ("lk_ablate.commands.reparam:cli_main", "merge RepLKNet kernels (structural re-parameterization)"),
-    "robustness": ("lk_ablate.commands.robustness:cli_main", "score a checkpoint on ImageNet-A/R/C/O"),
+    "robustness": ("lk_ablate.commands.robustness:cli_main", "score a checkpoint on ImageNet-val/A/R/C/O"),
     "analyze": ("lk_ablate.commands.analyze:cli_main", "run one of the paper's robustness analyses"),
     "data": ("lk_ablate.commands.data:cli_main", "prepare-imagenet-val, write-ffcv, check"),
     "report": ("lk_ablate.commands.report:cli_main", "tables and plots across runs"),
 }
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = {
+    "fit": "train a model (Lightning's LightningCLI; stacked --config YAML files)",
+    "validate": "validate a checkpoint (--ckpt_path) on the val split",
+    "test": "test a checkpoint (--ckpt_path) on the test split",
+    "predict": "predict with a checkpoint (--ckpt_path)",
+}
+SHELLS = ("bash", "zsh", "tcsh")
 
 
 def _usage() -> str:
-    lines = ["usage: lk_ablate <command> [options]", "", "Lightning commands (stacked --config YAML files):"]
-    lines += [f"  {c}" for c in LIGHTNING_COMMANDS]
-    lines += ["", "Other commands:"]
+    lines = [f"lk_ablate {__version__}",
+             "usage: lk_ablate <command> [options]   (lk_ablate <command> --help: its options)", "",
+             "Lightning's commands:"]
+    lines += [f"  {name:<12} {help_}" for name, help_ in LIGHTNING_COMMANDS.items()]
+    lines += ["", "lk_ablate's commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, help_) in EXTRA_COMMANDS.items()]
-    lines += ["", f"{TRUST_FLAG} (any command): load checkpoints that need pickle globals outside lk_ablate's "
-              "allow-list (they can run code: only for files you trust); same as LK_ABLATE_TRUST_CHECKPOINTS=1"]
+    lines += ["", "  --version              print the version",
+              f"  --print_completion SHELL  shell completion script ({', '.join(SHELLS)}; needs the shtab package):",
+              "                         e.g. lk_ablate --print_completion bash > ~/.local/share/bash-completion/"
+              "completions/lk_ablate",
+              "", "Every option, its default and the commands that have it: docs/cli.md."]
     return "\n".join(lines)
 
 
-TRUST_FLAG = "--trust-checkpoint"
+def command_names() -> list[str]:
+    return [*LIGHTNING_COMMANDS, *EXTRA_COMMANDS]
+
+
+def own_parser(name: str):
+    """The jsonargparse parser of one of lk_ablate's own commands (nothing parsed; no torch imported)."""
+    module = importlib.import_module(EXTRA_COMMANDS[name][0].split(":")[0])
+    return module.parser() if hasattr(module, "parser") else module._parser()
+
+
+def full_parser():
+    """One parser for the whole program (every command as a subcommand): what shell completion is made from."""
+    from jsonargparse import ArgumentParser
+
+    from .lightning_cli import lightning_parsers
+
+    top = ArgumentParser(prog="lk_ablate", description=__doc__.split("\n\n")[0])
+    sub = top.add_subcommands(required=True, dest="command")
+    for name, parser in lightning_parsers()[1].items():
+        sub.add_subcommand(name, parser, help=LIGHTNING_COMMANDS[name])
+    for name, (target, help_) in EXTRA_COMMANDS.items():
+        module = importlib.import_module(target.split(":")[0])
+        if hasattr(module, "add_subcommands"):  # analyze NAME, data CMD: a parent before its subcommands
+            parser = module.top_parser()
+            sub.add_subcommand(name, parser, help=help_)
+            module.add_subcommands(parser)
+        else:
+            sub.add_subcommand(name, own_parser(name), help=help_)
+    return top
+
+
+def print_completion(shell: str | None) -> int:
+    if shell not in SHELLS:
+        raise ConfigError(f"--print_completion needs a shell: one of {', '.join(SHELLS)}")
+    from importlib.util import find_spec
+
+    if find_spec("shtab") is None:
+        raise ConfigError("shell completion needs the shtab package: pip install shtab (or lk_ablate[dev])")
+    print(full_parser().get_completion_script(f"shtab-{shell}"))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from_argv = argv is None
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return 0
-    if TRUST_FLAG in args:  # every command: unpickle checkpoints fully (see lk_ablate/base/safe_load.py)
-        args = [a for a in args if a != TRUST_FLAG]
-        os.environ["LK_ABLATE_TRUST_CHECKPOINTS"] = "1"
-        if from_argv:
-            sys.argv[1:] = args
     try:
-        check_yaml_files(args)
+        if args[0] == "--version":
+            print(f"lk_ablate {__version__}")
+            return 0
+        if args[0] == "--print_completion":
+            return print_completion(args[1] if len(args) > 1 else None)
         if args[0] in EXTRA_COMMANDS:
             module, func = EXTRA_COMMANDS[args[0]][0].split(":")
             return int(getattr(importlib.import_module(module), func)(args[1:]) or 0)
+        if args[0] not in LIGHTNING_COMMANDS:
+            raise ConfigError(f"unknown command {args[0]!r}; the commands are {', '.join(command_names())} "
+                              "(see `lk_ablate --help`)")
         from .lightning_cli import run_lightning_cli
 
-        run_lightning_cli(args)
+        try:
+            run_lightning_cli(args)
+        except argparse.ArgumentError as e:  # Lightning's parsers: one line, not the usage
+            raise ConfigError(f"{one_line(e)} (see `lk_ablate {args[0]} --help`)") from e
         return 0
     except KeyboardInterrupt:  # Ctrl-C outside Lightning's loops (argument parsing, data checks, scoring)
         print("lk_ablate: interrupted", file=sys.stderr)
@@ -69,25 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lk_ablate: error: {_message(ours)}", file=sys.stderr)
         return 2
-
-
-def check_yaml_files(args: Sequence[str]) -> None:
-    """Every YAML file named on the command line parses; a syntax error is one line naming the file and place
-    (jsonargparse reports it without the file name)."""
-    import yaml
-
-    for arg in args:
-        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
-        if not value.lower().endswith((".yaml", ".yml")) or not os.path.isfile(value):
-            continue
-        try:
-            with open(value) as f:
-                yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise ConfigError(f"YAML syntax error in {value}{where}: {problem}") from None
 
 
 def _message(e: LkAblateError) -> str:

@@ -5,14 +5,18 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
+import lightning.pytorch
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from .data import FashionMNISTDataModule, FFCVDataModule, ImageFolderDataModule  # noqa: F401  (--data.help lists them)
 from .data.base import ClassificationDataModule
 from .training.module import ImageClassifier
-from .base.safe_load import load_torch_file
+from .base.safe_load import TRUST_ENV, load_torch_file
 from .base.errors import ConfigError, DataError
+from .base.cli_options import TRUST_HELP, config_file_action
 from .training.lease import acquire_lease, is_global_rank_zero
 from .training.preemption import (MODEL_FACTS, HoldLease, ResumableCheckpoint, cli_trainer_extras, resolve_ckpt_path,
                                   same_fact)
@@ -26,8 +30,6 @@ for _message in (r".*The `srun` command is available on your system but is not u
                  r".*module\(s\) in eval mode at the start of training.*"):
     warnings.filterwarnings("ignore", message=_message)
 
-INT_OR_FRACTION = {f"trainer.limit_{s}_batches" for s in ("train", "val", "test", "predict")}
-
 TRAINER_DEFAULTS = {
     "default_root_dir": "checkpoints",
     # Our DataModules shard by rank themselves (no duplicates in evaluation); Lightning must not re-wrap them.
@@ -36,12 +38,17 @@ TRAINER_DEFAULTS = {
 
 
 class LkAblateCLI(LightningCLI):
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # LightningCLI.init_parser with two changes: errors come back as exceptions (lk_ablate.cli prints one line and
+        # the pointer to --help, not the usage), and --config's errors name the file.
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={lightning.pytorch.__version__}"])
+        parser = self.parser_class(**{**kwargs, "exit_on_error": False})
+        parser.add_argument("-c", "--config", action=config_file_action(),
+                            help="Path to a configuration file in json or yaml format.")
+        return parser
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # Trainer's limit_*_batches are typed Union[float, int]: jsonargparse tries float first, so `1` (one batch)
-        # became 1.0 (all batches). int first keeps YAML's and the command line's distinction.
-        for action in parser._actions:
-            if action.dest in INT_OR_FRACTION and hasattr(action, "_typehint"):
-                action._typehint = Optional[Union[int, float]]
+        parser.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
         # The model decides the image config its data is prepared with (size, crop, mean/std, interpolation; the
         # DataModule's own overrides apply over it): one fact, stated once, known when the config is parsed.
         parser.link_arguments("model.model_name", "data.init_args.model_name")
@@ -53,7 +60,7 @@ class LkAblateCLI(LightningCLI):
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.save_last": True,
-            "checkpoint.monitor": "val/acc1",
+            "checkpoint.monitor": "val/top1",
             "checkpoint.mode": "max",
             "checkpoint.filename": "epoch{epoch:03d}-step{step:07d}",
             "checkpoint.auto_insert_metric_name": False,
@@ -113,8 +120,18 @@ class LkAblateCLI(LightningCLI):
     before_validate = before_test = before_predict = _check_dataset_classes
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        self._argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
         super().parse_arguments(parser, args)
+        # What the command line and its config files set (jsonargparse without defaults): which model facts the
+        # user chose (_parse_ckpt_path). Parsed here, before any class is built.
+        given = parser.parse_object(args, defaults=False) if isinstance(args, (dict, Namespace)) else \
+            parser.parse_args(args, defaults=False)
+        sub = self.config.get("subcommand")
+        section = (given.get(sub) if sub else given) or Namespace()
+        model = section.get("model") or Namespace()
+        self._explicit_model_keys = set((model.get("init_args") or model).keys()) if isinstance(model, Namespace) \
+            else set()
+        if (self.config.get(sub) if sub else self.config).get("trust_checkpoint"):
+            os.environ[TRUST_ENV] = "1"  # every checkpoint read of this run (resume, validate, pretrained_path)
 
     def _parse_ckpt_path(self) -> None:
         """The checkpoint decides the architecture, and says so (replaces LightningCLI's silent override).
@@ -138,7 +155,7 @@ class LkAblateCLI(LightningCLI):
             return
         given = self.config[sub].get("model")
         defaults = self._parser(sub).get_defaults().get("model")
-        explicit = _explicit_model_keys(getattr(self, "_argv", []))
+        explicit = getattr(self, "_explicit_model_keys", set())
         differ, taken = [], []
         for key in MODEL_FACTS:
             if key not in hparams:
@@ -162,36 +179,15 @@ class LkAblateCLI(LightningCLI):
         self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
 
 
-def _explicit_model_keys(argv: Sequence[str]) -> set[str]:
-    """The model options the user set: ``--model.KEY`` arguments and the ``model:`` keys of --config / --model
-    files (a value equal to its default still counts as chosen)."""
-    import yaml
-
-    keys: set[str] = set()
-    for i, arg in enumerate(argv):
-        name, _, inline = arg.partition("=")
-        if name.startswith("--model."):
-            keys.add(name[len("--model."):].split(".")[0])
-        elif name in ("--config", "-c", "--model"):
-            value = inline or (argv[i + 1] if i + 1 < len(argv) else "")
-            try:
-                with open(value) as f:
-                    loaded = yaml.safe_load(f)
-            except (OSError, yaml.YAMLError):
-                continue
-            section = loaded.get("model") if name != "--model" and isinstance(loaded, dict) else loaded
-            if isinstance(section, dict):
-                keys |= set(section.get("init_args", section))
-    return keys
+_CLI_KWARGS = dict(subclass_mode_model=False, subclass_mode_data=True, seed_everything_default=0,
+                   save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
 
 
 def build_cli(args: Sequence[str] | None, run: bool = True) -> LkAblateCLI:
     """``args`` None reads sys.argv (the console script); tests pass a list."""
     try:
-        cli = LkAblateCLI(ImageClassifier, ClassificationDataModule, subclass_mode_model=False,
-                          subclass_mode_data=True, trainer_defaults=dict(TRAINER_DEFAULTS),
-                          args=None if args is None else list(args), run=run, seed_everything_default=0,
-                          save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+        cli = LkAblateCLI(ImageClassifier, ClassificationDataModule, trainer_defaults=dict(TRAINER_DEFAULTS),
+                          args=None if args is None else list(args), run=run, **_CLI_KWARGS)
     except BaseException:
         finish_wandb_run(exit_code=1)
         raise
@@ -202,3 +198,28 @@ def build_cli(args: Sequence[str] | None, run: bool = True) -> LkAblateCLI:
 
 def run_lightning_cli(args: Sequence[str]) -> LkAblateCLI:
     return build_cli(None if list(args) == sys.argv[1:] else args)
+
+
+class _Parsers(Exception):
+    """Raised by _ParsersOnly once its parsers are built, carrying them (nothing is parsed or instantiated)."""
+
+
+class _ParsersOnly(LkAblateCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        self.__dict__.setdefault("subcommand_parsers", []).append(parser)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        raise _Parsers(parser, dict(zip(self.subcommands(), self.__dict__.get("subcommand_parsers", []))))
+
+
+def lightning_parsers() -> tuple[LightningArgumentParser, dict[str, LightningArgumentParser]]:
+    """The parser of ``lk_ablate fit|validate|test|predict`` and each subcommand's, built as a run builds them
+    (through LightningCLI's public hooks), without parsing anything: for shell completion and for the tests that
+    check every option against docs/cli.md and every documented command line."""
+    try:
+        _ParsersOnly(ImageClassifier, ClassificationDataModule, trainer_defaults=dict(TRAINER_DEFAULTS), args=[],
+                     **_CLI_KWARGS)
+    except _Parsers as built:
+        return built.args[0], built.args[1]
+    raise RuntimeError("LightningCLI built no parser")  # pragma: no cover

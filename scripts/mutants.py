@@ -167,7 +167,7 @@ MUTANTS: list[Mutant] = [
       ("tests/analysis/test_guard_analysis.py::test_band_noise_equals_a_numpy_filter",),
       "the top band leaves out the Nyquist frequency"),
     M("taig-surrogate-random-init", "lk_ablate/analysis/attacks.py",
-      "        lm = create_timm_model(cfg.surrogate_timm, cfg.surrogate_checkpoint)\n",
+      "        lm = create_timm_model(cfg.surrogate_timm, cfg.surrogate_path)\n",
       "        lm = create_timm_model(cfg.surrogate_timm)\n",
       ("tests/analysis/test_guard_analysis.py::test_taig_timm_surrogate_carries_the_checkpoint_weights",),
       "the TAIG surrogate keeps its random init (checkpoint not loaded)"),

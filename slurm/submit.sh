@@ -5,7 +5,7 @@
 #   slurm/submit.sh eval  [sbatch options]   one task per (config, seed): `lk_ablate robustness` on its checkpoint
 #   slurm/submit.sh list                     the task ids with their config, seed and folder
 #
-# Extra sbatch options go before the script, e.g. `slurm/submit.sh train --array=3,5` (only tasks 3 and 5),
+# Extra sbatch options go after the mode, e.g. `slurm/submit.sh train --array=3,5` (only tasks 3 and 5),
 # `--dependency=afterok:<job>` or `--parsable` (print only the job id). LK_CLUSTER_ENV=<file> picks another settings
 # file. The settings are copied to <LK_OUTPUT_ROOT>/logs/ and the jobs read that copy, so editing cluster.env later
 # does not change a submitted sweep (requeued tasks included).

@@ -33,3 +33,20 @@ def pytest_collection_modifyitems(config, items):
     if gpu:
         config.hook.pytest_deselected(items=gpu)
         items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+        config._lk_deselected = gpu  # the counts of pytest_collection_finish include them
+
+
+def pytest_collection_finish(session):
+    """With LK_ABLATE_COUNTS_FILE set (scripts/doc_counts.py), write the counts the docs quote: every test, the
+    `gpu` ones, the `slow` ones and the fast tier on a CPU machine (neither), as collected before any deselection."""
+    path = os.environ.get("LK_ABLATE_COUNTS_FILE")
+    if not path:
+        return
+    import json
+
+    items = list(session.items) + list(getattr(session.config, "_lk_deselected", []))
+    gpu = sum(1 for i in items if i.get_closest_marker("gpu"))
+    slow = sum(1 for i in items if i.get_closest_marker("slow"))
+    fast = sum(1 for i in items if not i.get_closest_marker("gpu") and not i.get_closest_marker("slow"))
+    with open(path, "w") as f:
+        json.dump({"total": len(items), "gpu": gpu, "slow": slow, "fast": fast}, f)

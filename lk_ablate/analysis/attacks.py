@@ -14,8 +14,8 @@ the true class's logit from a black baseline over ``ig_steps + 1`` points (both 
 U(-eps, eps) noise to every path point. Adversarial images are rounded to 8 bits (the released code saves them
 as uint8) and scored on the target model: success rate = % misclassified.
 
-The released TAIG protocol (``taig.val_dir`` set; ``paper.yaml``): a fixed list of 5,000 validation images, 5 per
-class (LKRobust's ``adversarial_attack/TAIG/results/selected_images.csv``, given by path as ``image_list``, or the
+The released TAIG protocol (``taig.imagenet_val`` set; ``paper.yaml``): a fixed list of 5,000 validation images, 5 per
+class (LKRobust's ``adversarial_attack/TAIG/results/selected_images.csv``, given by path as ``image_list_path``, or the
 project's own seeded 5-per-class list), read with ``Resize((256, 256))`` (bilinear squash) + ``CenterCrop(224)``
 (``TAIG_attack.py:108-116``), attacked on a surrogate normalised with ImageNet mean/std whatever it is
 (``TAIG_attack.py:145-163``), saved as uint8 and scored on the target after ``Resize(256, bicubic)`` +
@@ -25,7 +25,6 @@ upsample barely differs).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -40,20 +39,17 @@ from ..base.figures import new_figure, save_figure
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of, model_device,
-                     percent, script_eval_spec, seeded_generator, to_pixels)
+from .common import (count_correct, from_pixels, iterate_batches, logits_of, model_device, percent, script_eval_spec,
+                     seeded_generator, to_pixels)
 from .loading import create_timm_model, load_model
-
-SPACES = ("pixel", "normalized")
-SURROGATE_NORMS = ("imagenet", "model")
-TARGET_TRANSFORMS = ("resize_crop", "none")
+from .configs import ATTACK_SPACES as SPACES, FGSMConfig, PGDConfig, TAIGConfig, TARGET_TRANSFORMS
 
 
 def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
     """FGSM / PGD (``adversarial_attack/utils.py:68-73``, ``get_imagenet_data``): Resize(256, bicubic),
     CenterCrop(224), ImageNet mean/std for every model; a model whose input is not 224 px gets the same geometry
     scaled to its size (:func:`~lk_ablate.analysis.common.script_eval_spec`). TAIG reads its own image list
-    (``taig.val_dir``); without it, its val batches are read with this transform too."""
+    (``taig.imagenet_val``); without it, its val batches are read with this transform too."""
     return script_eval_spec(cfg, "bicubic")
 
 
@@ -153,10 +149,10 @@ def target_input(pixels: torch.Tensor, cfg: ModelConfig, mode: str = "resize_cro
 # --- TAIG's fixed image list --------------------------------------------------------------------------------
 def _class_folders(val_dir: Path) -> list[str]:
     if not val_dir.is_dir():
-        raise DataError(f"taig.val_dir not found: {val_dir}\n  expected layout: {val_dir}/<wnid>/<image files>")
+        raise DataError(f"taig.imagenet_val not found: {val_dir}\n  expected layout: {val_dir}/<wnid>/<image files>")
     classes = sorted(e.name for e in os.scandir(val_dir) if e.is_dir())
     if not classes:
-        raise DataError(f"taig.val_dir {val_dir} has no class folders (<wnid>/<image files>)")
+        raise DataError(f"taig.imagenet_val {val_dir} has no class folders (<wnid>/<image files>)")
     return classes
 
 
@@ -178,7 +174,7 @@ def taig_image_list(val_dir: str | os.PathLike, image_list: str | os.PathLike | 
     if image_list is not None:
         path = Path(image_list)
         if not path.is_file():
-            raise DataError(f"taig.image_list not found: {path} (LKRobust's adversarial_attack/TAIG/results/"
+            raise DataError(f"taig.image_list_path not found: {path} (LKRobust's adversarial_attack/TAIG/results/"
                             "selected_images.csv, or unset for the project's own 5-per-class list)")
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
@@ -229,7 +225,7 @@ ATTACK_SPEC = EvalSpec(crop=(224, 224), resize=256, squash=True, interpolation="
 
 def taig_pixel_batches(cfg: "TAIGConfig") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """[0, 1] pixel batches (uint8 / 255, as ToTensor) of TAIG's fixed image list, and labels."""
-    items = taig_image_list(cfg.val_dir, cfg.image_list, cfg.images_per_class, cfg.list_seed)
+    items = taig_image_list(cfg.imagenet_val, cfg.image_list_path, cfg.images_per_class, cfg.list_seed)
     if cfg.max_images is not None:
         items = items[:cfg.max_images]
     loader = torch.utils.data.DataLoader(_ImageList(items, ATTACK_SPEC.geometry()), batch_size=cfg.batch_size,
@@ -284,107 +280,6 @@ def taig(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, labels: to
 
 
 # --- configs --------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class FGSMConfig(SectionConfig):
-    """``eps``: l_inf budgets (pixel units in [0, 1] for ``space: pixel``); the paper: 0.1..0.4 (preset ``paper``)."""
-
-    eps: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
-    space: str = "pixel"
-    max_images: int | None = None
-
-    def validate(self) -> None:
-        check_levels("fgsm.eps", self.eps, 0.0, 10.0)
-        if self.space not in SPACES:
-            raise ConfigError(f"fgsm.space must be one of {SPACES}, got {self.space!r}")
-
-
-@dataclasses.dataclass
-class PGDConfig(SectionConfig):
-    """Every (eps, steps) pair is run. ``alpha``: step size (None: ``alpha_ratio * eps``, released code 1/4).
-
-    Shipped presets (``--preset NAME``): ``paper_pgd_eps`` (5 steps, eps 0.002..0.008), ``paper_pgd_steps`` (eps
-    0.006, 1..10 steps; the paper's exact step counts are not in its released code) and ``paper`` (both: every eps
-    with 1..10 steps; iterates 1..10 of every eps cost 10 gradients per eps)."""
-
-    eps: tuple[float, ...] = (0.002, 0.004, 0.006, 0.008)
-    steps: tuple[int, ...] = (5,)
-    alpha: float | None = None
-    alpha_ratio: float = 0.25
-    random_start: bool = True
-    space: str = "pixel"
-    seed: int = 0
-    max_images: int | None = None
-
-    def validate(self) -> None:
-        check_levels("pgd.eps", self.eps, 0.0, 10.0)
-        if not self.steps or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.steps):
-            raise ConfigError(f"pgd.steps must be positive ints, got {list(self.steps)}")
-        if self.space not in SPACES:
-            raise ConfigError(f"pgd.space must be one of {SPACES}, got {self.space!r}")
-        if (self.alpha is not None and self.alpha <= 0) or self.alpha_ratio <= 0:
-            raise ConfigError("pgd.alpha and pgd.alpha_ratio must be > 0")
-
-    def step_size(self, eps: float) -> float:
-        return self.alpha if self.alpha is not None else self.alpha_ratio * eps
-
-
-@dataclasses.dataclass
-class TAIGConfig(SectionConfig):
-    """Surrogate: a timm architecture (``surrogate_timm``, the paper uses ViT-B for ConvNets) or a registered
-    model (``surrogate_model`` + ``surrogate_kernel_size``; RepLKNet-31B for ViTs), weights from
-    ``surrogate_checkpoint`` (required: nothing is downloaded). ``eps`` in [0, 1] pixel units.
-    ``variant``: "R" (random path, the released code's default) or "S" (straight path).
-
-    - ``surrogate_norm``: ``imagenet`` (ImageNet mean/std for every surrogate, as the released code) or ``model``
-      (the surrogate's own config, e.g. 0.5/0.5 for timm's ViT-B).
-    - ``val_dir``: the ImageNet val folder (``<wnid>/<images>``). Set: TAIG attacks its own fixed image list
-      (``image_list``: path of LKRobust's ``selected_images.csv``; unset: the project's seeded list of
-      ``images_per_class`` per class, seed ``list_seed``) read with the released attack transform, in batches of
-      ``batch_size`` with ``num_workers`` workers. Unset: it attacks the run's validation batches.
-    - ``target_transform``: ``resize_crop`` (the target sees the adversarial image resized to 256 bicubic and
-      centre-cropped to 224, ``TAIG_test.py``) or ``none`` (as it is).
-    """
-
-    eps: tuple[float, ...] = (8 / 255, 16 / 255, 0.1)
-    iterations: int = 20
-    step_size: float = 1 / 255
-    ig_steps: int = 20
-    variant: str = "R"
-    targeted: bool = False
-    quantize: bool = True
-    surrogate_timm: str | None = "vit_base_patch16_224"
-    surrogate_model: str | None = None
-    surrogate_kernel_size: Any = None
-    surrogate_checkpoint: str | None = None
-    surrogate_norm: str = "model"
-    val_dir: str | None = None
-    image_list: str | None = None
-    images_per_class: int = 5
-    list_seed: int = 0
-    target_transform: str = "none"
-    batch_size: int = 50
-    num_workers: int = 2
-    chunk: int = 64
-    seed: int = 0
-    max_images: int | None = None
-
-    def validate(self) -> None:
-        check_levels("taig.eps", self.eps, 0.0, 1.0, strict_lo=True)
-        if self.surrogate_norm not in SURROGATE_NORMS:
-            raise ConfigError(f"taig.surrogate_norm must be one of {SURROGATE_NORMS}, got {self.surrogate_norm!r}")
-        if self.target_transform not in TARGET_TRANSFORMS:
-            raise ConfigError(f"taig.target_transform must be one of {TARGET_TRANSFORMS}, got "
-                              f"{self.target_transform!r}")
-        if self.image_list is not None and self.val_dir is None:
-            raise ConfigError("taig.image_list needs taig.val_dir: the ImageNet val folder its images are in")
-        if self.images_per_class < 1 or self.batch_size < 1 or self.num_workers < 0:
-            raise ConfigError("taig.images_per_class and batch_size must be >= 1, num_workers >= 0")
-        if self.variant not in ("R", "S"):
-            raise ConfigError(f"taig.variant must be 'R' or 'S', got {self.variant!r}")
-        if self.iterations < 1 or self.ig_steps < 1 or self.step_size <= 0 or self.chunk < 1:
-            raise ConfigError("taig.iterations, ig_steps, chunk must be >= 1 and step_size > 0")
-        if self.surrogate_model is None and self.surrogate_timm is None:
-            raise ConfigError("taig needs a surrogate: set surrogate_timm or surrogate_model")
 
 
 # --- runs -----------------------------------------------------------------------------------------------
@@ -422,13 +317,13 @@ def run_pgd(model: nn.Module, cfg: PGDConfig, data: Any, model_config: ModelConf
 
 
 def load_surrogate(cfg: TAIGConfig) -> tuple[nn.Module, ModelConfig, str]:
-    if cfg.surrogate_checkpoint is None:
-        raise ConfigError("taig.surrogate_checkpoint is required: the surrogate's weights file (nothing is "
+    if cfg.surrogate_path is None:
+        raise ConfigError("taig.surrogate_path is required: the surrogate's weights file (nothing is "
                           "downloaded), e.g. a timm vit_base_patch16_224 state dict")
     if cfg.surrogate_model is not None:
-        lm = load_model(cfg.surrogate_checkpoint, cfg.surrogate_model, cfg.surrogate_kernel_size)
+        lm = load_model(cfg.surrogate_path, cfg.surrogate_model, cfg.surrogate_kernel_size)
     else:
-        lm = create_timm_model(cfg.surrogate_timm, cfg.surrogate_checkpoint)
+        lm = create_timm_model(cfg.surrogate_timm, cfg.surrogate_path)
     return lm.model.eval(), lm.config, lm.label
 
 
@@ -445,7 +340,7 @@ def run_taig(model: nn.Module, cfg: TAIGConfig, data: Any, model_config: ModelCo
     clean_err, total = 0, 0
     fooled = [0] * len(cfg.eps)
     fooled_sur = [0] * len(cfg.eps)
-    if cfg.val_dir is not None:
+    if cfg.imagenet_val is not None:
         source: Any = taig_pixel_batches(cfg)
     else:  # the run's normalised val batches, back to pixels
         source = ((to_pixels(x, model_config).clamp(0, 1), y) for x, y in iterate_batches(data, cfg.max_images))

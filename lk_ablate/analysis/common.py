@@ -7,59 +7,22 @@ analyses are iterables of ``(images, labels)`` batches whose images are *normali
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..base.errors import ConfigError, DataError
+from ..base.errors import DataError
 from ..base.jsonable import to_jsonable
+from ..base.progress import advance
 from ..base.results import make_results, update_results, write_results
 from ..data.transforms import EvalSpec
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-# --- config sections ------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class SectionConfig:
-    """Base of every analysis config: a dataclass that jsonargparse parses as one group of ``lk_ablate analyze``
-    (``--occlusion.levels [0.1,0.5]``, a ``occlusion:`` section of a --config / --preset file), and that
-    :func:`lk_ablate.analysis.runner.parse_sections` builds from mappings (the Python API) with the same parser.
-
-    Constructing one validates it (``__post_init__``: lists of tuple-typed fields become tuples, then
-    ``validate`` raises a one-line ConfigError for a value out of range). Named settings (the paper's) are shipped
-    YAML presets (lk_ablate/analysis/presets/), not code.
-    """
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            # YAML and the Python API give lists; sequences are stored as tuples so configs stay hashable.
-            if isinstance(v, list) and "tuple" in str(f.type):
-                setattr(self, f.name, tuple(v))
-        self.validate()
-
-    def validate(self) -> None:  # pragma: no cover - overridden where there is something to check
-        pass
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self, nonfinite_to_none=True)
-
-
-def check_levels(name: str, values: Sequence[float], lo: float, hi: float, *, strict_lo: bool = False) -> None:
-    """ConfigError unless every value lies in [lo, hi] (or (lo, hi] with ``strict_lo``) and there is one at least."""
-    if not values:
-        raise ConfigError(f"{name} must list at least one value")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo < v <= hi if strict_lo else lo <= v <= hi):
-            rng = f"({lo}, {hi}]" if strict_lo else f"[{lo}, {hi}]"
-            raise ConfigError(f"{name} values must be numbers in {rng}, got {v!r} in {list(values)}")
 
 
 # --- normalisation --------------------------------------------------------------------------------------
@@ -118,6 +81,7 @@ def iterate_batches(data: Iterable[Any] | Batch, limit: int | None = None) -> It
                 return
             x, y = x[: limit - seen], y[: limit - seen]
         seen += x.shape[0]
+        advance(x.shape[0])  # the running analysis's progress (base/progress.py; nothing when none is shown)
         yield x, y
 
 

@@ -40,7 +40,6 @@ For ResNet-50 and ViT the script's dropped last entry is the classifier, which i
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -51,10 +50,9 @@ from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models.contract import AblationModel, unit_parts
 from ..models.registry import ModelConfig
-from .common import SectionConfig, iterate_batches, model_device, script_eval_spec
+from .common import iterate_batches, model_device, script_eval_spec
+from .configs import FeatureVarianceConfig
 
-REDUCTIONS = ("per_image", "batch_mean")
-SAMPLINGS = ("consecutive", "permutations")
 Point = tuple[str, nn.Module, str]  # (name, module, "out": its output | "in": its input)
 
 
@@ -63,49 +61,6 @@ def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
     every model; a model whose input is not 224 px gets the same geometry scaled to its size (see
     :func:`~lk_ablate.analysis.common.script_eval_spec`)."""
     return script_eval_spec(cfg, "bilinear")
-
-
-@dataclasses.dataclass
-class FeatureVarianceConfig(SectionConfig):
-    """Options (module docstring for the formulas):
-
-    - ``reduction``: ``batch_mean`` (released script) or ``per_image`` (Park & Kim).
-    - ``sampling``: ``consecutive`` (the first ``max_images`` images) or ``permutations`` (released script).
-    - ``max_images``: images used by ``consecutive`` (Park & Kim: one batch).
-    - ``batch_mean_size``: images per group (released: 128).
-    - ``pool_size``, ``sweeps``, ``seed``: ``permutations``: the pool of the first images (1280), the number of
-      permutations (10), the seed of ``torch.manual_seed`` before drawing them (0, as the script).
-    - ``drop_final_block``: leave out the final block's output of lk_ablate models (released script, RepLKNet).
-    - ``modules``: explicit module names whose outputs are recorded (default: found from the architecture).
-    """
-
-    max_images: int = 128
-    reduction: str = "per_image"
-    batch_mean_size: int = 128
-    sampling: str = "consecutive"
-    pool_size: int = 1280
-    sweeps: int = 10
-    seed: int = 0
-    drop_final_block: bool = False
-    modules: tuple[str, ...] = ()
-
-    def validate(self) -> None:
-        if self.reduction not in REDUCTIONS:
-            raise ConfigError(f"feature_variance.reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
-        if self.sampling not in SAMPLINGS:
-            raise ConfigError(f"feature_variance.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
-        if self.max_images < 2 or self.batch_mean_size < 1:
-            raise ConfigError("feature_variance.max_images must be >= 2 and batch_mean_size >= 1")
-        if self.pool_size < 2 or self.sweeps < 1:
-            raise ConfigError("feature_variance.pool_size must be >= 2 and sweeps >= 1")
-
-    def groups(self) -> list[list[int]]:
-        """``permutations``: the image indices (into the pool) of each permutation's last batch, as drawn by the
-        released script (``torch.manual_seed(seed)``; ``[torch.randperm(pool_size) for _ in range(sweeps)]``)."""
-        g = torch.Generator().manual_seed(int(self.seed))  # same stream as the default CPU generator after manual_seed
-        perms = [torch.randperm(self.pool_size, generator=g) for _ in range(self.sweeps)]
-        last = ((self.pool_size - 1) // self.batch_mean_size) * self.batch_mean_size
-        return [p[last:].tolist() for p in perms]
 
 
 # --- which outputs are recorded -------------------------------------------------------------------------

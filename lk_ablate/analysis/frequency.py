@@ -23,7 +23,6 @@ project choice: neither paper states the value used on ImageNet.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -32,15 +31,10 @@ import torch.nn as nn
 
 from ..base.figures import new_figure, save_figure
 from ..data.transforms import EvalSpec
-from ..base.errors import ConfigError
 from ..models.registry import ModelConfig
-from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of, percent,
-                     script_eval_spec, seeded_generator, to_pixels)
-
-SCALES = ("pre_filter", "rms")
-SPACES = ("normalized", "pixel")
-LAYOUTS = ("centered", "consecutive")
-PAPER_CENTERS = tuple(round(0.1 * i, 10) for i in range(11))
+from .common import (count_correct, from_pixels, iterate_batches, logits_of, percent, script_eval_spec,
+                     seeded_generator, to_pixels)
+from .configs import FrequencyNoiseConfig
 
 
 def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
@@ -48,51 +42,6 @@ def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
     ImageNet mean/std, as its adversarial / lesion loader ``adversarial_attack/utils.py:68-73``); a model whose
     input is not 224 px gets it scaled to its size (:func:`~lk_ablate.analysis.common.script_eval_spec`)."""
     return script_eval_spec(cfg, "bicubic")
-
-
-@dataclasses.dataclass
-class FrequencyNoiseConfig(SectionConfig):
-    """``amplitude``: noise size (see ``scale``), in the units of ``space`` (0.1: project choice); ``window``: band
-    width in units of pi; ``layout``: ``centered`` (Park & Kim, bands ``center +- window / 2``) or
-    ``consecutive``; ``centers``: the band centres of ``centered`` (units of pi); ``repeats``: noise draws per
-    image; ``seed``: of the noise generator."""
-
-    amplitude: float = 0.1
-    window: float = 0.1
-    layout: str = "consecutive"
-    centers: tuple[float, ...] = PAPER_CENTERS
-    scale: str = "pre_filter"
-    space: str = "normalized"
-    repeats: int = 1
-    seed: int = 0
-    max_images: int | None = None
-
-    def validate(self) -> None:
-        if not 0 < self.window <= 1:
-            raise ConfigError(f"frequency.window must be in (0, 1] (units of pi), got {self.window}")
-        if self.amplitude < 0:
-            raise ConfigError(f"frequency.amplitude must be >= 0, got {self.amplitude}")
-        if self.scale not in SCALES or self.space not in SPACES:
-            raise ConfigError(f"frequency.scale must be one of {SCALES} and space one of {SPACES}")
-        if self.repeats < 1:
-            raise ConfigError("frequency.repeats must be >= 1")
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"frequency.layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if self.layout == "centered":
-            check_levels("frequency.centers", self.centers, 0.0, 1.0)
-
-    def bands(self) -> list[tuple[float, float]]:
-        """(low, high) of each band in units of pi (``centered``: ``center -+ window / 2``, may pass 0 and 1)."""
-        if self.layout == "centered":
-            return [(round(c - self.window / 2, 10), round(c + self.window / 2, 10)) for c in self.centers]
-        n = max(1, math.ceil(1.0 / self.window - 1e-9))
-        return [(round(i * self.window, 10), round(min(1.0, (i + 1) * self.window), 10)) for i in range(n)]
-
-    def masks(self, h: int, w: int, device: torch.device | None = None) -> list[torch.Tensor]:
-        """The boolean (h, w) mask of each band in the unshifted DFT spectrum."""
-        if self.layout == "centered":
-            return [freq_attack_mask(h, w, c, self.window / 2, device) for c in self.centers]
-        return [band_mask(h, w, lo, hi, device) for lo, hi in self.bands()]
 
 
 def frequency_grid(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
@@ -126,6 +75,13 @@ def freq_attack_mask(h: int, w: int, center: float, half_width: float,
     outer = square(h, f + s)[:, None] & square(w, f + s)[None, :]
     inner = square(h, f - s)[:, None] & square(w, f - s)[None, :]
     return torch.roll(outer & ~inner, shifts=(-int(h / 2), -int(w / 2)), dims=(0, 1))
+
+
+def band_masks(cfg: FrequencyNoiseConfig, h: int, w: int, device: torch.device | None = None) -> list[torch.Tensor]:
+    """The boolean (h, w) mask of each band of ``cfg`` in the unshifted DFT spectrum."""
+    if cfg.layout == "centered":
+        return [freq_attack_mask(h, w, c, cfg.window / 2, device) for c in cfg.centers]
+    return [band_mask(h, w, lo, hi, device) for lo, hi in cfg.bands()]
 
 
 def band_limited_noise(shape: tuple[int, ...], lo: float, hi: float, amplitude: float, scale: str = "pre_filter",
@@ -166,7 +122,7 @@ def run(model: nn.Module, cfg: FrequencyNoiseConfig, data: Any, model_config: Mo
         total += y.shape[0]
         base = to_pixels(x, model_config) if cfg.space == "pixel" else x
         if masks is None:
-            masks = cfg.masks(x.shape[-2], x.shape[-1])
+            masks = band_masks(cfg, x.shape[-2], x.shape[-1])
         for b in range(len(bands)):
             for _ in range(cfg.repeats):
                 n = masked_noise(tuple(x.shape), masks[b], cfg.amplitude, cfg.scale, g)

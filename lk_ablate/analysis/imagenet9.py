@@ -10,7 +10,6 @@ directly. BG-Gap = Mixed-Same - Mixed-Rand (accuracy points).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from functools import lru_cache
@@ -22,10 +21,12 @@ import torch
 import torch.nn as nn
 
 from ..base.figures import new_figure, save_figure
+from ..base.progress import advance
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from .common import SectionConfig, logits_of, percent
+from .common import logits_of, percent
+from .configs import ImageNet9Config
 
 
 def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
@@ -36,29 +37,6 @@ def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 IN9_CLASSES = ("dog", "bird", "vehicle", "reptile", "carnivore", "insect", "instrument", "primate", "fish")
-VARIATIONS = ("original", "mixed_same", "mixed_rand", "mixed_next", "only_fg", "no_fg", "only_bg_b", "only_bg_t")
-
-
-@dataclasses.dataclass
-class ImageNet9Config(SectionConfig):
-    """``root``: the folder holding the unzipped variations; ``num_outputs``: 1000 (ImageNet model, mapped) or 9."""
-
-    root: str = ""
-    variations: tuple[str, ...] = ("original", "mixed_same", "mixed_rand")
-    num_outputs: int = 1000
-    batch_size: int = 64
-    num_workers: int = 2
-    max_images: int | None = None
-
-    def validate(self) -> None:
-        if not self.root:
-            raise ConfigError("imagenet9.root is required: the folder with original/, mixed_same/, mixed_rand/ "
-                              "(from github.com/MadryLab/backgrounds_challenge/releases)")
-        bad = [v for v in self.variations if v not in VARIATIONS]
-        if bad:
-            raise ConfigError(f"imagenet9.variations {bad} unknown; choose from {VARIATIONS}")
-        if self.num_outputs not in (9, 1000):
-            raise ConfigError(f"imagenet9.num_outputs must be 1000 or 9, got {self.num_outputs}")
 
 
 @lru_cache(maxsize=1)
@@ -110,6 +88,7 @@ def in9_accuracy(model: nn.Module, data: Any, num_outputs: int = 1000, limit: in
         pred = map_to_in9(logits) if num_outputs == 1000 else logits.argmax(dim=1)
         correct += int((pred.cpu() == y).sum())
         total += y.shape[0]
+        advance(y.shape[0])
     return percent(correct, total)
 
 

@@ -12,7 +12,7 @@ Formulas as in hendrycks/robustness ``ImageNet-P/test.py`` (difficulty 1, as rec
 - FR_p = FP_p / FP_p(AlexNet), T5D_p / T5D_p(AlexNet); mFR, mT5D = 100 x their means over the perturbations.
 
 The AlexNet values are not in any released code we could read (Hendrycks keeps them in a spreadsheet linked from
-hendrycks/robustness issue #49); give them in a JSON file (``baselines``, format in docs/analyses.md). Without
+hendrycks/robustness issue #49); give them in a JSON file (``baselines_path``, format in docs/analyses.md). Without
 it, FP and T5D are reported unnormalised and mFR / mT5D are absent.
 
 Layout: ``<root>/<perturbation>[_<difficulty>]/<wnid>/*.mp4`` (224 x 224 frames). Frames are decoded with PyAV
@@ -21,7 +21,6 @@ normalised with the model's mean/std (resized only when the model's input size i
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -31,44 +30,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..base.figures import new_figure, save_figure
+from ..base.progress import advance
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from ..base.results import read_json
-from .common import SectionConfig, model_device
-
-PERTURBATIONS = ("gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "snow", "brightness", "translate",
-                 "rotate", "tilt", "scale")
-EXTRA_PERTURBATIONS = ("speckle_noise", "gaussian_blur", "spatter", "shear")
-DECODERS = ("av", "cv2")
-
-
-@dataclasses.dataclass
-class ImageNetPConfig(SectionConfig):
-    """``perturbations``: the 10 of the benchmark by default; ``difficulty``: 1..3 (noise: the ``<p>_<d>``
-    videos; the others: frame stride d);
-    ``baselines``: JSON with AlexNet's FP and T5D per perturbation; ``max_videos``: per perturbation."""
-
-    root: str = ""
-    perturbations: tuple[str, ...] = PERTURBATIONS
-    difficulty: int = 1
-    baselines: str | None = None
-    decoder: str = "av"
-    batch_frames: int = 128
-    num_workers: int = 2
-    max_videos: int | None = None
-
-    def validate(self) -> None:
-        if not self.root:
-            raise ConfigError("imagenet_p.root is required: the ImageNet-P folder (gaussian_noise/, brightness/, ...)")
-        bad = [p for p in self.perturbations if p not in PERTURBATIONS + EXTRA_PERTURBATIONS]
-        if bad or not self.perturbations:
-            raise ConfigError(f"imagenet_p.perturbations {bad} unknown; choose from "
-                              f"{PERTURBATIONS + EXTRA_PERTURBATIONS}")
-        if self.difficulty not in (1, 2, 3):
-            raise ConfigError(f"imagenet_p.difficulty must be 1, 2 or 3, got {self.difficulty}")
-        if self.decoder not in DECODERS:
-            raise ConfigError(f"imagenet_p.decoder must be one of {DECODERS}, got {self.decoder!r}")
+from .common import model_device
+from .configs import DECODERS, ImageNetPConfig
 
 
 def is_noise(perturbation: str) -> bool:
@@ -207,6 +175,7 @@ def perturbation_metrics(model: nn.Module, videos: Any, cfg: ModelConfig, noise:
     for frames in videos:
         x = _frames_to_input(frames, cfg)
         logits = torch.cat([model(c.to(device)).float().cpu() for c in x.split(batch_frames)])
+        advance(len(x))
         fps.append(flip_rate(logits.argmax(dim=1), noise, stride))
         t5ds.append(top5_distance(logits, noise, stride))
     if not fps:
@@ -217,12 +186,12 @@ def perturbation_metrics(model: nn.Module, videos: Any, cfg: ModelConfig, noise:
 def run(model: nn.Module, cfg: ImageNetPConfig, data: Any = None, model_config: ModelConfig | None = None,
         videos: dict[str, Any] | None = None) -> dict[str, Any]:
     """``videos``: perturbation -> iterable of uint8 videos, instead of reading ``cfg.root``."""
-    baselines = load_baselines(cfg.baselines) if cfg.baselines else None
+    baselines = load_baselines(cfg.baselines_path) if cfg.baselines_path else None
     if baselines is not None:
         missing = [p for p in cfg.perturbations
                    if p not in baselines["flip_probability"] or p not in baselines["top5_distance"]]
         if missing:
-            raise ConfigError(f"{cfg.baselines} has no AlexNet values for {missing}")
+            raise ConfigError(f"{cfg.baselines_path} has no AlexNet values for {missing}")
     per: dict[str, dict[str, float]] = {}
     for p in cfg.perturbations:
         if videos is not None and p in videos:

@@ -19,7 +19,6 @@ the centre), for models with a ``reparameterize`` method (RepLKNet). ``modules``
 from __future__ import annotations
 
 import copy
-import dataclasses
 import fnmatch
 import math
 from typing import Any
@@ -30,25 +29,7 @@ import torch.nn as nn
 from ..base.errors import ConfigError
 from ..base.figures import new_figure, save_figure
 from ..models.layers import LargeKernelDWConv
-from .common import SectionConfig
-
-SELECTIONS = ("auto", "large_kernel", "depthwise")
-
-
-@dataclasses.dataclass
-class KernelDistanceConfig(SectionConfig):
-    """``modules``: "large_kernel" (every LargeKernelDWConv: the study's kernels), "depthwise" (every conv with
-    groups == in == out channels and a kernel > 1, e.g. timm models), "auto" (large_kernel if the model has any,
-    else depthwise). ``include``: glob on module names (e.g. "stages.2.*")."""
-
-    modules: str = "auto"
-    include: str = "*"
-    normalize_weights: bool = True
-    reparameterize: bool = False
-
-    def validate(self) -> None:
-        if self.modules not in SELECTIONS:
-            raise ConfigError(f"kernel_distance.modules must be one of {SELECTIONS}, got {self.modules!r}")
+from .configs import KernelDistanceConfig
 
 
 def is_depthwise(m: nn.Module) -> bool:

@@ -16,7 +16,6 @@ downsample shortcut. A unit whose output shape differs from its input (it downsa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -29,34 +28,10 @@ from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
 from ..models import contract
 from ..models.registry import ModelConfig
-from .common import SectionConfig, accuracy, iterate_batches, model_device, script_eval_spec
+from .common import accuracy, iterate_batches, model_device, script_eval_spec
+from .configs import LesionConfig  # noqa: F401  (re-exported: the section lives there)
 
 Unit = tuple[nn.Module, ...]
-
-
-@dataclasses.dataclass
-class LesionConfig(SectionConfig):
-    """``ns``: numbers of units removed (empty: 0..len(candidates)); ``samples`` random draws per n;
-    ``candidates``: unit indices that may be removed (empty: all); ``candidate_stages``: only the units of these
-    stage indices (empty: all; models without stages: all); ``seed``: of ``random.Random`` drawing the units;
-    ``max_images``: evaluate on the first N; ``cache_images``: keep those images in memory between the many
-    evaluations."""
-
-    ns: tuple[int, ...] = ()
-    samples: int = 10
-    candidates: tuple[int, ...] = ()
-    candidate_stages: tuple[int, ...] = ()
-    seed: int = 0
-    max_images: int | None = None
-    cache_images: bool = False
-
-    def validate(self) -> None:
-        if self.samples < 1:
-            raise ConfigError(f"lesion.samples must be >= 1, got {self.samples}")
-        if any(n < 0 for n in self.ns):
-            raise ConfigError(f"lesion.ns must be >= 0, got {list(self.ns)}")
-        if self.candidates and self.candidate_stages:
-            raise ConfigError("give lesion.candidates or lesion.candidate_stages, not both")
 
 
 def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:

@@ -49,8 +49,9 @@ def load_model(ckpt: str | os.PathLike | None = None, model_name: str | None = N
     """One weight set of a model (EMA when the checkpoint has it, unless ``ema`` says otherwise); a registered
     ``model_name`` without ``ckpt`` has random weights (``meta["random_weights"]``)."""
     weights = "auto" if ema is None else ("ema" if ema else "raw")
-    opts = ModelOptions(ckpt=None if ckpt is None else os.fspath(ckpt), name=model_name, kernel_size=kernel_size,
-                        timm=timm_model, num_classes=num_classes, kwargs=model_kwargs, weights=weights)
+    opts = ModelOptions(ckpt_path=None if ckpt is None else os.fspath(ckpt), model_name=model_name,
+                        kernel_size=kernel_size, timm=timm_model, num_classes=num_classes, model_kwargs=model_kwargs,
+                        weights=weights)
     return LoadedModel.from_eval_models(load_for_eval(opts, allow_random=True))
 
 
@@ -64,7 +65,8 @@ def create_timm_model(name: str, checkpoint: str | os.PathLike | None = None, nu
                                   **kwargs).eval()
         return LoadedModel(model, timm_model_config(model, name), name, {"source": "timm", "timm_model": name,
                                                                          "checkpoint": None, "format": None})
-    opts = ModelOptions(ckpt=os.fspath(checkpoint), timm=name, num_classes=num_classes, kwargs=kwargs or None)
+    opts = ModelOptions(ckpt_path=os.fspath(checkpoint), timm=name, num_classes=num_classes,
+                        model_kwargs=kwargs or None)
     return LoadedModel.from_eval_models(load_for_eval(opts))
 
 
@@ -75,7 +77,7 @@ class ValSource:
     class, the first N images would be a few classes only).
     """
 
-    def __init__(self, root: str | os.PathLike, num_classes: int, batch_size: int = 64, num_workers: int = 2,
+    def __init__(self, root: str | os.PathLike, num_classes: int, batch_size: int = 64, num_workers: int = 4,
                  limit: int | None = None, seed: int = 0) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -105,7 +107,7 @@ class ValSource:
                                            num_workers=self.num_workers)
 
 
-def val_loader(root: str | os.PathLike, cfg: ModelConfig, batch_size: int = 64, num_workers: int = 2,
+def val_loader(root: str | os.PathLike, cfg: ModelConfig, batch_size: int = 64, num_workers: int = 4,
                limit: int | None = None, seed: int = 0) -> torch.utils.data.DataLoader:
     """The val folder read with the model's own eval transform (``protocol: model``)."""
     return ValSource(root, cfg.num_classes, batch_size, num_workers, limit, seed).loader(

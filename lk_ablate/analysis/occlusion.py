@@ -5,7 +5,7 @@ Follows the paper's ``occlusion_invariance/evaluate.py`` (after Naseer et al., 2
 - ``random``: at level L, floor(L * P) of the P patches of a (H/16) x (W/16) grid are zeroed in [0, 1] pixel space
   (black), the same patches for the whole batch (one draw per batch and repeat).
 - ``salient`` / ``non_salient``: a DINO ViT-S/16 (``timm`` ``vit_small_patch16_224`` with the DINO weights read
-  from ``dino_weights``) sees the image (resized to ``dino_img_size``, ImageNet mean/std). Its last block's
+  from ``dino_path``) sees the image (resized to ``dino_img_size``, ImageNet mean/std). Its last block's
   attention from the class token to the patches (head ``dino_head``, 1 as in the released script; null = mean
   over heads) is renormalised to sum 1 and sorted. ``salient`` at level L drops the most-attended patches that
   together hold a fraction L of the attention mass; ``non_salient`` at level L drops the least-attended patches
@@ -17,7 +17,6 @@ Results also give, per level, the mean fraction of the image actually dropped.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from typing import Any
@@ -30,11 +29,10 @@ from ..base.figures import new_figure, save_figure
 from ..base.safe_load import load_torch_file
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, DataError
-from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from .common import (SectionConfig, check_levels, count_correct, from_pixels, iterate_batches, logits_of, model_device,
-                     percent, script_eval_spec, seeded_generator, to_pixels)
-
-MODES = ("random", "salient", "non_salient")
+from ..models.registry import ModelConfig
+from .common import (count_correct, from_pixels, iterate_batches, logits_of, model_device, percent, script_eval_spec,
+                     seeded_generator, to_pixels)
+from .configs import OcclusionConfig
 
 
 def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
@@ -42,36 +40,6 @@ def paper_eval_spec(cfg: ModelConfig) -> EvalSpec:
     mean/std for every model; a model whose input is not 224 px gets the same geometry scaled to its size
     (:func:`~lk_ablate.analysis.common.script_eval_spec`)."""
     return script_eval_spec(cfg, "bilinear")
-
-
-@dataclasses.dataclass
-class OcclusionConfig(SectionConfig):
-    """``levels``: fractions (of patches for ``random``, of DINO attention mass otherwise); ``repeats``: random
-    draws per level (the released script's ``exp_count``)."""
-
-    modes: tuple[str, ...] = MODES
-    levels: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    patch_size: int = 16
-    repeats: int = 1
-    seed: int = 0
-    dino_weights: str | None = None
-    dino_arch: str = "vit_small_patch16_224"
-    dino_img_size: int = 224
-    dino_head: int | None = 1
-    dino_mean: tuple[float, ...] = IMAGENET_MEAN
-    dino_std: tuple[float, ...] = IMAGENET_STD
-    max_images: int | None = None
-
-    def validate(self) -> None:
-        bad = [m for m in self.modes if m not in MODES]
-        if bad or not self.modes:
-            raise ConfigError(f"occlusion.modes must be a non-empty subset of {MODES}, got {list(self.modes)}")
-        check_levels("occlusion.levels", self.levels, 0.0, 1.0)
-        if self.patch_size < 1 or self.repeats < 1:
-            raise ConfigError("occlusion.patch_size and occlusion.repeats must be >= 1")
-        if any(m != "random" for m in self.modes) and not self.dino_weights:
-            raise ConfigError("occlusion.dino_weights is required for salient / non_salient patch drop: the path "
-                              "of the DINO ViT-S/16 weights (e.g. dino_deitsmall16_pretrain.pth)")
 
 
 # --- masks ----------------------------------------------------------------------------------------------
@@ -188,10 +156,10 @@ def _upsample(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 @torch.no_grad()
 def run(model: nn.Module, cfg: OcclusionConfig, data: Any, model_config: ModelConfig,
         dino: nn.Module | None = None) -> dict[str, Any]:
-    """``dino``: an already loaded saliency ViT (else loaded from ``cfg.dino_weights`` when needed)."""
+    """``dino``: an already loaded saliency ViT (else loaded from ``cfg.dino_path`` when needed)."""
     device = model_device(model)
     if any(m != "random" for m in cfg.modes) and dino is None:
-        dino = load_dino(cfg.dino_weights, cfg.dino_arch, cfg.dino_img_size)
+        dino = load_dino(cfg.dino_path, cfg.dino_arch, cfg.dino_img_size)
     if dino is not None:
         dino.to(device)
     g = seeded_generator(cfg.seed)

@@ -10,12 +10,14 @@ from typing import Any
 import torch.nn as nn
 
 from ..base.jsonable import to_jsonable
+from ..base.progress import Progress
 from ..data.transforms import EvalSpec
 from ..base.errors import ConfigError, one_line
 from ..evaluation.options import check_protocol
 from ..models.registry import ModelConfig
 from . import attacks, features, frequency, imagenet9, imagenet_p, kernel_distance, lesion, occlusion
-from .common import SectionConfig, write_analysis_result
+from .common import write_analysis_result
+from .configs import CATALOGUE, PRESETS_PACKAGE, SectionConfig, add_section_arguments, preset_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,29 +34,26 @@ class Analysis:
     help: str
 
 
+def _analysis(name: str, run: Callable[..., dict[str, Any]], plot: Callable[[dict[str, Any], Any], Any],
+              summary: Callable[[dict[str, Any]], dict[str, float]]) -> Analysis:
+    e = CATALOGUE[name]
+    return Analysis(name, e.config, run, plot, summary, e.needs_val, e.help)
+
+
+# The catalogue (configs.py, torch-free: the command line's view) with each analysis's functions.
 ANALYSES: dict[str, Analysis] = {a.name: a for a in (
-    Analysis("imagenet_p", imagenet_p.ImageNetPConfig, imagenet_p.run, imagenet_p.plot, imagenet_p.summary, False,
-             "ImageNet-P flip probability / top-5 distance (mFR, mT5D with AlexNet baselines)"),
-    Analysis("imagenet9", imagenet9.ImageNet9Config, imagenet9.run, imagenet9.plot, imagenet9.summary, False,
-             "ImageNet-9 backgrounds: Original / Mixed-Same / Mixed-Rand / BG-Gap"),
-    Analysis("occlusion", occlusion.OcclusionConfig, occlusion.run, occlusion.plot, occlusion.summary, True,
-             "random / salient / non-salient 16x16 patch drop (DINO saliency)"),
-    Analysis("fgsm", attacks.FGSMConfig, attacks.run_fgsm, attacks.plot_fgsm, attacks.summary_fgsm, True,
-             "FGSM accuracy vs eps"),
-    Analysis("pgd", attacks.PGDConfig, attacks.run_pgd, attacks.plot_pgd, attacks.summary_pgd, True,
-             "PGD accuracy vs eps and steps"),
-    Analysis("taig", attacks.TAIGConfig, attacks.run_taig, attacks.plot_taig, attacks.summary_taig, True,
-             "TAIG transfer attack success rate from a surrogate"),
-    Analysis("lesion", lesion.LesionConfig, lesion.run, lesion.plot, lesion.summary, True,
-             "accuracy with n residual blocks removed"),
-    Analysis("frequency", frequency.FrequencyNoiseConfig, frequency.run, frequency.plot, frequency.summary, True,
-             "accuracy drop under band-limited noise"),
-    Analysis("kernel_distance", kernel_distance.KernelDistanceConfig, kernel_distance.run, kernel_distance.plot,
-             kernel_distance.summary, False,
-             "per-channel attention distance of every depthwise kernel"),
-    Analysis("feature_variance", features.FeatureVarianceConfig, features.run, features.plot, features.summary,
-             True, "feature-map variance per layer vs normalised depth"),
+    _analysis("imagenet_p", imagenet_p.run, imagenet_p.plot, imagenet_p.summary),
+    _analysis("imagenet9", imagenet9.run, imagenet9.plot, imagenet9.summary),
+    _analysis("occlusion", occlusion.run, occlusion.plot, occlusion.summary),
+    _analysis("fgsm", attacks.run_fgsm, attacks.plot_fgsm, attacks.summary_fgsm),
+    _analysis("pgd", attacks.run_pgd, attacks.plot_pgd, attacks.summary_pgd),
+    _analysis("taig", attacks.run_taig, attacks.plot_taig, attacks.summary_taig),
+    _analysis("lesion", lesion.run, lesion.plot, lesion.summary),
+    _analysis("frequency", frequency.run, frequency.plot, frequency.summary),
+    _analysis("kernel_distance", kernel_distance.run, kernel_distance.plot, kernel_distance.summary),
+    _analysis("feature_variance", features.run, features.plot, features.summary),
 )}
+assert list(ANALYSES) == list(CATALOGUE), "every catalogued analysis has its functions here"
 
 
 def analysis_sections(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -84,16 +83,6 @@ def input_config(cfg: ModelConfig, spec: EvalSpec) -> ModelConfig:
                                interpolation=spec.interpolation)
 
 
-PRESETS_PACKAGE = "lk_ablate.analysis.presets"
-
-
-def preset_names() -> list[str]:
-    """The presets shipped in lk_ablate/analysis/presets/ (``--preset NAME``)."""
-    from importlib import resources
-
-    return sorted(p.name[:-5] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".yaml"))
-
-
 def load_preset(name: str) -> dict[str, Any]:
     """A shipped preset as the mapping its YAML file holds (``protocol`` and analysis sections)."""
     from importlib import resources
@@ -104,20 +93,6 @@ def load_preset(name: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"unknown preset {name!r}; shipped presets: {', '.join(preset_names())}")
     return dict(yaml.safe_load(path.read_text()) or {})
-
-
-def add_section_arguments(parser: Any, names: Iterable[str] | None = None) -> None:
-    """One jsonargparse group per analysis (``--occlusion.levels [0.1,0.5]``), from its config dataclass."""
-    for n in names if names is not None else ANALYSES:
-        a = get_analysis(n)
-        parser.add_class_arguments(a.config, a.name, help=a.help)
-
-
-def check_no_section_preset(name: str, section: Any, where: str = "") -> None:
-    """The ``preset`` key sections had before presets became shipped files: one line naming the new spelling."""
-    if isinstance(section, Mapping) and "preset" in section:
-        raise ConfigError(f"{where}{name}.preset is now --preset NAME (a shipped preset file: "
-                          f"{', '.join(preset_names())}; lk_ablate.analysis.load_preset(NAME) in Python)")
 
 
 _SECTIONS_PARSER: list[Any] = []
@@ -142,7 +117,6 @@ def parse_sections(sections: Mapping[str, Any]) -> dict[str, SectionConfig]:
     values = {}
     for n, section in sections.items():
         get_analysis(n)
-        check_no_section_preset(n, section)
         values[n] = dict(section or {})
         keys = {f.name for f in dataclasses.fields(ANALYSES[n].config)}
         unknown = sorted(set(values[n]) - keys)
@@ -178,7 +152,7 @@ def run_analyses(model: nn.Module, config_sections: Mapping[str, Any], val_data:
                  model_config: ModelConfig | None = None, results_path: str | Path | None = None,
                  out_dir: str | Path | None = None, names: Iterable[str] | None = None, label: str | None = None,
                  plot_prefix: str = "", results_init: Mapping[str, Any] | None = None,
-                 protocol: str = "model") -> dict[str, dict[str, Any]]:
+                 protocol: str = "model", progress: bool = False) -> dict[str, dict[str, Any]]:
     """Run the analyses named in ``config_sections`` (section name -> options or a config dataclass;
     ``names`` restricts them).
 
@@ -189,7 +163,8 @@ def run_analyses(model: nn.Module, config_sections: Mapping[str, Any], val_data:
     result records its ``protocol``. Each result is stored in the results JSON ``results_path`` (schema of
     ``lk_ablate.base.results``, under "analyses" -> name; a missing file is created from ``results_init``,
     the keyword arguments of ``make_results``) and plotted to ``out_dir/<plot_prefix><name>.png`` when those are
-    given. The model is put in eval mode and restored to its previous mode afterwards. Returns {name: result}.
+    given. The model is put in eval mode and restored to its previous mode afterwards. ``progress``: each analysis
+    reports the images it has put through the model (over all its passes; base/progress.py). Returns {name: result}.
     """
     sections = dict(config_sections or {})
     selected = list(names) if names is not None else [n for n in sections if n in ANALYSES]
@@ -220,7 +195,8 @@ def run_analyses(model: nn.Module, config_sections: Mapping[str, Any], val_data:
                 mc = input_config(cfg_model, es) if protocol == "paper" else cfg_model
                 if hasattr(val_data, "loader") and spec.needs_val:
                     data = val_data.loader(es)
-            result = spec.run(model, parsed[n], data, mc)
+            with Progress(f"analyze {n}", None, "img", progress).active():
+                result = spec.run(model, parsed[n], data, mc)
             result["protocol"] = protocol
             if label is not None:
                 result["model"] = label

@@ -15,6 +15,8 @@ class DataError(LkAblateError, FileNotFoundError):
 
 
 def one_line(e: BaseException) -> str:
-    """A multi-line error (jsonargparse's) as one line: its first distinct lines, joined."""
+    """A multi-line error (jsonargparse's) as one line: its first distinct lines and the value it was given."""
     lines = [ln.strip().rstrip(":") for ln in str(e).splitlines() if ln.strip()]
-    return ": ".join(dict.fromkeys(lines[:3]))
+    head = [ln for ln in lines[:3] if ln != "Errors"]
+    given = [ln for ln in lines[3:] if ln.startswith("Given value:")]
+    return ": ".join(dict.fromkeys(head + given))

@@ -12,8 +12,8 @@ Everything downstream (``lk_ablate report``, the analyses) reads only these file
       "primary": "ema" | "raw",            # the set headline numbers use: EMA when it was scored
       "settings": {"benchmarks": {<benchmark>: path}, "imagenet_c": {"corruptions": [...], "severities": [...]},
                    "protocol": "model" | "paper",   # the benchmarks' eval protocol; missing = "model"
-                   "scoring": {"decode": "cpu" | "gpu", "precision": "fp32" | "bf16",
-                               "on_bad_image": "error" | "skip"}},   # missing = cpu / fp32 / error
+                   "scoring": {"decode": "cpu" | "gpu", "precision": "32-true" | "bf16-mixed",
+                               "on_bad_image": "error" | "skip"}},   # missing = cpu / 32-true / error
       "errors": [{"weights", "benchmark", "rank", "error"}, ...],
       "analyses": {<name>: {..., "protocol": "model" | "paper"}},  # added later with update_results(path,
                                            # "analyses.<name>", {...}); each analysis's protocol, missing = "model"

@@ -4,8 +4,8 @@ A pickle can name any importable callable and call it while loading (``__reduce_
 ``.pth`` with ``weights_only=False`` runs whatever code its author put there. Every checkpoint lk_ablate reads
 goes through :func:`load_torch_file`, which unpickles only tensors, plain containers and the few classes that
 real checkpoints hold (listed in :data:`ALLOWED_GLOBALS`). A file that needs anything else is refused with one
-line naming the file and the offending global; a user who knows the file opts in with ``--trust-checkpoint``
-(any lk_ablate command) or ``LK_ABLATE_TRUST_CHECKPOINTS=1``.
+line naming the file and the offending global; a user who knows the file opts in with ``--trust_checkpoint true``
+(any lk_ablate command that reads checkpoints) or ``LK_ABLATE_TRUST_CHECKPOINTS=1``.
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
+from .cli_options import TRUST_ENV
 from .errors import DataError
 
 __all__ = ["ALLOWED_GLOBALS", "TRUST_ENV", "UnsafeCheckpointError", "load_torch_file", "trust_checkpoints"]
 
-TRUST_ENV = "LK_ABLATE_TRUST_CHECKPOINTS"
-TRUST_HINT = f"if you trust this file, add --trust-checkpoint to the command (or set {TRUST_ENV}=1)"
+TRUST_HINT = f"if you trust this file, add --trust_checkpoint true to the command (or set {TRUST_ENV}=1)"
 
 
 class UnsafeCheckpointError(DataError):
@@ -69,7 +69,7 @@ ALLOWED_GLOBALS: list[Any] = [argparse.Namespace, *_numpy_globals(), *_lightning
 
 
 def trust_checkpoints() -> bool:
-    """True when the user opted in to full unpickling (``--trust-checkpoint`` sets the variable)."""
+    """True when the user opted in to full unpickling (``--trust_checkpoint true`` sets the variable)."""
     return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
 
 

@@ -1,15 +1,19 @@
-"""``lk_ablate analyze <analysis|all|list> [options]``: run the paper's analyses on one model.
+"""``lk_ablate analyze NAME [options]``: run one of the paper's analyses (or ``all`` that a config names) on one model.
 
-    lk_ablate analyze occlusion --model.ckpt runs/convnext_k31/last.ckpt --preset paper \\
-        --data.imagenet_val /data/imagenet/val --occlusion.dino_weights /w/dino_deitsmall16_pretrain.pth
-    lk_ablate analyze lesion --model.name replknet_31b --model.ckpt RepLKNet-31B_ImageNet-1K_224.pth \\
-        --data.imagenet_val /data/imagenet/val --lesion.samples 3
+    lk_ablate analyze occlusion --preset paper --ckpt_path runs/convnext_k31/last.ckpt \\
+        --data.imagenet_val /data/imagenet/val --occlusion.dino_path /w/dino_deitsmall16_pretrain.pth
+    lk_ablate analyze lesion --preset paper_lesion_replknet --model.model_name replknet_31b \\
+        --ckpt_path RepLKNet-31B_ImageNet-1K_224.pth --data.imagenet_val /data/imagenet/val --lesion.samples 3
     lk_ablate analyze all --config my_analyses.yaml --print_config
 
-Options follow ``lk_ablate robustness`` (``--model.*``, ``--data.*``, ``--protocol``, ``--results``); every
-analysis is a group of its own (``--occlusion.levels [0.1,0.5]``), parsed from its config dataclass; ``--preset
-NAME`` loads a shipped preset (lk_ablate/analysis/presets/NAME.yaml; ``paper``: the paper's settings and
-``protocol: paper``; presets stack, later ones and explicit values override earlier ones).
+Each analysis is a subcommand: ``lk_ablate analyze --help`` lists them, ``lk_ablate analyze NAME --help`` shows that
+analysis's options only. Options follow ``lk_ablate robustness`` (``--ckpt_path``, ``--weights``, ``--model.*``,
+``--data.*``, ``--protocol``, ``--results_path``); the analysis's own options are a group named after it
+(``--occlusion.levels [0.1,0.5]``), parsed from its config dataclass. ``--preset NAME`` applies a shipped preset
+(lk_ablate/analysis/presets/NAME.yaml; ``paper``: the paper's settings and ``protocol: paper``) where it stands,
+like ``--config``; its sections of other analyses are left out. ``all`` runs the analyses whose sections its
+--config/--preset files or options set (a section counts when it sets at least one option: jsonargparse's parse
+without defaults tells which).
 """
 from __future__ import annotations
 
@@ -18,16 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..analysis.runner import ANALYSES, PRESETS_PACKAGE, add_section_arguments, check_no_section_preset, \
-    get_analysis, section_from_parsed
+from ..analysis.configs import CATALOGUE, PRESETS_PACKAGE, add_section_arguments
 from ..base.errors import ConfigError
-from ..evaluation.loading import load_for_eval
-from ..evaluation.options import DataOptions, ModelOptions
-from ._common import base_parser, check_old_evaluation_spellings, config_files, parse, preset_argv
+from ..evaluation.options import DataOptions
+from ._common import error_line, evaluation_parser, model_options
 
-__all__ = ["AnalysisDataOptions", "cli_main", "parse_args", "sections_of"]
+__all__ = ["ALL", "AnalysisDataOptions", "cli_main", "parse_args", "parser", "sections_of"]
+
+ALL = "all"
 
 
 @dataclass
@@ -35,64 +37,74 @@ class AnalysisDataOptions(DataOptions):
     """The validation images the analyses read.
 
     Args:
-        limit: use a seeded random subset of this many validation images (None: all).
-        seed: the subset's seed.
+        subset_size: use a seeded random subset of this many validation images (None: all).
+        subset_seed: the subset's seed.
     """
 
-    limit: int | None = None
-    seed: int = 0
+    subset_size: int | None = None
+    subset_seed: int = 0
 
 
-def _parser() -> Any:
-    p = base_parser("lk_ablate analyze", __doc__.split("\n\n")[0], default_weights="auto")
+def _analysis_parser(name: str) -> Any:
+    """The options of ``lk_ablate analyze NAME`` (``all``: every analysis's section)."""
+    summary = CATALOGUE[name].help if name != ALL else "the analyses that the --config/--preset files or options name"
+    p = evaluation_parser(f"lk_ablate analyze {name}", summary, default_weights="auto", presets=PRESETS_PACKAGE,
+                          optional_groups=list(CATALOGUE))
     p.add_class_arguments(AnalysisDataOptions, "data")
-    p.set_defaults({"data.num_workers": 2})
-    p.add_argument("--results", type=str | None, default=None,
+    p.add_argument("--results_path", type=str | None, default=None,
                    help="results JSON to store into (default: the checkpoint's <stem>.robustness.json beside it, "
                         "shared with `lk_ablate robustness`; created when missing)")
-    p.add_argument("--plot_dir", type=str | None, default=None, help="folder for the PNGs (default: beside --results)")
-    add_section_arguments(p)
+    p.add_argument("--output_dir", type=str | None, default=None,
+                   help="folder for the plots (default: beside --results_path)")
+    add_section_arguments(p, None if name == ALL else [name])
     return p
 
 
-def _check_old_section_presets(argv: Sequence[str]) -> None:
-    """``--pgd.preset paper_eps`` (a section's named preset, now a shipped file): one line naming --preset."""
-    for a in argv:
-        flag = a.split("=", 1)[0]
-        head, _, key = flag.lstrip("-").partition(".")
-        if flag.startswith("--") and key == "preset" and head in ANALYSES:
-            check_no_section_preset(head, {"preset": None}, where="--")
+def parser(only: str | None = None, listing: bool = False) -> Any:
+    """``lk_ablate analyze`` with one subcommand per analysis and ``all``. ``only``: build that subcommand's options
+    alone (the one a command line names); ``listing``: the subcommands without their options (``analyze --help``
+    and an unknown name list them, and building all eleven parsers would double the wait)."""
+    top = top_parser()
+    add_subcommands(top, only, listing)
+    return top
 
 
-def parse_args(argv: Sequence[str]) -> tuple[str | None, Any, list[str]]:
-    """(analysis name or None, options, the sections named by --config/--preset files or options)."""
+def top_parser() -> Any:
+    from jsonargparse import ArgumentParser
+
+    return ArgumentParser(prog="lk_ablate analyze", description=__doc__.split("\n\n")[0], exit_on_error=False)
+
+
+def add_subcommands(top: Any, only: str | None = None, listing: bool = False) -> None:
+    """The analyses (and ``all``) as subcommands of ``top`` (jsonargparse wants a nested parser added to its parent
+    before its own subcommands: ``lk_ablate --print_completion`` adds ``top`` first)."""
+    from jsonargparse import ArgumentParser
+
+    sub = top.add_subcommands(required=True, dest="analysis")
+    helps = {**{n: e.help for n, e in CATALOGUE.items()},
+             ALL: "the analyses its --config/--preset files or options name"}
+    for name, help_ in helps.items():
+        if only is None or name == only:
+            sub.add_subcommand(name, ArgumentParser(prog=f"lk_ablate analyze {name}") if listing
+                               else _analysis_parser(name), help=help_)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str, Any, list[str]]:
+    """(the analysis or ``all``, its options, the sections that files or options set: what ``all`` runs)."""
+    import argparse
+
     argv = list(argv)
-    name = argv.pop(0) if argv and not argv[0].startswith("-") else None
-    check_old_evaluation_spellings(argv)
-    _check_old_section_presets(argv)
-    argv = preset_argv(argv, PRESETS_PACKAGE)
-    named = _named_sections(argv)
-    return name, parse(_parser(), argv), named
-
-
-def _named_sections(argv: Sequence[str]) -> list[str]:
-    named: list[str] = []
-    for path in config_files(argv):
-        p = Path(path)
-        data = yaml.safe_load(p.read_text()) if p.is_file() else None
-        if isinstance(data, dict):
-            if "analyses" in data:
-                raise ConfigError(f"{path}: the analysis sections now sit at the top level of the file (drop the "
-                                  "'analyses:' level); see `lk_ablate analyze --print_config`")
-            for k in data:
-                if k in ANALYSES:
-                    check_no_section_preset(k, data[k], where=f"{path}: ")
-                    named.append(k)
-    for a in argv:
-        head = a.lstrip("-").split(".", 1)[0]
-        if a.startswith("--") and "." in a and head in ANALYSES:
-            named.append(head)
-    return list(dict.fromkeys(named))
+    chosen = argv[0] if argv and argv[0] in [*CATALOGUE, ALL] else None
+    p = parser(only=chosen, listing=chosen is None)
+    where = f"lk_ablate analyze {chosen}" if chosen else "lk_ablate analyze"
+    try:
+        ns = p.parse_args(argv)
+        name = ns.analysis
+        given = p.parse_args(argv, defaults=False)[name]  # only what files and options set
+    except argparse.ArgumentError as e:
+        raise error_line(e, where, chosen) from e
+    named = [n for n in CATALOGUE if given.get(n) is not None]
+    return name, ns[name], named
 
 
 def default_results_path(ckpt: str | None, label: str) -> Path:
@@ -107,56 +119,50 @@ def default_results_path(ckpt: str | None, label: str) -> Path:
 def sections_of(args: Any, names: Sequence[str]) -> dict[str, Any]:
     """The config dataclass of each analysis in ``names`` (parsed by jsonargparse; constructing it validates it;
     only the named ones: an analysis not run needs no paths)."""
-    return {n: section_from_parsed(n, getattr(args, n)) for n in names}
+    return {n: CATALOGUE[n].config(**vars(args[n])) for n in names}
 
 
 def cli_main(argv: list[str]) -> int:
+    name, args, named = parse_args(argv)
+    if name == ALL:
+        names = named
+        if not names:
+            raise ConfigError("'all' runs the analyses that --config/--preset files or options name, and none are "
+                              "named; e.g. --preset paper, or sections: " + ", ".join(CATALOGUE))
+    else:
+        names = [name]
+    sections = sections_of(args, names)  # every config error before any loading
+    data = AnalysisDataOptions(**vars(args.data))
+    data.check()
+    opts = model_options(args)
+    if opts.weights == "both":
+        raise ConfigError("analyze runs on one weight set: --weights auto (EMA when the checkpoint has it), raw or "
+                          "ema")
+    if any(CATALOGUE[n].needs_val for n in names) and not data.imagenet_val:
+        raise ConfigError(f"{', '.join(n for n in names if CATALOGUE[n].needs_val)} need validation images: give "
+                          "--data.imagenet_val DIR")
+
     import torch
 
     from ..analysis.loading import LoadedModel, ValSource
     from ..analysis.runner import run_analyses
+    from ..evaluation.loading import load_for_eval
 
-    name, args, named = parse_args(argv)
-    if name == "list":
-        for a in ANALYSES.values():
-            print(f"{a.name:<18} {a.help}")
-        return 0
-    if name is None:
-        raise ConfigError("name the analysis to run: lk_ablate analyze NAME|all|list [options] (see `lk_ablate "
-                          "analyze list`)")
-    if name == "all":
-        names = [n for n in named if n in ANALYSES]
-        if not names:
-            raise ConfigError("'all' runs the analyses that --config/--preset files or options name, and none are "
-                              "named; e.g. --preset paper, or analyses: " + ", ".join(ANALYSES))
-    else:
-        names = [get_analysis(name).name]
-    sections = sections_of(args, names)  # every config error before any loading
-    data = AnalysisDataOptions(**vars(args.data))
-    data.check()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    opts = ModelOptions(**vars(args.model))
-    if opts.weights == "both":
-        raise ConfigError("analyze runs on one weight set: --model.weights auto (EMA when the checkpoint has it), "
-                          "raw or ema")
     em = load_for_eval(opts, device=device, allow_random=True)  # a name alone: random weights (smoke runs)
     lm = LoadedModel.from_eval_models(em)
     val = None
-    if any(ANALYSES[n].needs_val for n in names):
-        if not data.imagenet_val:
-            raise ConfigError(f"{', '.join(n for n in names if ANALYSES[n].needs_val)} need validation images: "
-                              "give --data.imagenet_val DIR")
+    if any(CATALOGUE[n].needs_val for n in names):
         val = ValSource(data.imagenet_val, em.config.num_classes, batch_size=data.batch_size,
-                        num_workers=data.num_workers, limit=data.limit, seed=data.seed)
-    results_path = Path(args.results) if args.results else default_results_path(opts.ckpt, lm.label)
-    out_dir = Path(args.plot_dir) if args.plot_dir else results_path.parent
+                        num_workers=data.num_workers, limit=data.subset_size, seed=data.subset_seed)
+    results_path = Path(args.results_path) if args.results_path else default_results_path(opts.ckpt_path, lm.label)
+    out_dir = Path(args.output_dir) if args.output_dir else results_path.parent
     prefix = results_path.name.removesuffix(".json") + "."
     results = run_analyses(lm.model, sections, val, lm.config, results_path=results_path, out_dir=out_dir,
                            names=names, label=lm.label, plot_prefix=prefix, results_init=lm.results_init(),
-                           protocol=args.protocol)
+                           protocol=args.protocol, progress=args.progress)
     for n, result in results.items():
         scalars = ", ".join(f"{k} {v:.4g}" for k, v in result["summary_scalars"].items() if v is not None)
         print(f"{n}: {scalars}\n  plot: {result.get('plot')}")
     print(f"results: {results_path}")
     return 0
-

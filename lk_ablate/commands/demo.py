@@ -6,16 +6,16 @@ ImageNet runs, scores each on the full 10,000-image test set and on
 Fashion-MNIST-C (15 corruptions x 5 severities on a fixed test subset, corrupted once and cached), writes a
 results JSON per run and ends with the ablation report.
 
-    lk_ablate demo                                   # kernels [3,13], 3 epochs (what `make demo` runs)
-    lk_ablate demo --kernels [3,7,13] --epochs 1 --trainer.limit_train_batches 50
+    lk_ablate demo                                   # kernel sizes [3,13], 3 epochs (what `make demo` runs)
+    lk_ablate demo --kernel_sizes [3,7,13] --max_epochs 1 -- --trainer.limit_train_batches 50
 
-Options other than the demo's own (``--trainer.*``, ``--model.*``, ...) go to each ``lk_ablate fit`` run; they
-are kept in ``--fit`` (``--print_config`` shows them, a ``--config`` file may list them).
+Everything after ``--`` goes to each ``lk_ablate fit`` run (``--trainer.*``, ``--model.*``, ...); it is kept in
+``--fit`` (``--print_config`` shows it, a ``--config`` file may list it).
 
 Same command, same numbers: the demo runs with 2 torch threads and, on x86-64 CPUs with AVX2, with the CPU
 kernels pinned (lk_ablate/base/cpu_kernels.py; the process re-executes itself once to set them before torch
-loads), so its table is bit-identical on every such machine (docs/reproducibility.md). ``--threads null
---cpu_kernels native`` is faster on large machines and gives other numbers in the last images.
+loads), so its table is bit-identical on every such machine (docs/reproducibility.md). ``--num_threads null
+--cpu_kernels native`` is faster on large machines and gives other numbers in single images.
 """
 from __future__ import annotations
 
@@ -26,8 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from ..base.errors import ConfigError
-from ._common import command_parser, parse
+from ._common import PROGRESS_HELP, command_parser, parse
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEMO_CONFIG = REPO_CONFIGS / "demo_fashion_mnist.yaml"
@@ -63,69 +62,36 @@ def train(kernel: int, epochs: int, out: Path, extra: list[str]):
             str(out / f"k{kernel}"), *extra]
     cli = build_cli(args)
     ckpt = cli.trainer.checkpoint_callback.last_model_path or cli.trainer.checkpoint_callback.best_model_path
-    acc = float(cli.trainer.callback_metrics["val/acc1"]) * 100
+    acc = float(cli.trainer.callback_metrics["val/top1"])  # in percent
     return cli.model, ckpt, acc, cli.trainer
-
-
-# The demo's own options; any other option goes to `lk_ablate fit` (through --fit).
-_OWN = ("--config", "--kernels", "--epochs", "--out", "--subset", "--seed", "--threads", "--cpu_kernels", "--fit")
-_NO_VALUE = ("--print_config", "-h", "--help")
 
 
 def _parser() -> Any:
     p = command_parser("lk_ablate demo", __doc__.split("\n\n")[0])
-    p.add_argument("--kernels", type=list[int], default=[3, 13], help="depthwise kernel sizes, e.g. [3,13]")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs per kernel size")
-    p.add_argument("--out", type=str, default="checkpoints/demo", help="run folders, results JSON and the report")
-    p.add_argument("--subset", type=int, default=500, help="test images corrupted for Fashion-MNIST-C")
-    p.add_argument("--seed", type=int, default=0, help="the Fashion-MNIST-C subset's and corruptions' seed")
-    p.add_argument("--threads", type=int | None, default=2,
+    p.add_argument("--kernel_sizes", type=list[int], default=[3, 13],
+                   help="depthwise kernel sizes, one fit each, e.g. [3,13]")
+    p.add_argument("--max_epochs", type=int, default=3, help="training epochs of each fit (trainer.max_epochs)")
+    p.add_argument("--output_dir", type=str, default="checkpoints/demo",
+                   help="run folders, results JSON and the report")
+    p.add_argument("--subset_size", type=int, default=500, help="test images corrupted for Fashion-MNIST-C")
+    p.add_argument("--subset_seed", type=int, default=0, help="the seed of that subset and of its corruptions")
+    p.add_argument("--num_threads", type=int | None, default=2,
                    help="torch threads (null: all cores); the README's table was made with 2, and training results "
                         "depend on the thread count in the last bits")
     p.add_argument("--cpu_kernels", type=Literal["avx2", "native"], default="avx2",
                    help="avx2: the same CPU kernels on every x86-64 machine with AVX2 (bit-identical results); "
                         "native: the libraries choose by CPU (faster with AVX-512, other numbers in single images)")
+    p.add_argument("--progress", type=bool, default=True, help=PROGRESS_HELP)
     p.add_argument("--fit", type=list[Any], default=[],
-                   help="options for each `lk_ablate fit` run, e.g. [--trainer.limit_train_batches,6]")
+                   help="options for each `lk_ablate fit` run, e.g. [--trainer.limit_train_batches,6]; on the "
+                        "command line: everything after --")
     return p
 
 
-def _check_old_kernels(argv: Sequence[str]) -> None:
-    """``--kernels 3 13`` (the argparse version) -> one line naming ``--kernels [3,13]``."""
-    for i, a in enumerate(argv):
-        if a == "--kernels" and i + 1 < len(argv) and not argv[i + 1].startswith("["):
-            values = []
-            for v in argv[i + 1:]:
-                if v.startswith("--"):
-                    break
-                values.append(v)
-            raise ConfigError(f"--kernels {' '.join(values)} is now --kernels [{','.join(values)}]")
-
-
-def split_fit_options(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(the demo's own arguments, the options for `lk_ablate fit`): an option the demo does not have goes to fit
-    with its value (``--trainer.max_steps 5`` or ``--trainer.max_steps=5``)."""
-    own: list[str] = []
-    fit: list[str] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        flag = a.split("=", 1)[0]
-        takes_next = "=" not in a and i + 1 < len(argv) and not argv[i + 1].startswith("--")
-        if flag in _NO_VALUE or not a.startswith("--"):
-            own.append(a)
-        else:
-            (own if flag in _OWN or flag.startswith("--fit+") else fit).append(a)
-            if takes_next:
-                (own if flag in _OWN or flag.startswith("--fit+") else fit).append(argv[i + 1])
-                i += 1
-        i += 1
-    return own, fit
-
-
 def parse_args(argv: Sequence[str]) -> Any:
-    _check_old_kernels(argv)
-    own, fit = split_fit_options(argv)
+    """The demo's options; the words after ``--`` are appended to ``--fit`` (so --print_config shows them)."""
+    argv = list(argv)
+    own, fit = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     return parse(_parser(), own + [f"--fit+={a}" for a in fit])
 
 
@@ -136,11 +102,6 @@ def _combined(parts: dict[str, dict[str, Any]]) -> str:
     return hashlib.sha256("".join(f"{k}\t{v['sha256']}\n" for k, v in parts.items()).encode()).hexdigest()
 
 
-def _as_arg(value: Any) -> str:
-    """A --fit list item as a command-line word (YAML gives 6, true, null for the words 6, true, null)."""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
 def _pin_cpu_kernels(argv: Sequence[str]) -> str:
     """Pin the CPU kernels (base/cpu_kernels.py) for this process; re-executes the command line when torch is
     already loaded and this is the process's own command (never when the demo is called from Python)."""
@@ -148,6 +109,11 @@ def _pin_cpu_kernels(argv: Sequence[str]) -> str:
 
     own = list(sys.argv[1:]) == ["demo", *argv]
     return pin([sys.executable, *sys.orig_argv[1:]] if own else None)
+
+
+def _as_arg(value: Any) -> str:
+    """A --fit list item as a command-line word (YAML gives 6, true, null for the words 6, true, null)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def cli_main(argv: list[str]) -> int:
@@ -165,10 +131,10 @@ def cli_main(argv: list[str]) -> int:
     from ..robustness.corruptions import (CORRUPTIONS, corrupt_images, evaluate_corruptions, stratified_subset,
                                           top1_flags)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
     print(f"{kernels}; {torch.get_num_threads()} torch threads", flush=True)
-    out = Path(args.out)
+    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages()
     from ..data.fashion_mnist_ffcv import ensure_fashion_mnist_betons
@@ -178,40 +144,42 @@ def cli_main(argv: list[str]) -> int:
     stages.run(f"Fashion-MNIST -> .beton ({size} px RGB; written once, then cached)", ensure_fashion_mnist_betons,
                "data_cache/fashion_mnist_ffcv", size)
     runs = {}
-    for k in sorted(args.kernels):
-        runs[k] = stages.run(f"train convnext_demo k={k} ({args.epochs} epochs, 60k images)", train, k,
-                             args.epochs, out, extra)
+    for k in sorted(args.kernel_sizes):
+        runs[k] = stages.run(f"train convnext_demo k={k} ({args.max_epochs} epochs, 60k images)", train, k,
+                             args.max_epochs, out, extra)
 
     images, labels = load_fashion_mnist("test")
     size = next(iter(runs.values()))[0].model_config.image_size
     test_rgb = np.repeat(resize_grey(images, size).numpy()[..., None], 3, axis=-1)
-    idx = stratified_subset(labels, args.subset, seed=args.seed)
+    idx = stratified_subset(labels, args.subset_size, seed=args.subset_seed)
     models = {k: r[0].model.eval() for k, r in runs.items()}
 
     def corrupt_and_score():
-        scores = evaluate_corruptions(models, test_rgb[idx], labels[idx], corruptions=CORRUPTIONS, seed=args.seed,
-                                      cache_dir=out / "fashion_mnist_c_cache", baseline=min(runs))
+        scores = evaluate_corruptions(models, test_rgb[idx], labels[idx], corruptions=CORRUPTIONS,
+                                      seed=args.subset_seed, cache_dir=out / "fashion_mnist_c_cache",
+                                      baseline=min(runs), progress=args.progress)
         # Clean top-1 on the full test set, image by image, through the same input path as the corrupted images
-        # (the per-image flags are what the report's paired comparisons need; val/acc1 is training's monitor).
+        # (the per-image flags are what the report's paired comparisons need; val/top1 is training's monitor).
         for k, m in models.items():
             scores[k]["clean_full_per_image"] = top1_flags(m, test_rgb, labels)
         return scores
 
-    scores = stages.run(f"Fashion-MNIST-C: {len(CORRUPTIONS)} corruptions x 5 severities on {args.subset} test "
-                        f"images", corrupt_and_score)
-    corrupted = corrupt_images(test_rgb[idx], CORRUPTIONS, seed=args.seed, cache_dir=out / "fashion_mnist_c_cache")
+    scores = stages.run(f"Fashion-MNIST-C: {len(CORRUPTIONS)} corruptions x 5 severities on {args.subset_size} "
+                        "test images", corrupt_and_score)
+    corrupted = corrupt_images(test_rgb[idx], CORRUPTIONS, seed=args.subset_seed,
+                               cache_dir=out / "fashion_mnist_c_cache")
     c_parts = {f"{c}/{s}": array_fingerprint(corrupted.arrays[c][s], labels[idx], 10)
                for c in CORRUPTIONS for s in corrupted.severities}
     data_fp = {"fashion_mnist": array_fingerprint(test_rgb, labels, 10),
                "fashion_mnist_c": {"num_images": len(idx) * len(c_parts), "sha256": _combined(c_parts),
                                    "num_classes": 10, "parts": c_parts}}
+    cfg = next(iter(models.values())).model_config
     eval_transform = {"fashion_mnist": {"resize": f"bilinear 28 -> {size} px (Fashion-MNIST)", "grey_to_rgb": True,
-                                        "mean": list(next(iter(models.values())).model_config.mean),
-                                        "std": list(next(iter(models.values())).model_config.std)}}
-    eval_transform["fashion_mnist_c"] = dict(eval_transform["fashion_mnist"], corruption_seed=args.seed)
+                                        "mean": list(cfg.mean), "std": list(cfg.std)}}
+    eval_transform["fashion_mnist_c"] = dict(eval_transform["fashion_mnist"], corruption_seed=args.subset_seed)
 
     paths = []
-    for k, (module, ckpt, _val_acc, trainer) in runs.items():
+    for k, (module, ckpt, _val_top1, trainer) in runs.items():
         s = scores[k]
         clean_flags = s["clean_full_per_image"]
         clean = 100.0 * int(clean_flags.sum()) / len(clean_flags)
@@ -224,14 +192,13 @@ def cli_main(argv: list[str]) -> int:
         res = make_results(model_name=module.hparams.model_name, kernel_sizes=list(module.model.kernel_sizes),
                            num_params=sum(p.numel() for p in module.model.parameters()),
                            model_config=module.model_config.to_dict(), weights={"raw": metrics},
-                           settings={"demo": True, "epochs": args.epochs, "subset": args.subset, "seed": args.seed},
+                           settings={"demo": True, "epochs": args.max_epochs, "subset": args.subset_size,
+                                     "seed": args.subset_seed},
                            errors=[], checkpoint_path=ckpt, epoch=trainer.current_epoch,
                            global_step=trainer.global_step, checkpoint_format="lightning",
                            provenance=collect(device="cpu", precision=str(trainer.precision),
                                               dwconv=dwconv_info(module.model), eval_transform=eval_transform,
-                                              config={"demo": {k2: v for k2, v in vars(args).items()
-                                                               if not k2.startswith("_")}, "kernel": k},
-                                              data=data_fp),
+                                              config={"demo": args.as_dict(), "kernel": k}, data=data_fp),
                            per_image={"raw": {
                                "fashion_mnist": {"test": {"n": len(clean_flags), "top1": pack_bits(clean_flags)}},
                                "fashion_mnist_c": {p: {"n": len(f), "top1": pack_bits(f)}
@@ -239,7 +206,7 @@ def cli_main(argv: list[str]) -> int:
         paths.append(write_results(results_path(ckpt), res))
 
     print("\nFashion-MNIST, clean top-1 on the full test set (10,000) and Fashion-MNIST-C top-1 "
-          f"({args.subset} images x 15 corruptions x 5 severities):")
+          f"({args.subset_size} images x 15 corruptions x 5 severities):")
     base = min(runs)
     head = f"{'kernel':>6} {'clean':>7} {'mean-C':>7} {'rel.mCE':>8}  " + " ".join(f"{c[:8]:>8}" for c in CORRUPTIONS)
     print(head)
@@ -252,7 +219,7 @@ def cli_main(argv: list[str]) -> int:
     def report():
         from .report import cli_main as report_main
 
-        return report_main([str(out), "--out", str(out / "report")])
+        return report_main([str(out), "--output_dir", str(out / "report")])
 
     stages.run("ablation report", report)
     print("\n" + stages.table())

@@ -4,9 +4,9 @@ Reads every ``*.robustness.json`` under the given folders (or the given files), 
 of each run; runs of one model and kernel size that differ in seed are repeats. A results file that fails
 validation is skipped with a note naming it (``--strict``: an error).
 
-Outputs in ``--out``: ``report.md`` (one row per (model, kernel size) and comparable data, a column per benchmark
-metric present, each cell the mean over seeds with the sample sd and a 95% Student-t interval, or a single run's
-95% Wilson interval; then top-1 per corruption, the analyses' scalar summaries, paired comparisons of adjacent
+Outputs in ``--output_dir``: ``report.md`` (one row per (model, kernel size) and comparable data, a column per
+benchmark metric present, each cell the mean over seeds with the sample sd and a 95% Student-t interval, or a single
+run's 95% Wilson interval; then top-1 per corruption, the analyses' scalar summaries, paired comparisons of adjacent
 kernel sizes on the same images (``--pairs`` adds others), the runs and their provenance), ``report.csv`` (the same
 table), ``runs.csv`` (every value of every run) and the PNGs (each metric against kernel size, one line per
 architecture). Runs whose data differ (fingerprint, class count) are never averaged together: they get rows of
@@ -24,18 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..report import build_report
-from ._common import check_old_spellings, command_parser, parse
+from ._common import command_parser, parse
 
-__all__ = ["OLD_SPELLINGS", "WandbOptions", "cli_main", "parse_args"]
-
-# Spellings of the argparse version of `lk_ablate report` -> the option that replaced them.
-OLD_SPELLINGS: dict[str, str] = {
-    "--wandb-project": "--wandb.project P",
-    "--wandb-entity": "--wandb.entity E",
-    "--wandb-group": "--wandb.group G",
-    "--no-wandb": "--wandb.project null",
-}
+__all__ = ["WandbOptions", "cli_main", "parse_args"]
 
 
 @dataclass
@@ -54,15 +45,13 @@ class WandbOptions:
 
 
 def _parser() -> Any:
-    from jsonargparse import ActionYesNo
-
     p = command_parser("lk_ablate report", __doc__)
     p.add_argument("runs", type=str, nargs="+", metavar="RUNS_DIR",
                    help="folders searched for *.robustness.json (or results files)")
-    p.add_argument("--out", type=str, default="report", help="output folder")
-    p.add_argument("--weights", type=Literal["primary", "raw", "ema"], default="primary",
-                   help="weight set of each run (primary: EMA where scored, else raw)")
-    p.add_argument("--strict", action=ActionYesNo, default=False,
+    p.add_argument("--output_dir", type=str, default="report", help="output folder")
+    p.add_argument("--weights", type=Literal["auto", "raw", "ema"], default="auto",
+                   help="weight set of each run (auto: EMA where scored, else raw)")
+    p.add_argument("--strict", type=bool, default=False,
                    help="stop on a results file with bad values, or on a run whose data (fingerprint, class count) "
                         "differs from the other runs of its row (default: skip it, or give it its own row, with a "
                         "note naming it)")
@@ -77,15 +66,16 @@ def _parser() -> Any:
 
 
 def parse_args(argv: Sequence[str]) -> Any:
-    check_old_spellings(argv, OLD_SPELLINGS)
     return parse(_parser(), argv)
 
 
 def cli_main(argv: list[str]) -> int:
     args = parse_args(argv)
+    from ..report import build_report
+
     with warnings.catch_warnings():  # skipped files are printed below, one "note:" line each
         warnings.filterwarnings("ignore", message=r"skipped \d+ bad results file")
-        written = build_report(args.runs, args.out, args.weights, args.wandb.project, args.wandb.entity,
+        written = build_report(args.runs, args.output_dir, args.weights, args.wandb.project, args.wandb.entity,
                                args.wandb.group, strict=args.strict, pairs=args.pairs,
                                bootstrap_samples=args.bootstrap_samples)
     rows = written["rows"]

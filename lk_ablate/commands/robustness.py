@@ -1,16 +1,18 @@
 """``lk_ablate robustness``: score any model on ImageNet-val/A/R/C/O and write its results JSON.
 
-    lk_ablate robustness --model.ckpt checkpoints/convnext_k7/last.ckpt --fit_config configs/convnext_k7.yaml
-    lk_ablate robustness --model.ckpt RepLKNet-31B_ImageNet-1K_224.pth --model.name replknet_31b \\
-        --data.imagenet_a /data/imagenet-a --preset paper
-    lk_ablate robustness --model.timm convnext_tiny.fb_in1k --data.imagenet_r /data/imagenet-r --results convnext_t.json
+    lk_ablate robustness --ckpt_path checkpoints/convnext_k7/last.ckpt --fit_config configs/convnext_k7.yaml
+    lk_ablate robustness --preset paper --ckpt_path RepLKNet-31B_ImageNet-1K_224.pth \\
+        --model.model_name replknet_31b --data.imagenet_a /data/imagenet-a
+    lk_ablate robustness --model.timm convnext_tiny.fb_in1k --data.imagenet_r /data/imagenet-r \\
+        --results_path convnext_t.json
 
 Models come from the one evaluation loader (``lk_ablate.evaluation.load_for_eval``: lk_ablate checkpoints with
-raw and EMA weights, official ConvNeXt/RepLKNet weights with ``--model.name``, timm models with
+raw and EMA weights, official ConvNeXt/RepLKNet weights with ``--model.model_name``, timm models with
 ``--model.timm``). Benchmarks and their settings come from ``--data.*``, a ``--config`` file of these options,
 a shipped ``--preset`` (``paper``: ``protocol: paper``) or the RobustnessEvaluation callback of a ``lk_ablate
-fit`` config (``--fit_config``); the later source wins. Run under ``torchrun`` to shard over processes like the
-callback does under DDP. The scoring itself is :func:`lk_ablate.robustness.score.score`.
+fit`` config (``--fit_config``, the lowest layer: every other source overrides it). Run under ``torchrun`` to
+shard over processes like the callback does under DDP. The scoring itself is
+:func:`lk_ablate.robustness.score.score`.
 """
 from __future__ import annotations
 
@@ -18,13 +20,11 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..base.errors import ConfigError
-from ..base.results import results_path, write_results
-from ..evaluation.options import ModelOptions
-from ..robustness.score import BenchmarkOptions, format_table, load_config, robustness_settings, score
-from ._common import base_parser, check_old_evaluation_spellings, config_files, parse, preset_argv
+from ..evaluation.options import BenchmarkOptions, Precision
+from ._common import evaluation_parser, model_options, parse
 
 __all__ = ["cli_main", "fit_config_defaults", "parse_args"]
 
@@ -32,51 +32,58 @@ PRESETS_PACKAGE = "lk_ablate.robustness.presets"
 
 
 def _parser() -> Any:
-    from jsonargparse import ActionYesNo
-
-    p = base_parser("lk_ablate robustness", __doc__.split("\n\n")[0], default_weights="both")
+    p = evaluation_parser("lk_ablate robustness", __doc__.split("\n\n")[0], default_weights="both",
+                          presets=PRESETS_PACKAGE)
     p.add_class_arguments(BenchmarkOptions, "data")
-    p.add_argument("--precision", type=Literal["fp32", "bf16"], default="fp32",
-                   help="fp32 (the paper's evaluation) or bf16 (autocast; logit differences in docs/robustness.md)")
+    p.add_argument("--precision", type=Precision, default="32-true",
+                   help="32-true (the paper's evaluation) or bf16-mixed (autocast; logit differences in "
+                        "docs/robustness.md); Lightning's names")
     p.add_argument("--fit_config", type=str | None, default=None,
                    help="a `lk_ablate fit` config: its RobustnessEvaluation callback gives benchmark defaults and its "
-                        "model section the architecture of official weights")
-    p.add_argument("--results", type=str | None, default=None,
+                        "model section the architecture of official weights (every other option overrides it)")
+    p.add_argument("--results_path", type=str | None, default=None,
                    help="results JSON (default: beside the checkpoint, <stem>.robustness.json)")
-    p.add_argument("--progress", action=ActionYesNo, default=False, help="show progress bars")
-    p.add_argument("--wandb", action=ActionYesNo, default=False,
+    p.add_argument("--wandb", type=bool, default=False,
                    help="also add the scores to the checkpoint's W&B training run (resumed by the id the checkpoint "
                         "stores; WANDB_MODE=offline writes it locally beside the checkpoint)")
     return p
 
 
 def parse_args(argv: Sequence[str]) -> Any:
-    """The command's options from ``argv`` (presets, --config files, --fit_config defaults, options)."""
-    check_old_evaluation_spellings(argv)
-    argv = preset_argv(argv, PRESETS_PACKAGE)
-    _refuse_fit_configs(config_files(argv))
+    """The command's options from ``argv``: --fit_config's values as defaults under presets, --config files and
+    options (parsed once to find --fit_config, then again on top of its values)."""
     parser = _parser()
-    fit_config = _fit_config_arg(argv)
-    if fit_config:
-        parser.set_defaults(fit_config_defaults(load_config([fit_config])))
-    return parse(parser, argv)
+    args = parse(parser, argv)
+    if args.fit_config:
+        from ..robustness.score import load_config
+
+        config = load_config([args.fit_config])
+        if not ("trainer" in config or "robustness" in config or "model" in config):
+            raise ConfigError(f"--fit_config {args.fit_config} is not a `lk_ablate fit` config (no trainer, model or "
+                              "robustness section)")
+        parser.set_defaults(fit_config_defaults(config))
+        args = parse(parser, argv)
+    return args
 
 
 def cli_main(argv: list[str]) -> int:
     args = parse_args(argv)
-    opts = ModelOptions(**vars(args.model))
+    from ..base.results import results_path, write_results
+    from ..robustness.score import format_table, score
+
+    opts = model_options(args)
     run = score(opts, BenchmarkOptions(**vars(args.data)), protocol=args.protocol, precision=args.precision,
                 device=args.device, progress=args.progress, need_wandb_run=args.wandb)
     if run.rank == 0:
-        out = Path(args.results) if args.results else (
-            results_path(opts.ckpt) if opts.ckpt else Path(f"{run.loaded.name}.robustness.json"))
+        out = Path(args.results_path) if args.results_path else (
+            results_path(opts.ckpt_path) if opts.ckpt_path else Path(f"{run.loaded.name}.robustness.json"))
         write_results(out, run.data)
         print(format_table(run.data))
         print(f"results: {out}")
         if args.wandb:
             from ..training.wandb import log_results_to_run
 
-            save_dir = os.environ.get("WANDB_DIR") or Path(opts.ckpt).parent
+            save_dir = os.environ.get("WANDB_DIR") or Path(opts.ckpt_path).parent
             run_id = log_results_to_run(run.data, run.loaded.wandb_run, seed=run.loaded.seed, save_dir=save_dir)
             print(f"W&B: added to run {run_id} ({run.loaded.wandb_run.get('project')})")
         for e in run.errors:
@@ -84,44 +91,17 @@ def cli_main(argv: list[str]) -> int:
     return 1 if run.errors else 0
 
 
-# --- fit configs -------------------------------------------------------------------------------------------
-def _fit_config_arg(argv: Sequence[str]) -> str | None:
-    found = None
-    for i, a in enumerate(argv):
-        if a == "--fit_config" and i + 1 < len(argv):
-            found = argv[i + 1]
-        elif a.startswith("--fit_config="):
-            found = a.split("=", 1)[1]
-    return found
-
-
-def _refuse_fit_configs(paths: Sequence[str]) -> None:
-    import yaml
-
-    for path in paths:
-        p = Path(path)
-        if not p.is_file():
-            continue  # jsonargparse names the missing file
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError:
-            continue
-        if isinstance(data, Mapping) and ("trainer" in data or "robustness" in data):
-            raise ConfigError(f"{path} is a `lk_ablate fit` config: pass it as --fit_config {path} (--config takes "
-                              f"this command's own options; see --print_config)")
-
-
 def fit_config_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     """Option defaults from a fit config: its RobustnessEvaluation settings and its model section."""
+    from ..robustness.score import robustness_settings
+
     out: dict[str, Any] = {}
     for key, value in robustness_settings(config).items():
-        out[{"weights": "model.weights", "protocol": "protocol", "precision": "precision"}.get(key, f"data.{key}")] \
-            = value
+        out[key if key in ("weights", "protocol", "precision") else f"data.{key}"] = value
     model = config.get("model")
     if isinstance(model, Mapping):
         cm = dict(model.get("init_args") or model)
-        for src, dst in (("model_name", "name"), ("kernel_size", "kernel_size"), ("num_classes", "num_classes"),
-                         ("model_kwargs", "kwargs")):
-            if cm.get(src) is not None:
-                out[f"model.{dst}"] = cm[src]
+        for key in ("model_name", "kernel_size", "num_classes", "model_kwargs"):
+            if cm.get(key) is not None:
+                out[f"model.{key}"] = cm[key]
     return out

@@ -40,7 +40,7 @@ class SeededDataset(Dataset):
         samples = getattr(self.base, "samples", None)
         path = samples[index][0] if samples is not None else f"sample {index}"
         root = getattr(self.base, "root", None)
-        check = f"`lk_ablate data check {root}`" if root else "`lk_ablate data check <folder>`"
+        check = f"`lk_ablate data check --root {root}`" if root else "`lk_ablate data check --root <folder>`"
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         return (f"cannot read image {path} ({reason}); training never skips images (exact resume and DDP batch "
                 f"counts depend on every one): replace or remove it, and run {check} to list every unreadable file")

@@ -81,7 +81,7 @@ def check_beton(path: str | Path | None, what: str) -> BetonInfo:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.reader import Reader
 
-    hint = ("write it with `lk_ablate data write-ffcv --root <ImageFolder root> --out <dir>` and set "
+    hint = ("write it with `lk_ablate data write-ffcv --root <ImageFolder root> --output_dir <dir>` and set "
             f"data.init_args.{what}_path")
     if not path:
         raise DataError(f"no {what} .beton given; {hint}")

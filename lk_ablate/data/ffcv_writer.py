@@ -10,61 +10,29 @@ counts, the skipped files and the parameters; the FFCV DataModule reads the clas
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ..base.files import atomic_path, atomic_write_text
-from ..base.errors import ConfigError, DataError
+from ..base.progress import Progress
+from ..base.errors import DataError
 from .ffcv_import import require_ffcv
 from .folder import check_image_folder
 from .seeding import derive_seed
+from .writer_config import WriterConfig
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-WRITE_MODES = ("proportion", "raw", "jpg", "smart")
 STREAM_WRITER = 4  # which images are stored as JPEG in 'proportion' mode: (seed, STREAM_WRITER, index)
-
-
-@dataclass
-class WriterConfig:
-    """How images are stored (ffcv-imagenet's defaults)."""
-
-    max_resolution: int | None = 500
-    write_mode: str = "proportion"
-    compress_probability: float = 0.5
-    jpeg_quality: int = 90
-    chunk_size: int = 100
-    num_workers: int = -1
-    verify: bool = True
-    seed: int = 0
-
-    def check(self) -> None:
-        if self.write_mode not in WRITE_MODES:
-            raise ConfigError(f"write_mode must be one of {WRITE_MODES}, got {self.write_mode!r}")
-        if not 0.0 <= self.compress_probability <= 1.0:
-            raise ConfigError(f"compress_probability must be in [0, 1], got {self.compress_probability}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
-        if self.max_resolution is not None and self.max_resolution < 8:
-            raise ConfigError(f"max_resolution must be >= 8 (or None to keep sizes), got {self.max_resolution}")
-        if self.chunk_size < 1:
-            raise ConfigError(f"chunk_size must be >= 1, got {self.chunk_size}")
-
-    def workers(self) -> int:
-        return self.num_workers if self.num_workers > 0 else (os.cpu_count() or 1)
-
-    def file_name(self, split: str) -> str:
-        """ffcv-imagenet's naming: ``train_500_0.50_90.beton``."""
-        res = self.max_resolution or 0
-        return f"{split}_{res}_{self.compress_probability:.2f}_{self.jpeg_quality}.beton"
 
 
 @dataclass
@@ -116,12 +84,13 @@ def _check_chunk(args: tuple[list[str], bool]) -> list[tuple[int, int, str | Non
     return [_check_file(p, decode) for p in paths]
 
 
-def check_files(scan: FolderScan, cfg: WriterConfig, desc: str, allow_all_bad: bool = False) -> FolderScan:
+def check_files(scan: FolderScan, cfg: WriterConfig, desc: str, allow_all_bad: bool = False,
+                progress: bool = True) -> FolderScan:
     """Drop unreadable files (recorded in ``skipped``) and note the largest side, using every core.
     ``allow_all_bad``: return even when no file is readable (``lk_ablate data check`` lists them)."""
     chunks = [scan.files[i:i + 256] for i in range(0, len(scan.files), 256)]
     results: list[tuple[int, int, str | None]] = []
-    with ProcessPoolExecutor(cfg.workers()) as pool, tqdm(total=len(scan.files), desc=desc, unit="img") as bar:
+    with ProcessPoolExecutor(cfg.workers()) as pool, Progress(desc, len(scan.files), "img", progress) as bar:
         for part in pool.map(_check_chunk, [(c, cfg.verify) for c in chunks]):
             results += part
             bar.update(len(part))
@@ -183,10 +152,12 @@ def read_meta(beton: str | Path) -> dict | None:
 
 
 def write_atomic(out: str | Path, dataset, fields: dict, meta: dict, page_size: int, num_workers: int,
-                 chunk_size: int = 100, failed_log: Path | None = None) -> dict:
+                 chunk_size: int = 100, failed_log: Path | None = None, progress: bool = True) -> dict:
     """Write an indexable dataset of field tuples to ``out`` under a temporary name, then rename it (and its
-    ``<out>.json`` with ``meta``) into place; an interrupted write leaves no file that looks complete."""
+    ``<out>.json`` with ``meta``) into place; an interrupted write leaves no file that looks complete.
+    ``progress``: the writer's progress as every lk_ablate job shows it (base/progress.py)."""
     require_ffcv()
+    from ffcv import writer as ffcv_writer
     from ffcv.writer import DatasetWriter
 
     out = Path(out)
@@ -194,7 +165,7 @@ def write_atomic(out: str | Path, dataset, fields: dict, meta: dict, page_size: 
     try:
         # The one atomic writer (base/files.py): fsync, rename into place, umask permissions; the .json metadata
         # is published after the .beton, so a .json always describes a complete file.
-        with atomic_path(out) as tmp:
+        with atomic_path(out) as tmp, _writer_progress(ffcv_writer, f"write {out.name}", progress):
             DatasetWriter(tmp, fields, page_size=page_size, num_workers=num_workers).from_indexed_dataset(
                 dataset, chunksize=chunk_size)
             if failed_log is not None and failed_log.is_file() and failed_log.stat().st_size:
@@ -209,7 +180,20 @@ def write_atomic(out: str | Path, dataset, fields: dict, meta: dict, page_size: 
             failed_log.unlink(missing_ok=True)
 
 
-def write_beton(scan: FolderScan, out: str | Path, cfg: WriterConfig, source: str = "") -> dict:
+@contextlib.contextmanager
+def _writer_progress(module: Any, desc: str, enabled: bool) -> Iterator[None]:
+    """FFCV's DatasetWriter always draws its own tqdm bar (``ffcv.writer.tqdm(total=n)``, then ``update``/``close``):
+    in a SLURM log that is one redraw per chunk. For this write its module-level ``tqdm`` is our progress (a bar on a
+    terminal, a line every N seconds elsewhere, nothing with ``progress: false``)."""
+    original = module.tqdm
+    module.tqdm = lambda total=None, **_: Progress(desc, total, "img", enabled)
+    try:
+        yield
+    finally:
+        module.tqdm = original
+
+
+def write_beton(scan: FolderScan, out: str | Path, cfg: WriterConfig, source: str = "", progress: bool = True) -> dict:
     """Write checked samples to ``out``; returns the metadata written beside it."""
     require_ffcv()
     from ffcv.fields import IntField, RGBImageField
@@ -227,11 +211,11 @@ def write_beton(scan: FolderScan, out: str | Path, cfg: WriterConfig, source: st
             "source": source, "writer": asdict(cfg)}
     dataset = _FolderSamples(scan.files, scan.labels, cfg.seed, str(failed_log))
     return write_atomic(out, dataset, fields, meta, page_size_for(3 * side * side), cfg.workers(), cfg.chunk_size,
-                        failed_log)
+                        failed_log, progress)
 
 
 def write_ffcv(root: str | Path, out_dir: str | Path, splits: Sequence[str] = ("train", "val"),
-               cfg: WriterConfig | None = None, overwrite: bool = False) -> dict[str, dict]:
+               cfg: WriterConfig | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, dict]:
     """Write ``<root>/<split>`` ImageFolder trees to ``<out_dir>/<split>_<res>_<prob>_<quality>.beton``.
 
     All splits must have the same class folders (checked before anything is written).
@@ -254,11 +238,11 @@ def write_ffcv(root: str | Path, out_dir: str | Path, splits: Sequence[str] = ("
         target = out_dir / cfg.file_name(s)
         if target.exists() and not overwrite:
             raise DataError(f"{target} exists; pass --overwrite to replace it")
-        scan = check_files(scans[s], cfg, f"check {s}")
+        scan = check_files(scans[s], cfg, f"check {s}", progress=progress)
         if scan.skipped:
             print(f"[write-ffcv] {s}: skipping {len(scan.skipped)} unreadable file(s), e.g. {scan.skipped[0][0]} "
                   f"({scan.skipped[0][1]}); all listed in {meta_path(target)}")
         print(f"[write-ffcv] {s}: writing {len(scan.files)} images of {len(scan.classes)} classes to {target}")
-        results[s] = write_beton(scan, target, cfg, source=str(root / s))
+        results[s] = write_beton(scan, target, cfg, source=str(root / s), progress=progress)
         results[s]["path"] = str(target)
     return results

@@ -1,7 +1,7 @@
 """The one evaluation loader: any model source -> its weight sets in eval mode, its eval config and metadata.
 
 Sources: an lk_ablate (Lightning) checkpoint, rebuilt from its hyper-parameters; official/foreign weights for a
-registered model (``name`` + ``kernel_size``); a timm model by name (timm's pretrained weights, or ``ckpt``);
+registered model (``model_name`` + ``kernel_size``); a timm model by name (timm's pretrained weights, or ``ckpt_path``);
 a registered name alone gives random weights where the caller allows it (smoke runs of the analyses).
 Every checkpoint is read through ``models.checkpoints.read_checkpoint`` / ``load_timm_weights`` (allow-listed
 unpickling, base/safe_load.py).
@@ -33,7 +33,7 @@ def weight_sets(choice: str, has_ema: bool, why: str = "the model has no EMA wei
     if choice not in WEIGHTS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {choice!r}")
     if choice == "ema" and not has_ema:
-        raise DataError(f"weights ema: {why}; use model.weights raw (or auto)")
+        raise DataError(f"weights ema: {why}; use --weights raw (or auto)")
     if choice == "auto":
         return ["ema" if has_ema else "raw"]
     return {"raw": ["raw"], "ema": ["ema"], "both": ["raw", "ema"] if has_ema else ["raw"]}[choice]
@@ -89,24 +89,25 @@ class EvalModels:
 def load_for_eval(opts: ModelOptions, device: torch.device | str | None = None,
                   allow_random: bool = False) -> EvalModels:
     """Build ``opts``' model with each selected weight set, in eval mode (on ``device`` when given)."""
-    if opts.timm and opts.name:
-        raise ConfigError("give model.name (a registered lk_ablate model) or model.timm (a timm model), not both")
-    if opts.ckpt is not None and not os.path.isfile(opts.ckpt):
-        raise DataError(f"checkpoint not found: {opts.ckpt}")
+    if opts.timm and opts.model_name:
+        raise ConfigError("give model.model_name (a registered lk_ablate model) or model.timm (a timm model), "
+                          "not both")
+    if opts.ckpt_path is not None and not os.path.isfile(opts.ckpt_path):
+        raise DataError(f"checkpoint not found: {opts.ckpt_path}")
     if opts.compile:
         check_compile_options(opts.compile_mode)
     if opts.timm:
         out = _load_timm(opts)
-    elif opts.ckpt is None:
-        if not opts.name:
-            raise ConfigError("say which model to evaluate: --model.ckpt of an lk_ablate run, --model.name NAME with "
-                              "--model.ckpt for official weights, or --model.timm NAME")
+    elif opts.ckpt_path is None:
+        if not opts.model_name:
+            raise ConfigError("say which model to evaluate: --ckpt_path of an lk_ablate run, --model.model_name NAME "
+                              "with --ckpt_path for official weights, or --model.timm NAME")
         if not allow_random:
-            raise ConfigError(f"--model.name {opts.name} without --model.ckpt would score random weights; give "
-                              f"--model.ckpt (official or lk_ablate weights)")
+            raise ConfigError(f"--model.model_name {opts.model_name} without --ckpt_path would score random weights; "
+                              f"give --ckpt_path (official or lk_ablate weights)")
         out = _load_registered(opts, None)
     else:
-        obj = read_checkpoint(opts.ckpt)
+        obj = read_checkpoint(opts.ckpt_path)
         if isinstance(obj, Mapping) and "state_dict" in obj and "hyper_parameters" in obj:
             out = _load_lightning(opts, obj)
         else:
@@ -149,13 +150,14 @@ def _kernel_sizes(model: nn.Module) -> list[int] | None:
 def _load_lightning(opts: ModelOptions, obj: Mapping[str, Any]) -> EvalModels:
     hp = dict(obj["hyper_parameters"])
     if "model_name" not in hp:
-        raise DataError(f"{opts.ckpt}: Lightning checkpoint without hyper_parameters.model_name: not written by "
+        raise DataError(f"{opts.ckpt_path}: Lightning checkpoint without hyper_parameters.model_name: not written by "
                         "lk_ablate fit?")
-    if opts.name and opts.name != hp["model_name"]:
-        raise ConfigError(f"{opts.ckpt} is an lk_ablate {hp['model_name']} checkpoint, but --model.name says "
-                          f"{opts.name}; drop --model.name (the checkpoint names its model)")
+    if opts.model_name and opts.model_name != hp["model_name"]:
+        raise ConfigError(f"{opts.ckpt_path} is an lk_ablate {hp['model_name']} checkpoint, but --model.model_name "
+                          f"says {opts.model_name}; drop --model.model_name (the checkpoint names its model)")
     has_ema = any(k.startswith("ema.module.") for k in obj["state_dict"])
-    sets = weight_sets(opts.weights, has_ema, f"{opts.ckpt} has no EMA weights (trained with model.ema_decay null)")
+    sets = weight_sets(opts.weights, has_ema,
+                       f"{opts.ckpt_path} has no EMA weights (trained with model.ema_decay null)")
     # The checkpoint's hyper-parameters define the architecture (model.kernel_size etc. apply to foreign weights).
     kwargs = dict(hp.get("model_kwargs") or {})
     ks, nc = hp.get("kernel_size"), hp.get("num_classes")
@@ -163,31 +165,32 @@ def _load_lightning(opts: ModelOptions, obj: Mapping[str, Any]) -> EvalModels:
                         lambda m, w: load_checkpoint(m, obj, prefer_ema=w == "ema"))
     first = next(iter(models.values()))
     return EvalModels(models, first.model_config, hp["model_name"], _kernel_sizes(first), "lk_ablate",
-                      os.fspath(opts.ckpt), "lightning", obj.get("epoch"), obj.get("global_step"),
+                      os.fspath(opts.ckpt_path), "lightning", obj.get("epoch"), obj.get("global_step"),
                       (obj.get("lk_ablate") or {}).get("seed"), obj.get(_WANDB_KEY) or None,
                       meta={"channels_last": bool(hp.get("channels_last", False))})
 
 
 def _load_registered(opts: ModelOptions, obj: Any) -> EvalModels:
     """Official/foreign weights (or none) for a registered model."""
-    if not opts.name:
-        raise ConfigError(f"{opts.ckpt} is not an lk_ablate checkpoint: say which registered model it holds with "
-                          "--model.name NAME (see lk_ablate.list_models()), or --model.timm NAME for timm weights")
+    if not opts.model_name:
+        raise ConfigError(f"{opts.ckpt_path} is not an lk_ablate checkpoint: say which registered model it holds "
+                          "with --model.model_name NAME (see lk_ablate.list_models()), or --model.timm NAME for timm "
+                          "weights")
     has_ema = isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping) for k in ("model_ema", "state_dict_ema"))
-    what = f"{opts.ckpt} has no EMA weights ('model_ema' / 'state_dict_ema')" if obj is not None else \
-        f"{opts.name} without --model.ckpt has random weights only"
+    what = f"{opts.ckpt_path} has no EMA weights ('model_ema' / 'state_dict_ema')" if obj is not None else \
+        f"{opts.model_name} without --ckpt_path has random weights only"
     sets = weight_sets(opts.weights, has_ema, what)
 
     def load(m: nn.Module, w: str) -> None:
         if obj is not None:
             load_checkpoint(m, obj, prefer_ema=w == "ema")
 
-    models = _with_sets(lambda: create_model(opts.name, kernel_size=_kernel_arg(opts.kernel_size),
-                                             num_classes=opts.num_classes, **(opts.kwargs or {})), sets, load)
+    models = _with_sets(lambda: create_model(opts.model_name, kernel_size=_kernel_arg(opts.kernel_size),
+                                             num_classes=opts.num_classes, **(opts.model_kwargs or {})), sets, load)
     first = next(iter(models.values()))
     epoch = obj.get("epoch") if isinstance(obj, Mapping) and isinstance(obj.get("epoch"), int) else None
-    return EvalModels(models, first.model_config, opts.name, _kernel_sizes(first), "lk_ablate",
-                      None if obj is None else os.fspath(opts.ckpt), None if obj is None else "official", epoch,
+    return EvalModels(models, first.model_config, opts.model_name, _kernel_sizes(first), "lk_ablate",
+                      None if obj is None else os.fspath(opts.ckpt_path), None if obj is None else "official", epoch,
                       meta={"random_weights": obj is None})
 
 
@@ -209,30 +212,30 @@ def _load_timm(opts: ModelOptions) -> EvalModels:
     import timm
 
     if opts.kernel_size is not None:
-        raise ConfigError("--model.kernel_size applies to registered lk_ablate models (--model.name), not to "
-                          "--model.timm; pass timm constructor arguments with --model.kwargs")
-    kwargs = dict(opts.kwargs or {})
+        raise ConfigError("--model.kernel_size applies to registered lk_ablate models (--model.model_name), not to "
+                          "--model.timm; pass timm constructor arguments with --model.model_kwargs")
+    kwargs = dict(opts.model_kwargs or {})
     if opts.num_classes is not None:
         kwargs["num_classes"] = opts.num_classes
     has_ema = False
-    if opts.ckpt and not os.fspath(opts.ckpt).endswith(".safetensors"):
-        obj = read_checkpoint(opts.ckpt)
+    if opts.ckpt_path and not os.fspath(opts.ckpt_path).endswith(".safetensors"):
+        obj = read_checkpoint(opts.ckpt_path)
         has_ema = isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping)
                                                    for k in ("state_dict_ema", "model_ema"))
-    sets = weight_sets(opts.weights, has_ema, f"{opts.ckpt or opts.timm} has no 'state_dict_ema' / 'model_ema'")
+    sets = weight_sets(opts.weights, has_ema, f"{opts.ckpt_path or opts.timm} has no 'state_dict_ema' / 'model_ema'")
 
     def build() -> nn.Module:
         try:
-            return timm.create_model(opts.timm, pretrained=opts.ckpt is None, **kwargs)
+            return timm.create_model(opts.timm, pretrained=opts.ckpt_path is None, **kwargs)
         except RuntimeError as e:  # timm raises RuntimeError for unknown names
             raise ConfigError(f"cannot create timm model {opts.timm!r}: {e} (see timm.list_models())") from e
 
     def load(m: nn.Module, w: str) -> None:
-        if opts.ckpt:
+        if opts.ckpt_path:
             try:
-                load_timm_weights(m, opts.ckpt, use_ema=w == "ema", strict=True)
+                load_timm_weights(m, opts.ckpt_path, use_ema=w == "ema", strict=True)
             except RuntimeError as e:
-                raise DataError(f"{opts.ckpt} does not fit timm model {opts.timm!r}: {str(e)[:500]}") from e
+                raise DataError(f"{opts.ckpt_path} does not fit timm model {opts.timm!r}: {str(e)[:500]}") from e
 
     models = _with_sets(build, sets, load)
     first = next(iter(models.values()))
@@ -240,4 +243,4 @@ def _load_timm(opts: ModelOptions) -> EvalModels:
     for m in models.values():  # what lk_ablate's own models carry, so every consumer reads one attribute
         m.model_config, m.model_name = cfg, opts.timm
     return EvalModels(models, cfg, opts.timm, _kernel_sizes(first), "timm",
-                      os.fspath(opts.ckpt) if opts.ckpt else None, "timm" if opts.ckpt else "pretrained")
+                      os.fspath(opts.ckpt_path) if opts.ckpt_path else None, "timm" if opts.ckpt_path else "pretrained")

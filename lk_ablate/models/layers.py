@@ -290,7 +290,7 @@ def load_rules(path: str | None = None) -> dict[str, Any]:
                     int(row[key])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"cannot use the depthwise conv rule table {path}: {e!r}; regenerate it with "
-                          f"`python benchmarks/bench_dwconv.py --write {path}` or unset ${RULES_ENV}") from e
+                          f"`python benchmarks/bench_dwconv.py --output_path {path}` or unset ${RULES_ENV}") from e
     return rules
 
 

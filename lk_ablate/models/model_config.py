@@ -6,11 +6,10 @@ import math
 from typing import Any
 
 from ..base.errors import ConfigError
+from ..base.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["CROP_MODES", "IMAGENET_MEAN", "IMAGENET_STD", "ModelConfig"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_MODES = ("center", "squash")
 
 

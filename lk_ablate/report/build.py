@@ -14,7 +14,7 @@ from .wandb_log import log_to_wandb
 __all__ = ["build_report"]
 
 
-def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, weights: str = "primary",
+def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, weights: str = "auto",
                  wandb_project: str | None = None, wandb_entity: str | None = None,
                  wandb_group: str | None = None, wandb_dir: str | None = None, strict: bool = False,
                  pairs: Sequence[Sequence[str | int]] = (), bootstrap_samples: int = 10_000) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def write_markdown(path: Path, rows: Sequence[Row], runs: Sequence[Run], notes: 
     cols = table_columns(rows)
     lines = ["# Kernel-size ablation report", "",
              f"{len(runs)} run(s) from {', '.join(f'`{s}`' for s in sources)}; weights: {weights} "
-             f"(primary = EMA where it was scored). Generated {_dt.datetime.now().isoformat(timespec='seconds')} "
+             f"(auto = EMA where it was scored, else raw). Generated {_dt.datetime.now().isoformat(timespec='seconds')} "
              "by `lk_ablate report`.", ""]
     if cols:
         dec = {c: _decimals(r.stats[c] for r in rows if c in r.stats) for c in cols}

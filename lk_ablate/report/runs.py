@@ -215,10 +215,10 @@ def _seed_of(data: Mapping[str, Any]) -> int | None:
     return None
 
 
-def load_run(path: Path, weights: str = "primary") -> Run | None:
+def load_run(path: Path, weights: str = "auto") -> Run | None:
     """One results file as a Run; None when it holds no scored weights of the requested kind."""
     data = read_results(path)
-    which = data["primary"] if weights == "primary" else weights
+    which = data["primary"] if weights == "auto" else weights
     benches = data["weights"].get(which)
     analyses = dict(data.get("analyses") or {})
     if benches is None and not analyses:
@@ -253,7 +253,7 @@ def load_run(path: Path, weights: str = "primary") -> Run | None:
                           if isinstance(parts, Mapping)})
 
 
-def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary",
+def load_runs(paths: Iterable[str | os.PathLike], weights: str = "auto",
               strict: bool = False) -> tuple[list[Run], list[str]]:
     """The latest results file of every run under ``paths``, and notes on the files left out.
 
@@ -263,8 +263,8 @@ def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary",
     them, with or without ``strict``.
     """
     paths = list(paths)
-    if weights not in ("primary", "raw", "ema"):
-        raise ConfigError(f"--weights must be primary, raw or ema, got {weights!r}")
+    if weights not in ("auto", "raw", "ema"):
+        raise ConfigError(f"--weights must be auto (EMA where it was scored, else raw), raw or ema, got {weights!r}")
     notes: list[str] = []
     bad: list[str] = []
     latest: dict[tuple, Run] = {}
@@ -280,10 +280,11 @@ def load_runs(paths: Iterable[str | os.PathLike], weights: str = "primary",
         if run.partial:
             notes.append(f"{path}: {', '.join(run.partial)} left out of the tables: scored on fewer images than "
                          "the benchmark, not comparable with complete runs")
-        inexact = {k: v for k, v in run.scoring.items() if (k, v) in (("decode", "gpu"), ("precision", "bf16"))}
+        inexact = {k: v for k, v in run.scoring.items()
+                   if (k, v) in (("decode", "gpu"), ("precision", "bf16-mixed"))}
         if inexact:
             notes.append(f"{path}: scored with {', '.join(f'{k} {v}' for k, v in inexact.items())}; differs slightly "
-                         "from CPU-decoded fp32 scoring (docs/robustness.md)")
+                         "from CPU-decoded 32-true scoring (docs/robustness.md)")
         key = (run.model, run.kernel_sizes, run.seed, run.protocol) if run.seed is not None \
             else ("folder", str(path.parent.resolve()), run.protocol)
         # newest step first; of equal steps prefer the uniquely named file over last.* (same weights)

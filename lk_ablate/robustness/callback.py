@@ -58,7 +58,7 @@ class RobustnessEvaluation(L.Callback):
             every model; see docs/robustness.md), recorded in the results' settings.
         decode: "cpu" (PIL in the loader workers, the reference) or "gpu" (JPEGs decoded, resized and cropped
             on the GPU: faster, not bit-identical).
-        precision: "fp32" (the paper's evaluation) or "bf16" (autocast).
+        precision: "32-true" (the paper's evaluation) or "bf16-mixed" (autocast).
         on_bad_image: "error" (stop at the first unreadable image with one line naming it) or "skip" (score
             the rest; the results list the skipped files and count them).
     """
@@ -69,7 +69,7 @@ class RobustnessEvaluation(L.Callback):
                  severities: list[int] | None = None, every_n_epochs: int = 0, on_checkpoint: bool = False,
                  at_fit_end: bool = True, weights: str = "both", batch_size: int = 64, num_workers: int = 4,
                  output_dir: str | None = None, protocol: str = "model", decode: str = "cpu",
-                 precision: str = "fp32", on_bad_image: str = "error") -> None:
+                 precision: str = "32-true", on_bad_image: str = "error") -> None:
         super().__init__()
         if weights not in ("both", "raw", "ema"):
             raise ConfigError(f"RobustnessEvaluation.weights must be 'both', 'raw' or 'ema', got {weights!r}")
@@ -243,7 +243,7 @@ class RobustnessEvaluation(L.Callback):
         return Path(root) / f"epoch={epoch}-step={step}.robustness.json"
 
 
-def settings_for(benchmarks: list[Benchmark], decode: str = "cpu", precision: str = "fp32",
+def settings_for(benchmarks: list[Benchmark], decode: str = "cpu", precision: str = "32-true",
                  on_bad_image: str = "error") -> dict[str, Any]:
     """The part of the results that records what was scored (identical for callback and standalone runs)."""
     protocols = {p.protocol for b in benchmarks for p in b.parts}

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from ..base.errors import DataError
 from ..base.jsonable import to_jsonable
+from ..base.progress import progress_iter
 from ..base.provenance import Fingerprint
 from ..base.results import pack_bits
 from ..models.registry import ModelConfig
@@ -65,12 +66,8 @@ def _local_scores(models: Mapping[str, nn.Module], bench: Benchmark, cfg: ModelC
             acc[w] = {k: np.zeros(3 if bench.kind == "topk" else 2, dtype=np.int64) for k in keys}
             acc[w][PER_IMAGE] = {k: np.zeros(int(n), dtype=bool) for k, n in zip(keys, part_sizes)}
     errors: dict[str, str] = {}
-    it: Any = inputs
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(inputs, total=len(inputs), desc=f"{bench.name} (rank {rank})", leave=False)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    it = progress_iter(inputs, f"{bench.name} ({'+'.join(models)} weights)", len(inputs), "batches", progress)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     with torch.inference_mode():
         for x, index in it:
             y = torch.from_numpy(data.labels[index]).to(device, non_blocking=True)
@@ -147,7 +144,7 @@ def _summarize(bench: Benchmark, merged: dict, clean_top1: float | None) -> dict
 def evaluate(models: Mapping[str, nn.Module], cfg: ModelConfig, benchmarks: Sequence[Benchmark], *,
              batch_size: int = 64, num_workers: int = 4, device: torch.device | str | None = None, rank: int = 0,
              world_size: int = 1, gather: Gather | None = None, progress: bool = False, decode: str = "cpu",
-             precision: str = "fp32", on_bad_image: str = "error", details: dict[str, Any] | None = None,
+             precision: str = "32-true", on_bad_image: str = "error", details: dict[str, Any] | None = None,
              ) -> tuple[dict[str, dict[str, dict | None]], list[dict]]:
     """Score every weight set in ``models`` ({"raw": model, "ema": model}) on ``benchmarks``.
 
@@ -156,7 +153,7 @@ def evaluate(models: Mapping[str, nn.Module], cfg: ModelConfig, benchmarks: Sequ
 
     - ``decode``: "cpu" (PIL in the loader workers, the reference) or "gpu" (JPEGs decoded, resized and cropped
       on the CUDA device: faster, not bit-identical to PIL; see docs/robustness.md).
-    - ``precision``: "fp32" (the paper's evaluation) or "bf16" (autocast; logits differ slightly).
+    - ``precision``: "32-true" (the paper's evaluation) or "bf16-mixed" (autocast; logits differ slightly).
     - ``on_bad_image``: "error" raises DataError at the first image that cannot be read, naming it, with no
       results (on every rank: the failure travels in the gather); "skip" scores the other images and adds
       ``skipped_images`` (paths) and ``n_skipped`` to every entry of the benchmark (then not comparable with

@@ -33,7 +33,7 @@ __all__ = ["BAD_IMAGE_POLICIES", "DECODERS", "PRECISIONS", "BadImage", "BatchIma
 
 BAD_IMAGE_POLICIES = ("error", "skip")
 DECODERS = ("cpu", "gpu")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("32-true", "bf16-mixed")  # Lightning's spellings (trainer.precision)
 
 
 def check_options(decode: str, precision: str, on_bad_image: str, device: torch.device | None = None) -> None:

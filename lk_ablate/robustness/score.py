@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -19,7 +19,7 @@ from ..base.errors import ConfigError
 from ..base.provenance import collect
 from ..base.results import make_results
 from ..evaluation.loading import EvalModels, load_for_eval
-from ..evaluation.options import DataOptions, ModelOptions
+from ..evaluation.options import BenchmarkOptions, ModelOptions
 from ..models.layers import dwconv_info
 from .benchmarks import build_benchmarks
 from .callback import settings_for
@@ -34,34 +34,6 @@ _SETTING_KEYS = _BENCH_FLAGS + _SCORING_KEYS + ("c_preset", "corruptions", "seve
 
 
 @dataclass
-class BenchmarkOptions(DataOptions):
-    """The benchmarks to score (None: skip) and how their images are read.
-
-    Args:
-        imagenet_a: ImageNet-A folder, <root>/<wnid>/* (200 wnids).
-        imagenet_r: ImageNet-R folder, <root>/<wnid>/* (200 wnids).
-        imagenet_c: ImageNet-C folder, <root>/<corruption>/<severity>/<wnid>/*.JPEG.
-        imagenet_o: ImageNet-O folder, <root>/<wnid>/* (needs imagenet_val for its in-distribution images).
-        c_preset: severity5 (19 corruptions at severity 5, the paper's number) or full (19 x 5).
-        corruptions: ImageNet-C corruptions to score (overrides the preset's).
-        severities: ImageNet-C severities to score (overrides the preset's).
-        decode: cpu (PIL in the loader workers, the reference) or gpu (JPEGs decoded, resized and cropped on the
-            scoring GPU; not bit-identical, see docs/robustness.md).
-        on_bad_image: error (stop at the first unreadable image, naming it) or skip (score the rest, list them).
-    """
-
-    imagenet_a: str | None = None
-    imagenet_r: str | None = None
-    imagenet_c: str | None = None
-    imagenet_o: str | None = None
-    c_preset: Literal["severity5", "full"] | None = "severity5"
-    corruptions: list[str] | None = None
-    severities: list[int] | None = None
-    decode: Literal["cpu", "gpu"] = "cpu"
-    on_bad_image: Literal["error", "skip"] = "error"
-
-
-@dataclass
 class Scored:
     """What ``score`` measured: the results document, the failed benchmarks, this process's rank, the models."""
 
@@ -71,8 +43,8 @@ class Scored:
     loaded: EvalModels
 
 
-def score(opts: ModelOptions, d: BenchmarkOptions, *, protocol: str = "model", precision: str = "fp32",
-          device: str | None = None, progress: bool = False, need_wandb_run: bool = False) -> Scored:
+def score(opts: ModelOptions, d: BenchmarkOptions, *, protocol: str = "model", precision: str = "32-true",
+          device: str | None = None, progress: bool = True, need_wandb_run: bool = False) -> Scored:
     """Score the model(s) ``opts`` names on the benchmarks ``d`` names (sharded over processes under torchrun)."""
     d.check()
     bench_kwargs = {k: getattr(d, k) for k in _BENCH_FLAGS}
@@ -88,7 +60,7 @@ def score(opts: ModelOptions, d: BenchmarkOptions, *, protocol: str = "model", p
     try:
         loaded = load_for_eval(opts, device=dev)
         if need_wandb_run and not loaded.wandb_run:
-            raise ConfigError(f"--wandb: {opts.ckpt or opts.timm} records no W&B run (only lk_ablate checkpoints of "
+            raise ConfigError(f"--wandb: {opts.ckpt_path or opts.timm} records no W&B run (only lk_ablate checkpoints of "
                               f"runs that logged to W&B do); score without --wandb, and log the report with "
                               f"`lk_ablate report --wandb.project P`")
         if loaded.config.num_classes != 1000:

@@ -2,8 +2,8 @@
 
 The official ConvNeXt / RepLKNet code keeps the best raw model and the best EMA model separately
 (``checkpoint-best.pth`` and ``checkpoint-best-ema.pth``). The run's ``checkpoint`` callback tracks
-``val/acc1`` (raw weights); this one, listed in the trainer's ``callbacks``, tracks another metric such as
-``val/ema_acc1`` under its own file name. Without a ``dirpath`` it saves into the ``checkpoint`` callback's
+``val/top1`` (raw weights); this one, listed in the trainer's ``callbacks``, tracks another metric such as
+``val/ema_top1`` under its own file name. Without a ``dirpath`` it saves into the ``checkpoint`` callback's
 folder, so one config line serves every run; in a run without that metric (no EMA) it saves nothing.
 """
 from __future__ import annotations
@@ -13,8 +13,10 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from .lease import LeaseAwareSetup
 
-class BestCheckpoint(ModelCheckpoint):
+
+class BestCheckpoint(LeaseAwareSetup, ModelCheckpoint):
     """ModelCheckpoint (top-k of ``monitor``, no ``last.ckpt`` by default) beside the run's other checkpoints."""
 
     def __init__(self, *args: Any, save_last: bool | None = False, **kwargs: Any) -> None:

@@ -27,13 +27,15 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from ..base.files import atomic_write_text
 from ..base.errors import ConfigError
 
-__all__ = ["LEASE_NAME", "Lease", "LeaseHeld", "acquire_lease", "is_global_rank_zero", "lease_timings", "read_lease"]
+__all__ = ["LEASE_NAME", "Lease", "LeaseAwareSetup", "LeaseHeld", "acquire_lease", "holds_only_lease",
+           "is_global_rank_zero", "lease_timings", "read_lease"]
 
 LEASE_NAME = ".lk_ablate.lease"
 
@@ -222,3 +224,28 @@ def is_global_rank_zero() -> bool:
     node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
     return getattr(rank_zero_only, "rank", 0) == 0 and node == "0"
 
+
+
+def holds_only_lease(folder: str | os.PathLike | None) -> bool:
+    """True when ``folder`` exists and its one entry is this run's lease file (a fresh run's checkpoint folder)."""
+    try:
+        return folder is not None and os.listdir(folder) == [LEASE_NAME]
+    except OSError:
+        return False
+
+
+class LeaseAwareSetup:
+    """Mixin for ModelCheckpoint callbacks: the lease is created in the checkpoint folder before ``fit`` sets the
+    callbacks up, so ModelCheckpoint's "Checkpoint directory ... exists and is not empty" would greet every fresh
+    run. That one warning is dropped when the lease is the folder's only file; every other warning of the setup
+    (and this one, for a folder that holds anything else) is shown as it was raised."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            super().setup(trainer, pl_module, stage)  # type: ignore[misc]
+        fresh = holds_only_lease(getattr(self, "dirpath", None))
+        for w in caught:
+            if fresh and "exists and is not empty" in str(w.message):
+                continue
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)

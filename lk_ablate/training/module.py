@@ -31,7 +31,9 @@ class ImageClassifier(L.LightningModule):
     (per-device batch x devices x nodes x gradient accumulation); no weight decay on 1-D parameters and
     biases; per-step linear warmup then cosine to ``min_lr``; label smoothing; batch-level mixup/cutmix
     (training only); drop path; EMA of the weights, validated and reported separately (val/ema_*).
-    Warmup: the 300-epoch recipe warms up for 20 epochs; the 120-epoch ablation scales that to 8.
+    Warmup: 20 epochs, as the official 300-epoch recipe and the 120-epoch ablation configs (configs/base/) use.
+    Accuracies are logged in percent (``train/top1``, ``val/top1``, ``val/top5``, ``val/ema_top1``,
+    ``val/ema_top5``; ``test/...`` likewise), the unit of every accuracy lk_ablate prints.
     Randomness (mixup/cutmix, drop path) is drawn under a seed derived from (seed, epoch, batch, rank).
     ``compile: true`` runs the network (and its EMA) under ``torch.compile`` (``compile_mode``, ``compile_backend``)
     for fit, validate, test and predict; checkpoints are the same either way.
@@ -40,7 +42,7 @@ class ImageClassifier(L.LightningModule):
     def __init__(self, model_name: str = "convnext_tiny", kernel_size: int | list[int] | None = None,
                  num_classes: int = 1000, drop_path_rate: float = 0.1, model_kwargs: dict[str, Any] | None = None,
                  pretrained_path: str | None = None, base_lr: float = 4e-3, base_batch_size: int = 4096,
-                 weight_decay: float = 0.05, warmup_epochs: float = 8.0, min_lr: float = 1e-6,
+                 weight_decay: float = 0.05, warmup_epochs: float = 20.0, min_lr: float = 1e-6,
                  betas: tuple[float, float] = (0.9, 0.999), label_smoothing: float = 0.1,
                  mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, mixup_prob: float = 1.0,
                  mixup_switch_prob: float = 0.5, ema_decay: float | None = 0.9999, channels_last: bool = False,
@@ -82,12 +84,12 @@ class ImageClassifier(L.LightningModule):
                                num_classes=num_classes)
         top5 = min(5, num_classes)
         self.val_metrics = torch.nn.ModuleDict({
-            "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-            "acc5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
-            "ema_acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-            "ema_acc5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+            "top1": PercentAccuracy(num_classes, top_k=1, average="micro"),
+            "top5": PercentAccuracy(num_classes, top_k=top5, average="micro"),
+            "ema_top1": PercentAccuracy(num_classes, top_k=1, average="micro"),
+            "ema_top5": PercentAccuracy(num_classes, top_k=top5, average="micro"),
         })
-        self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.train_acc = PercentAccuracy(num_classes, top_k=1, average="micro")
 
     # --- facts other components read --------------------------------------------------------------
     @property
@@ -153,7 +155,7 @@ class ImageClassifier(L.LightningModule):
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
         self.train_acc(logits.detach(), y)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc1", self.train_acc, on_step=False, on_epoch=True)
+        self.log("train/top1", self.train_acc, on_step=False, on_epoch=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         return loss
 
@@ -253,12 +255,12 @@ class ImageClassifier(L.LightningModule):
         x = self._prepare(x)
         logits = self.model(x)
         self.log(f"{prefix}/loss", F.cross_entropy(logits.float(), y), sync_dist=True)
-        for name in ("acc1", "acc5"):
+        for name in ("top1", "top5"):
             self.val_metrics[name](logits, y)
-            self.log(f"{prefix}/{name}", self.val_metrics[name], prog_bar=name == "acc1")
+            self.log(f"{prefix}/{name}", self.val_metrics[name], prog_bar=name == "top1")
         if self.ema is not None:
             ema_logits = self.ema.module(x)
-            for name in ("ema_acc1", "ema_acc5"):
+            for name in ("ema_top1", "ema_top5"):
                 self.val_metrics[name](ema_logits, y)
                 self.log(f"{prefix}/{name}", self.val_metrics[name])
 
@@ -284,6 +286,9 @@ class ImageClassifier(L.LightningModule):
         data = {"train": {"num_classes": classes, "datamodule": type(dm).__name__}} if dm is not None else None
         return collect(device=self.device, precision=str(trainer.precision) if trainer is not None else None,
                        dwconv=dwconv_info(self.model), config=dict(self.hparams), data=data)
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs before Lightning restores the callbacks (checkpoint_connector: restore_model, then restore_callbacks).
+        convert_monitored_scores(checkpoint)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lk_ablate"] = {"model_name": self.hparams.model_name,
@@ -291,6 +296,50 @@ class ImageClassifier(L.LightningModule):
                                    "model_config": self.model_config.to_dict(),
                                    "has_ema": self.ema is not None, "seed": self.run_seed,
                                    "provenance": self.provenance()}
+
+
+class PercentAccuracy(MulticlassAccuracy):
+    """torchmetrics' top-k accuracy, in percent: the unit of every accuracy lk_ablate logs and prints."""
+
+    def compute(self) -> torch.Tensor:
+        return 100.0 * super().compute()
+
+
+# Metric keys of checkpoints written before accuracies were logged in percent under these names (fractions then).
+OLD_FRACTION_KEYS = {f"{stage}/{old}": f"{stage}/{new}" for stage in ("train", "val", "test")
+                     for old, new in (("acc1", "top1"), ("acc5", "top5"), ("ema_acc1", "ema_top1"),
+                                      ("ema_acc5", "ema_top5"))}
+_SCORE_FIELDS = ("best_model_score", "kth_value", "current_score", "best_score")  # ModelCheckpoint, EarlyStopping
+
+
+def convert_monitored_scores(checkpoint: dict[str, Any]) -> list[str]:
+    """A checkpoint's callback states that monitored an old fraction key (``val/acc1``) as the same callbacks on the
+    new percent key (``val/top1``): the state key names the new monitor (else Lightning would not restore the state
+    into a callback monitoring ``val/top1``: best score, top-k files and early-stopping patience would be lost) and
+    every stored score is multiplied by 100 (else a fraction's best, 0.76, would be compared with percentages).
+    Returns the converted state keys (the old ones)."""
+    states = checkpoint.get("callbacks")
+    if not isinstance(states, dict):
+        return []
+    converted = []
+    for key in list(states):
+        old = next((o for o in OLD_FRACTION_KEYS if f"'monitor': '{o}'" in str(key)), None)
+        state = states[key]
+        if old is None or not isinstance(state, dict):
+            continue
+        new = OLD_FRACTION_KEYS[old]
+        state = dict(state)
+        if state.get("monitor") == old:
+            state["monitor"] = new
+        for field in _SCORE_FIELDS:
+            if isinstance(state.get(field), (torch.Tensor, float, int)) and not isinstance(state[field], bool):
+                state[field] = state[field] * 100.0
+        if isinstance(state.get("best_k_models"), dict):
+            state["best_k_models"] = {path: score * 100.0 for path, score in state["best_k_models"].items()}
+        del states[key]
+        states[str(key).replace(f"'monitor': '{old}'", f"'monitor': '{new}'")] = state
+        converted.append(str(key))
+    return converted
 
 
 def _schedule_factor(length: dict[str, int], step: int, peak_lr: float, min_lr: float) -> float:

@@ -41,7 +41,7 @@ from ..base.safe_load import UnsafeCheckpointError, load_torch_file
 from ..base.errors import ConfigError, DataError
 from ..models.kernel_sizes import stage_kernel_sizes
 from .checkpoint_io import AtomicCheckpointIO
-from .lease import Lease
+from .lease import Lease, LeaseAwareSetup
 
 __all__ = ["DeferredRequeue", "GracefulStop", "HoldLease", "ResumableCheckpoint", "checkpoint_step", "cli_trainer_extras",
            "find_resume_checkpoint", "resolve_ckpt_path", "resume_candidates", "stop_exit_code"]
@@ -49,7 +49,7 @@ __all__ = ["DeferredRequeue", "GracefulStop", "HoldLease", "ResumableCheckpoint"
 HPC_PATTERN = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
 
 
-class ResumableCheckpoint(ModelCheckpoint):
+class ResumableCheckpoint(LeaseAwareSetup, ModelCheckpoint):
     """ModelCheckpoint whose ``every_n_train_steps`` only refreshes ``last.ckpt`` (see the module docstring).
 
     With a ``monitor``: top-k files are saved where Lightning saves per-epoch checkpoints (after validation),

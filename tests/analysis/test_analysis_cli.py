@@ -1,4 +1,6 @@
 """``lk_ablate analyze`` end to end on a saved lk_ablate checkpoint and a generated val folder; the cross-run report."""
+import re
+
 import pytest
 import torch
 import yaml
@@ -51,7 +53,7 @@ def test_load_model_prefers_ema_and_reads_hyper_parameters(tmp_path):
 def test_analyze_cli_all_sections_then_report(tmp_path):
     _val_folder(tmp_path / "val")
     cfg = {"data": {"imagenet_val": str(tmp_path / "val"), "batch_size": 8, "num_workers": 0},
-           "kernel_distance": {}, "fgsm": {"eps": [0.01, 0.1]}, "lesion": {"ns": [0, 2], "samples": 2},
+           "kernel_distance": {"modules": "auto"}, "fgsm": {"eps": [0.01, 0.1]}, "lesion": {"ns": [0, 2], "samples": 2},
            "feature_variance": {"max_images": 8}}
     (tmp_path / "an.yaml").write_text(yaml.safe_dump(cfg))
     # k3 was scored by `lk_ablate robustness` before: its results must survive
@@ -63,8 +65,8 @@ def test_analyze_cli_all_sections_then_report(tmp_path):
     for k in (3, 7):
         ckpt = tmp_path / f"k{k}.ckpt"
         _checkpoint(ckpt, k, k)
-        rc = main(["analyze", "all", "--model.ckpt", str(ckpt), "--config", str(tmp_path / "an.yaml"),
-                   "--data.limit", "12", "--fgsm.eps", "[0.02]"])
+        rc = main(["analyze", "all", "--ckpt_path", str(ckpt), "--config", str(tmp_path / "an.yaml"),
+                   "--data.subset_size", "12", "--fgsm.eps", "[0.02]"])
         assert rc == 0
         results = tmp_path / f"k{k}.robustness.json"
         analyses = load_analyses(results)
@@ -75,8 +77,8 @@ def test_analyze_cli_all_sections_then_report(tmp_path):
             assert (tmp_path / f"k{k}.robustness.{name}.png").is_file()
         runs.append((f"k{k}", analyses))
     # a second call merges into the same file instead of replacing it
-    assert main(["analyze", "pgd", "--model.ckpt", str(tmp_path / "k3.ckpt"), "--data.imagenet_val", str(tmp_path / "val"),
-                 "--data.limit", "4", "--pgd.eps", "[0.01]", "--data.num_workers", "0"]) == 0
+    assert main(["analyze", "pgd", "--ckpt_path", str(tmp_path / "k3.ckpt"), "--data.imagenet_val", str(tmp_path / "val"),
+                 "--data.subset_size", "4", "--pgd.eps", "[0.01]", "--data.num_workers", "0"]) == 0
     assert set(load_analyses(tmp_path / "k3.robustness.json")) >= {"pgd", "fgsm"}
     rows = summary_rows(runs)
     assert [r["run"] for r in rows] == ["k3", "k7"] and "fgsm.eps0.02" in rows[0]
@@ -97,31 +99,33 @@ def test_results_entry_is_replaced_not_merged(tmp_path):
         write_analysis_result(tmp_path / "other.json", "fgsm", {})
 
 
-def test_analyze_timm_model_and_paper_config(tmp_path):
+def test_analyze_timm_model_and_paper_config(tmp_path, capsys):
     import timm
 
     _val_folder(tmp_path / "val")
     torch.manual_seed(0)
     torch.save(timm.create_model("test_convnext", num_classes=10).state_dict(), tmp_path / "tc.pth")
-    assert main(["analyze", "fgsm", "--model.timm", "test_convnext", "--model.ckpt", str(tmp_path / "tc.pth"),
-                 "--model.num_classes", "10", "--data.imagenet_val", str(tmp_path / "val"), "--data.limit", "4", "--data.num_workers", "0",
+    assert main(["analyze", "fgsm", "--model.timm", "test_convnext", "--ckpt_path", str(tmp_path / "tc.pth"),
+                 "--model.num_classes", "10", "--data.imagenet_val", str(tmp_path / "val"), "--data.subset_size", "4", "--data.num_workers", "0",
                  "--fgsm.eps", "[0.05]"]) == 0
     res = read_results(tmp_path / "tc.robustness.json")
     assert res["model"]["source"] == "timm" and res["model"]["config"]["input_size"] == [3, 160, 160]
     assert res["analyses"]["fgsm"]["images"] == 4
+    # progress by default: in a log (no tty) the closing line counts the images through the model
+    assert re.search(r"^analyze fgsm: done 4 img, ", capsys.readouterr().err, re.M)
     # the shipped paper settings: kernel distance needs no data
     out = tmp_path / "demo.json"
-    assert main(["analyze", "kernel_distance", "--model.name", "convnext_demo", "--preset", "paper",
-                 "--results", str(out)]) == 0
+    assert main(["analyze", "kernel_distance", "--model.model_name", "convnext_demo", "--preset", "paper",
+                 "--results_path", str(out)]) == 0
     assert read_results(out)["analyses"]["kernel_distance"]["config"]["normalize_weights"] is False
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["analyze", "nope", "--model.name", "convnext_demo"], "unknown analysis"),
-    (["analyze", "fgsm", "--model.name", "convnext_demo"], "need validation images"),
+    (["analyze", "nope", "--model.model_name", "convnext_demo"], "invalid choice: 'nope'"),
+    (["analyze", "fgsm", "--model.model_name", "convnext_demo"], "need validation images"),
     (["analyze", "kernel_distance"], "say which model"),
-    (["analyze", "kernel_distance", "--model.name", "convnext_demo", "--kernel_distance.modules", "all"], "modules"),
-    (["analyze", "occlusion", "--model.name", "convnext_demo", "--preset", "paper", "--data.imagenet_val", "x"], "dino_weights"),
+    (["analyze", "kernel_distance", "--model.model_name", "convnext_demo", "--kernel_distance.modules", "all"], "modules"),
+    (["analyze", "occlusion", "--model.model_name", "convnext_demo", "--preset", "paper", "--data.imagenet_val", "x"], "dino_path"),
 ])
 def test_analyze_cli_errors_are_one_message(argv, msg, capsys):
     assert main(argv) == 2
@@ -129,12 +133,20 @@ def test_analyze_cli_errors_are_one_message(argv, msg, capsys):
     assert msg in err and "Traceback" not in err
 
 
-def test_analyze_list(capsys):
-    assert main(["analyze", "list"]) == 0
+def test_analyze_help_lists_the_analyses_and_name_help_shows_its_own_options(capsys):
+    """`analyze --help`: every analysis with its one line; `analyze NAME --help`: that analysis's group only."""
+    from lk_ablate.analysis.configs import CATALOGUE
+
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
     out = capsys.readouterr().out
-    for name in ("imagenet_p", "imagenet9", "occlusion", "fgsm", "pgd", "taig", "lesion", "frequency",
-                 "kernel_distance", "feature_variance"):
-        assert name in out
+    for name, entry in CATALOGUE.items():
+        assert name in out and entry.help.split()[0] in out
+    with pytest.raises(SystemExit):
+        main(["analyze", "fgsm", "--help"])
+    out = capsys.readouterr().out
+    assert "--fgsm.eps" in out and "--ckpt_path" in out and "--data.imagenet_val" in out
+    assert not [n for n in CATALOGUE if n != "fgsm" and f"--{n}." in out]
 
 
 def _synthetic(k):
@@ -173,26 +185,9 @@ def test_sections_are_parsed_by_jsonargparse(capsys):
     with pytest.raises(ConfigError, match="occlusion.patch_size"):
         section_config("occlusion", {"patch_size": "big"})
     assert section_config("occlusion", {"levels": [0.1, 0.5], "modes": ["random"]}).levels == (0.1, 0.5)
-    assert main(["analyze", "occlusion", "--model.name", "convnext_demo", "--occlusion.patch_size", "big"]) == 2
+    assert main(["analyze", "occlusion", "--model.model_name", "convnext_demo", "--occlusion.patch_size", "big"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "occlusion.patch_size" in err[0]
-
-
-@pytest.mark.parametrize("argv,new", [
-    (["--set", "occlusion.levels=[0.1]"], "--SECTION.KEY VALUE (e.g. --occlusion.levels [0.1,0.5])"),
-    (["--pgd.preset", "paper_eps"], "--pgd.preset is now --preset NAME"),
-    (["--lesion.preset=paper_replknet"], "paper_lesion_replknet"),
-])
-def test_old_analysis_spellings_are_one_line(argv, new, tmp_path, capsys):
-    assert main(["analyze", "occlusion", "--model.name", "convnext_demo", *argv]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("lk_ablate: error: ") and new in err[0]
-    # a config file with a section's preset key of earlier versions
-    old = tmp_path / "old.yaml"
-    old.write_text("pgd:\n  preset: paper_eps\n")
-    assert main(["analyze", "pgd", "--model.name", "convnext_demo", "--config", str(old)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{old}: pgd.preset is now --preset NAME" in err[0]
 
 
 def test_dotted_override_print_config_round_trip(tmp_path, capsys):
@@ -200,7 +195,7 @@ def test_dotted_override_print_config_round_trip(tmp_path, capsys):
     same config dataclasses."""
     from lk_ablate.commands.analyze import parse_args, sections_of
 
-    argv = ["occlusion", "--preset", "paper", "--model.name", "convnext_demo", "--occlusion.levels", "[0.1,0.5]",
+    argv = ["all", "--preset", "paper", "--model.model_name", "convnext_demo", "--occlusion.levels", "[0.1,0.5]",
             "--lesion.samples", "3"]
     with pytest.raises(SystemExit):
         main(["analyze", *argv, "--print_config"])
@@ -210,10 +205,10 @@ def test_dotted_override_print_config_round_trip(tmp_path, capsys):
     assert cfg["pgd"]["steps"] == list(range(1, 11)) and cfg["protocol"] == "paper"
     (tmp_path / "c.yaml").write_text(printed)
     with pytest.raises(SystemExit):
-        main(["analyze", "occlusion", "--config", str(tmp_path / "c.yaml"), "--print_config"])
+        main(["analyze", "all", "--config", str(tmp_path / "c.yaml"), "--print_config"])
     assert capsys.readouterr().out == printed
     names = ["occlusion", "lesion", "pgd"]
-    direct = sections_of(parse_args(argv + ["--occlusion.dino_weights", "/d"])[1], names)
-    again = sections_of(parse_args(["occlusion", "--config", str(tmp_path / "c.yaml"), "--occlusion.dino_weights",
+    direct = sections_of(parse_args(argv + ["--occlusion.dino_path", "/d"])[1], names)
+    again = sections_of(parse_args(["all", "--config", str(tmp_path / "c.yaml"), "--occlusion.dino_path",
                                     "/d"])[1], names)
     assert direct == again and direct["occlusion"].levels == (0.1, 0.5)

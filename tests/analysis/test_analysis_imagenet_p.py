@@ -122,7 +122,7 @@ def test_videos_decode_and_score(tmp_path):
             "top5_distance": {"brightness": 2.0, "gaussian_noise": 4.0}}
     (tmp_path / "alexnet.json").write_text(json.dumps(base))
     out = run_analyses(RedLevel(), {"imagenet_p": {"root": str(root), "perturbations": ["brightness", "gaussian_noise"],
-                                                   "baselines": str(tmp_path / "alexnet.json"), "num_workers": 0}},
+                                                   "baselines_path": str(tmp_path / "alexnet.json"), "num_workers": 0}},
                        None, CFG)["imagenet_p"]
     per = out["perturbations"]
     assert per["brightness"]["flip_probability"] == (0.5 + 0.0) / 2 and per["brightness"]["videos"] == 2
@@ -147,4 +147,4 @@ def test_errors(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps({"source": "s", "flip_probability": {}, "top5_distance": {}}))
     with pytest.raises(ConfigError, match="no AlexNet values"):
         run_analyses(RedLevel(), {"imagenet_p": {"root": str(tmp_path), "perturbations": ["tilt"],
-                                                 "baselines": str(tmp_path / "b.json")}}, None, CFG)
+                                                 "baselines_path": str(tmp_path / "b.json")}}, None, CFG)

@@ -52,7 +52,7 @@ class Capture(nn.Module):
 
 
 @pytest.mark.slow
-def test_dino_weights_load_and_attention_matches_timm(tmp_path):
+def test_dino_path_load_and_attention_matches_timm(tmp_path):
     ref = _save_dino(tmp_path / "plain.pth")
     _save_dino(tmp_path / "dino.pth", dino_style=True)
     a = load_dino(tmp_path / "plain.pth")
@@ -90,7 +90,7 @@ def test_occlusion_run_all_modes(tmp_path):
     cfg = model.model.model_config
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(3, 3, 32, 32, generator=g), torch.tensor([1, 2, 3])
-    out = run_analyses(model, {"occlusion": {"levels": [0.5, 1.0], "dino_weights": str(tmp_path / "dino.pth"),
+    out = run_analyses(model, {"occlusion": {"levels": [0.5, 1.0], "dino_path": str(tmp_path / "dino.pth"),
                                              "dino_img_size": 64}}, [(x, y)], cfg)["occlusion"]
     assert set(out["curves"]) == {"random", "salient", "non_salient"}
     rnd = out["curves"]["random"]
@@ -102,7 +102,7 @@ def test_occlusion_run_all_modes(tmp_path):
     assert all(p["dropped_fraction"] == 1.0 for p in (out["curves"]["salient"][1],))
     # non-salient at 0.5: the patches of the DINO grid (4 x 4 at 64 px, 8 px each on the 32 px input) holding the
     # least-attended half of the mass; the dropped fraction is their share of the grid
-    dcfg = section_config("occlusion", {"dino_weights": str(tmp_path / "dino.pth"), "dino_img_size": 64})
+    dcfg = section_config("occlusion", {"dino_path": str(tmp_path / "dino.pth"), "dino_img_size": 64})
     attn, grid = dino_patch_attention(load_dino(tmp_path / "dino.pth", img_size=64), to_pixels(x, cfg), dcfg)
     keep = saliency_keep_mask(attn, 0.5, "non_salient")
     assert grid == (4, 4) and 0 < int((keep == 0).sum()) < 48
@@ -111,7 +111,7 @@ def test_occlusion_run_all_modes(tmp_path):
 
 
 def test_occlusion_config_errors():
-    with pytest.raises(ConfigError, match="dino_weights"):
+    with pytest.raises(ConfigError, match="dino_path"):
         section_config("occlusion", {"modes": ["salient"]})
     with pytest.raises(ConfigError, match="modes"):
         section_config("occlusion", {"modes": ["center"]})

@@ -287,7 +287,7 @@ def test_paper_taig_equals_released_attack_and_test_on_a_fixed_list(tmp_path):
     sur, target = _tiny_net(0), _tiny_net(1)
     sur_cfg = ModelConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), num_classes=4)  # a ViT-like config, overridden
     cfg = section_config("taig", {**PAPER["taig"], "iterations": 3, "ig_steps": 4, "variant": "S", "num_workers": 0,
-                                "batch_size": 4, "val_dir": str(val), "image_list": str(csv_path)})
+                                "batch_size": 4, "imagenet_val": str(val), "image_list_path": str(csv_path)})
     assert cfg.eps == pytest.approx((8 / 255, 16 / 255, 0.1))
     res = run_taig(target, cfg, None, ModelConfig(num_classes=4), surrogate=(sur, sur_cfg, "tiny"))
     assert res["images"] == 6 and res["surrogate_mean_std"] == [list(IMAGENET_MEAN), list(IMAGENET_STD)]
@@ -360,11 +360,11 @@ def test_paper_frequency_bands_are_freq_attacks_centred_from_0_to_pi():
     assert [b["center"] for b in out["bands"]] == list(cfg.centers)
     assert len({b["accuracy"] for b in out["bands"]}) > 2  # the bands differ, so the comparison means something
     # the noise itself, norm-wise, for the 224 px images of the paper
-    from lk_ablate.analysis.frequency import masked_noise
+    from lk_ablate.analysis.frequency import band_masks, masked_noise
 
     for c in (0.0, 0.7, 1.0):
         g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-        ours = masked_noise((2, 3, 224, 224), FrequencyNoiseConfig(layout="centered", centers=(c,)).masks(224, 224)[0],
+        ours = masked_noise((2, 3, 224, 224), band_masks(FrequencyNoiseConfig(layout="centered", centers=(c,)), 224, 224)[0],
                             0.1, "pre_filter", g1)
         z = torch.zeros(2, 3, 224, 224)
         theirs = released_freq_attack(z, torch.randn((2, 3, 224, 224), generator=g2).sign(), 0.1, c * math.pi,

@@ -37,7 +37,7 @@ def test_taig_timm_surrogate_carries_the_checkpoint_weights(tmp_path):
     saved = {k: v.clone() for k, v in sur.state_dict().items()}
     torch.save(saved, tmp_path / "sur.pth")
     model, cfg, label = load_surrogate(section_config("taig", {"surrogate_timm": "test_vit",
-                                                             "surrogate_checkpoint": str(tmp_path / "sur.pth")}))
+                                                             "surrogate_path": str(tmp_path / "sur.pth")}))
     assert label == "test_vit" and not model.training
     _assert_same_weights(model, saved)
 
@@ -52,7 +52,7 @@ def test_taig_registered_surrogate_carries_the_checkpoint_weights(tmp_path):
     torch.save(saved, tmp_path / "sur.pth")
     model, cfg, _ = load_surrogate(section_config("taig", {"surrogate_timm": None, "surrogate_model": "convnext_demo",
                                                          "surrogate_kernel_size": 5,
-                                                         "surrogate_checkpoint": str(tmp_path / "sur.pth")}))
+                                                         "surrogate_path": str(tmp_path / "sur.pth")}))
     _assert_same_weights(model, saved)
 
 
@@ -103,7 +103,7 @@ def test_occlusion_curves_equal_an_independent_count(tmp_path):
     y = model(x).argmax(1)  # clean accuracy 100 %
     levels = [0.3, 0.6]
     out = run_analyses(model, {"occlusion": {"levels": levels, "modes": ["salient", "non_salient"],
-                                             "dino_weights": str(tmp_path / "dino.pth"), "dino_img_size": SIDE}},
+                                             "dino_path": str(tmp_path / "dino.pth"), "dino_img_size": SIDE}},
                        [(x, y)], cfg)["occlusion"]
     # the DINO input: [0, 1] pixels normalised with ImageNet's mean/std (the config's defaults)
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])

@@ -60,7 +60,7 @@ def _refused_in_one_line(capsys, rc: int, path: Path) -> None:
     assert len(err) == 1 or "refusing to load" in err[-1], err
     line = err[-1]
     assert line.startswith("lk_ablate: error: refusing to load") and str(path) in line, line
-    assert "io.open" in line and "--trust-checkpoint" in line, line
+    assert "io.open" in line and "--trust_checkpoint true" in line, line
 
 
 def _assert_refused(fn, path: Path) -> None:
@@ -86,10 +86,10 @@ def test_cli_entry_points_refuse_a_malicious_checkpoint(evil, data, trees, tmp_p
     _refused_in_one_line(capsys, rc, ckpts / "last.ckpt")
     assert not (ckpts / ".lk_ablate.lease").exists(), "the refused run released its lease"
     # robustness, analyze, reparam
-    _refused_in_one_line(capsys, main(["robustness", "--model.ckpt", str(path), "--data.imagenet_a",
+    _refused_in_one_line(capsys, main(["robustness", "--ckpt_path", str(path), "--data.imagenet_a",
                                        trees["imagenet_a"], "--device", "cpu"]), path)
-    _refused_in_one_line(capsys, main(["analyze", "kernel_distance", "--model.ckpt", str(path)]), path)
-    _refused_in_one_line(capsys, main(["reparam", "--model.ckpt", str(path), "--out", str(tmp_path / "out.pth")]), path)
+    _refused_in_one_line(capsys, main(["analyze", "kernel_distance", "--ckpt_path", str(path)]), path)
+    _refused_in_one_line(capsys, main(["reparam", "--ckpt_path", str(path), "--output_path", str(tmp_path / "out.pth")]), path)
     assert not marker.exists()
 
 

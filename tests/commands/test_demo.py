@@ -64,8 +64,8 @@ def test_ffcv_and_in_memory_validation_batches_are_equal(tmp_path):
 @pytest.mark.ffcv
 def test_demo_end_to_end(tmp_path, capsys):
     """`lk_ablate demo`, shortened: two kernel sizes, a few steps, 20 corrupted images; table, JSONs, report."""
-    rc = cli_main(["demo", "--kernels", "[5,3]", "--epochs", "1", "--subset", "20", "--out", str(tmp_path),
-                   "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "3"])
+    rc = cli_main(["demo", "--kernel_sizes", "[5,3]", "--max_epochs", "1", "--subset_size", "20", "--output_dir",
+                   str(tmp_path), "--", "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "3"])
     assert rc == 0
     out = capsys.readouterr().out
     table = out[out.index("Fashion-MNIST, clean top-1"):]
@@ -98,24 +98,27 @@ def test_demo_print_config_round_trip_and_fit_options(tmp_path, capsys):
     """--print_config shows the demo's options and the `fit` options it passes on; the printed YAML reads back."""
     def printed(*args):
         with pytest.raises(SystemExit) as e:
-            cli_main(["demo", *args, "--print_config"])
+            cli_main(["demo", "--print_config", *args])  # before `--`: what follows it goes to fit
         assert e.value.code in (0, None)
         return capsys.readouterr().out
 
-    first = printed("--kernels", "[5,3]", "--epochs", "1", "--trainer.limit_train_batches", "6",
-                    "--trainer.limit_val_batches=3", "--out", str(tmp_path / "demo"), "--threads", "2")
+    first = printed("--kernel_sizes", "[5,3]", "--max_epochs", "1", "--output_dir", str(tmp_path / "demo"),
+                    "--num_threads", "2", "--", "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches=3")
     cfg = yaml.safe_load(first)
-    assert cfg["kernels"] == [5, 3] and cfg["epochs"] == 1 and cfg["threads"] == 2 and cfg["subset"] == 500
+    assert cfg["kernel_sizes"] == [5, 3] and cfg["max_epochs"] == 1 and cfg["num_threads"] == 2
+    assert cfg["subset_size"] == 500 and cfg["progress"] is True
     assert cfg["fit"] == ["--trainer.limit_train_batches", 6, "--trainer.limit_val_batches=3"]
     (tmp_path / "c.yaml").write_text(first)
     assert printed("--config", str(tmp_path / "c.yaml")) == first
     from lk_ablate.commands.demo import DEMO_CONFIG, parse_args
 
     assert DEMO_CONFIG.is_file()
-    assert parse_args(["--config", str(tmp_path / "c.yaml"), "--trainer.max_steps", "2"]).fit[-2:] == \
+    assert parse_args(["--config", str(tmp_path / "c.yaml"), "--", "--trainer.max_steps", "2"]).fit[-2:] == \
         ["--trainer.max_steps", 2]
 
 
-def test_demo_old_kernels_spelling_gives_one_line(capsys):
-    assert cli_main(["demo", "--kernels", "3", "13"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == ["lk_ablate: error: --kernels 3 13 is now --kernels [3,13]"]
+def test_demo_fit_options_go_after_the_separator(capsys):
+    """An option the demo does not have is an error naming it; fit's options go after `--`."""
+    assert cli_main(["demo", "--trainer.max_steps", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unrecognized arguments: --trainer.max_steps 2 (see `lk_ablate demo --help`)" in err[0]

@@ -82,7 +82,7 @@ def test_demo_pins_its_own_command_line_and_never_reexecutes_a_caller(monkeypatc
         raise Execd
 
     monkeypatch.setattr(cpu_kernels.os, "execv", fake_execv)
-    argv = ["--kernels", "[3]", "--epochs", "1"]
+    argv = ["--kernel_sizes", "[3]", "--max_epochs", "1"]
     monkeypatch.setattr(sys, "argv", ["/venv/bin/lk_ablate", "demo", *argv])
     monkeypatch.setattr(sys, "orig_argv", ["/venv/bin/python", "/venv/bin/lk_ablate", "demo", *argv])
     if ok:

@@ -120,10 +120,10 @@ def test_an_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
 
 def test_cli(tmp_path, capsys):
     root = make_image_folder(tmp_path / "data", classes=2, per_class=2, size=20)
-    assert main(["data", "write-ffcv", "--root", str(root), "--out", str(tmp_path / "out"), "--num_workers", "1",
-                 "--writer.max_resolution", "64", "--writer.compress_probability", "0.25",
+    assert main(["data", "write-ffcv", "--root", str(root), "--output_dir", str(tmp_path / "out"),
+                 "--num_workers", "1", "--writer.max_resolution", "64", "--writer.compress_probability", "0.25",
                  "--writer.jpeg_quality", "80"]) == 0
     out = capsys.readouterr().out
     assert "train_64_0.25_80.beton" in out and "val_64_0.25_80.beton" in out
-    assert main(["data", "write-ffcv", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["data", "write-ffcv", "--root", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "o")]) == 2
     assert "lk_ablate: error: dataset folder not found" in capsys.readouterr().err

@@ -17,14 +17,14 @@ from lk_ablate.evaluation import ModelOptions, load_for_eval, weight_sets
 def test_robustness_and_analyze_feed_the_model_the_same_tensors(tmp_path, recorded, channels_last):  # noqa: F811
     random_tree(tmp_path / "val", imagenet_wnids(), size=(41, 37), seed=5)  # 1000 classes, one image each
     ckpt = _demo_ckpt(tmp_path / "run.ckpt")
-    common = ["--model.ckpt", str(ckpt), "--model.weights", "ema", "--data.imagenet_val", str(tmp_path / "val"),
+    common = ["--ckpt_path", str(ckpt), "--weights", "ema", "--data.imagenet_val", str(tmp_path / "val"),
               "--data.batch_size", "50", "--data.num_workers", "0", "--device", "cpu",
               "--model.channels_last", channels_last]
-    assert main(["robustness", *common, "--results", str(tmp_path / "r.json")]) == 0
+    assert main(["robustness", *common, "--results_path", str(tmp_path / "r.json")]) == 0
     n_rob = len(recorded)
     assert n_rob == 20  # 1000 images in batches of 50, EMA weights only
     assert main(["analyze", "fgsm", *common, "--fgsm.eps", "[0.01]", "--fgsm.max_images", "100",
-                 "--results", str(tmp_path / "a.json")]) == 0
+                 "--results_path", str(tmp_path / "a.json")]) == 0
     analyze = recorded[n_rob:]
     assert len(analyze) == 6  # per batch: clean, attack, adversarial
     for b, (w, x, logits) in enumerate(analyze[::3]):  # the clean forwards of the first two batches
@@ -47,7 +47,7 @@ def test_loader_sets_share_one_structure_and_keep_their_weights(tmp_path):
 
     ckpt = _demo_ckpt(tmp_path / "run.ckpt")
     sd = torch.load(ckpt, weights_only=False)["state_dict"]
-    em = load_for_eval(ModelOptions(ckpt=str(ckpt), weights="both"))
+    em = load_for_eval(ModelOptions(ckpt_path=str(ckpt), weights="both"))
     assert list(em.models) == ["raw", "ema"] and em.models["raw"] is not em.models["ema"]
     for w, prefix in (("raw", "model."), ("ema", "ema.module.")):
         m = em.models[w]
@@ -56,13 +56,13 @@ def test_loader_sets_share_one_structure_and_keep_their_weights(tmp_path):
             assert torch.equal(v, sd[prefix + k]), (w, k)
     assert em.meta["channels_last"] is ImageClassifier(model_name="convnext_demo").hparams.channels_last
     assert em.label == "convnext_demo k3" and (em.epoch, em.global_step) == (1, 5)
-    cl = load_for_eval(ModelOptions(ckpt=str(ckpt), weights="raw", channels_last=True)).models["raw"]
+    cl = load_for_eval(ModelOptions(ckpt_path=str(ckpt), weights="raw", channels_last=True)).models["raw"]
     conv = next(p for p in cl.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ConfigError, match="random weights"):
-        load_for_eval(ModelOptions(name="convnext_demo"))
-    with pytest.raises(ConfigError, match="drop --model.name"):
-        load_for_eval(ModelOptions(ckpt=str(ckpt), name="convnext_tiny"))
+        load_for_eval(ModelOptions(model_name="convnext_demo"))
+    with pytest.raises(ConfigError, match="drop --model.model_name"):
+        load_for_eval(ModelOptions(ckpt_path=str(ckpt), model_name="convnext_tiny"))
 
 
 @pytest.mark.parametrize("name", ["convnext_tiny", "replknet_xl", "replknet_31l", "convnext_demo"])
@@ -90,7 +90,7 @@ def test_compile_option_compiles_every_weight_set(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(loading_mod, "compile_model", lambda m, mode=None: calls.append((m, mode)) or m)
     ckpt = _demo_ckpt(tmp_path / "run.ckpt")
-    em = load_for_eval(ModelOptions(ckpt=str(ckpt), weights="both", compile=True, compile_mode="max-autotune"))
+    em = load_for_eval(ModelOptions(ckpt_path=str(ckpt), weights="both", compile=True, compile_mode="max-autotune"))
     assert calls == [(em.models["raw"], "max-autotune"), (em.models["ema"], "max-autotune")]
     with pytest.raises(ConfigError, match="compile_mode must be one of"):
-        load_for_eval(ModelOptions(ckpt=str(ckpt), compile=True, compile_mode="fastest"))
+        load_for_eval(ModelOptions(ckpt_path=str(ckpt), compile=True, compile_mode="fastest"))

@@ -315,10 +315,11 @@ def test_gpu_bench_runs_on_cpu(tmp_path, monkeypatch, capsys) -> None:
 
     monkeypatch.delenv(layers.RULES_ENV, raising=False)
     try:
-        assert gb.main(["--device", "cpu", "--batch", "2", "--size", "32", "--kernels", "7", "--replknet", "",
-                        "--passes", "infer", "--compiled", "convnext_tiny:7", "--compile-backend", "eager",
-                        "--warmup", "1", "--steps", "3", "--max-seconds", "1", "--rules-seconds", "3",
-                        "--rule-sizes", "8", "--rule-kernels", "3", "--out-dir", str(tmp_path)]) == 0
+        assert gb.main(["--device", "cpu", "--batch_size", "2", "--image_size", "32", "--kernel_sizes", "[7]",
+                        "--replknet_variants", "[]", "--passes", "[infer]", "--compiled", "[convnext_tiny:7]",
+                        "--model.compile_backend", "eager", "--warmup_steps", "1", "--steps", "3", "--max_seconds", "1",
+                        "--rules_seconds", "3", "--rule_map_sizes", "[8]", "--rule_kernel_sizes", "[3]",
+                        "--output_dir", str(tmp_path)]) == 0
         assert os.environ[layers.RULES_ENV] == str(tmp_path / "dwconv_rules.json")
         rules = layers.load_rules()  # the written table is valid, and it is the one `auto` now reads
         assert rules["meta"]["cpu"]["note"].startswith("1 rows measured by this run")

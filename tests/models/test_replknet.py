@@ -432,11 +432,12 @@ def test_cli_reparam_lightning_checkpoint(tmp_path, capsys):
                                **{f"ema.module.{k}": v for k, v in ema.state_dict().items()}},
                 "epoch": 1}, ckpt)
     x = reference_input(32)
-    for weights, src in (("raw", model), ("ema", ema)):
+    # auto (the default): the EMA weights of a checkpoint that has them
+    for weights, src, recorded in (("raw", model, "model"), ("ema", ema, "ema"), ("auto", ema, "ema")):
         for mode in ("kernels", "full"):
             out = tmp_path / weights / f"{mode}.pth"
-            assert cli(["reparam", "--model.ckpt", str(ckpt), "--out", str(out), "--mode", mode,
-                        "--model.weights", weights]) == 0
+            assert cli(["reparam", "--ckpt_path", str(ckpt), "--output_path", str(out), "--mode", mode,
+                        "--weights", weights]) == 0
             assert "relative difference" in capsys.readouterr().out
             deployed = RepLKNet([7, 7, 5, 3], layers=(1, 1, 1, 1), channels=(16, 24, 32, 48), small_kernel=None,
                                 num_classes=10, deploy=mode if mode == "full" else True)
@@ -445,39 +446,30 @@ def test_cli_reparam_lightning_checkpoint(tmp_path, capsys):
                 assert rel(deployed(x), src(x)) < RTOL
             assert not [f for f in os.listdir(out.parent) if f.startswith(".tmp")]  # atomic write left nothing
             assert out.stat().st_mode & 0o644 == 0o644
-            assert torch.load(out, weights_only=True)["lk_ablate_reparam"]["weights"] == \
-                {"raw": "model"}.get(weights, weights)  # the file format of earlier versions
+            # the weight set as the file format of earlier versions names it ("model": raw)
+            assert torch.load(out, weights_only=True)["lk_ablate_reparam"]["weights"] == recorded
     # re-parameterizing the output again is a clear error (exit code 2, one line)
     again = tmp_path / "raw" / "kernels.pth"
-    assert cli(["reparam", "--model.ckpt", str(again), "--out", str(tmp_path / "twice.pth")]) == 2
+    assert cli(["reparam", "--ckpt_path", str(again), "--output_path", str(tmp_path / "twice.pth")]) == 2
     assert "already re-parameterized" in capsys.readouterr().err
     assert not (tmp_path / "twice.pth").exists()
 
 
 def test_cli_reparam_errors(tmp_path, capsys):
-    assert cli(["reparam", "--model.ckpt", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "o.pth")]) == 2
+    assert cli(["reparam", "--ckpt_path", str(tmp_path / "missing.pth"), "--output_path", str(tmp_path / "o.pth")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     torch.save({"model": small_replknet(7, 5).state_dict()}, tmp_path / "official.pth")
-    assert cli(["reparam", "--model.ckpt", str(tmp_path / "official.pth"), "--out", str(tmp_path / "o.pth"),
-                "--model.weights", "ema"]) == 2
+    assert cli(["reparam", "--ckpt_path", str(tmp_path / "official.pth"), "--output_path", str(tmp_path / "o.pth"),
+                "--weights", "ema"]) == 2
     assert "no EMA weights" in capsys.readouterr().err
     torch.save({"model": {"conv.weight": torch.zeros(1)}}, tmp_path / "other.pth")
-    assert cli(["reparam", "--model.ckpt", str(tmp_path / "other.pth"), "--out", str(tmp_path / "o.pth")]) == 2
+    assert cli(["reparam", "--ckpt_path", str(tmp_path / "other.pth"), "--output_path", str(tmp_path / "o.pth")]) == 2
     assert "not a RepLKNet state dict" in capsys.readouterr().err
-    assert reparam_cli(["--model.ckpt", str(tmp_path / "official.pth"), "--out", str(tmp_path / "o.pth"),
-                        "--no_check"]) == 0
-    assert cli(["reparam", "--out", str(tmp_path / "o2.pth")]) == 2
+    assert reparam_cli(["--ckpt_path", str(tmp_path / "official.pth"), "--output_path", str(tmp_path / "o.pth"),
+                        "--check", "false"]) == 0
+    assert cli(["reparam", "--output_path", str(tmp_path / "o2.pth")]) == 2
     assert capsys.readouterr().err.strip() == \
-        "lk_ablate: error: --model.ckpt is required (see `lk_ablate reparam --help`)"
-
-
-@pytest.mark.parametrize("old,new", [(["--ckpt", "a.pth"], "--model.ckpt PATH"),
-                                     (["--weights", "model"], "--model.weights raw|ema"),
-                                     (["--no-check"], "--no_check"), (["--check-size", "32"], "--check_size N")])
-def test_cli_reparam_old_spellings(old, new, capsys):
-    assert cli(["reparam", *old, "--out", "o.pth"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"lk_ablate: error: {old[0]} is now {new}"]
+        "lk_ablate: error: missing required option(s): --ckpt_path (see `lk_ablate reparam --help`)"
 
 
 def test_cli_reparam_print_config_round_trip(tmp_path, capsys):
@@ -487,11 +479,11 @@ def test_cli_reparam_print_config_round_trip(tmp_path, capsys):
         assert e.value.code in (0, None)
         return capsys.readouterr().out
 
-    first = printed("--model.ckpt", "in.ckpt", "--model.weights", "ema", "--out", "out.pth", "--mode", "full",
-                    "--no_check", "--check_size", "32")
+    first = printed("--ckpt_path", "in.ckpt", "--weights", "ema", "--output_path", "out.pth", "--mode", "full",
+                    "--check", "false", "--check_size", "32")
     cfg = yaml.safe_load(first)
-    assert cfg == {"model": {"ckpt": "in.ckpt", "weights": "ema"}, "out": "out.pth", "mode": "full", "check": False,
-                   "check_size": 32, "force": False}
+    assert cfg == {"ckpt_path": "in.ckpt", "weights": "ema", "output_path": "out.pth", "mode": "full", "check": False,
+                   "check_size": 32, "force": False, "trust_checkpoint": False}
     (tmp_path / "c.yaml").write_text(first)
     assert printed("--config", str(tmp_path / "c.yaml")) == first
 

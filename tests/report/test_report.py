@@ -116,7 +116,7 @@ def test_report_table7_end_to_end(tmp_path, capsys):
 
     table7_runs(tmp_path / "runs")
     out = tmp_path / "report"
-    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--wandb.project", "null"]) == 0
+    assert main(["report", str(tmp_path / "runs"), "--output_dir", str(out), "--wandb.project", "null"]) == 0
     assert "5 (model, kernel) row(s)" in capsys.readouterr().out
 
     with open(out / "report.csv") as f:
@@ -225,7 +225,7 @@ def test_report_input_errors_are_one_message(case, message, tmp_path, capsys):
     if case == "old_schema":
         (runs / "x.robustness.json").write_text('{"schema": "lk_ablate.robustness", "schema_version": 0}')
     target = runs if case != "missing" else tmp_path / "nowhere"
-    assert main(["report", str(target), "--out", str(tmp_path / "out"), "--wandb.project", "null"]) == 2
+    assert main(["report", str(target), "--output_dir", str(tmp_path / "out"), "--wandb.project", "null"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.startswith("lk_ablate: error:")
 
@@ -268,28 +268,18 @@ def test_report_print_config_round_trip(tmp_path, capsys, monkeypatch):
         assert e.value.code in (0, None)
         return capsys.readouterr().out
 
-    first = printed("runs/a", "runs/b", "--out", "rep", "--weights", "raw", "--strict", "--wandb.group", "g")
+    first = printed("runs/a", "runs/b", "--output_dir", "rep", "--weights", "raw", "--strict", "true", "--wandb.group", "g")
     cfg = yaml.safe_load(first)
-    assert cfg["runs"] == ["runs/a", "runs/b"] and (cfg["out"], cfg["weights"], cfg["strict"]) == ("rep", "raw", True)
+    assert cfg["runs"] == ["runs/a", "runs/b"] and (cfg["output_dir"], cfg["weights"], cfg["strict"]) == ("rep", "raw", True)
     assert cfg["wandb"] == {"project": "from_env", "entity": None, "group": "g"}  # $WANDB_PROJECT is the default
     (tmp_path / "c.yaml").write_text(first)
     assert printed("--config", str(tmp_path / "c.yaml")) == first
     # a config file runs the report as its options would
     table7_runs(tmp_path / "runs")
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"runs": [str(tmp_path / "runs")], "out": str(tmp_path / "rep"),
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"runs": [str(tmp_path / "runs")], "output_dir": str(tmp_path / "rep"),
                                                      "wandb": {"project": None}}))
     assert main(["report", "--config", str(tmp_path / "c.yaml")]) == 0
     assert "5 (model, kernel) row(s)" in capsys.readouterr().out and (tmp_path / "rep" / "report.csv").is_file()
-
-
-@pytest.mark.parametrize("old,new", [(["--wandb-project", "p"], "--wandb.project P"),
-                                     (["--wandb-entity=e"], "--wandb.entity E"),
-                                     (["--wandb-group", "g"], "--wandb.group G"),
-                                     (["--no-wandb"], "--wandb.project null")])
-def test_report_old_spellings_name_the_new_one(old, new, tmp_path, capsys):
-    assert main(["report", str(tmp_path), *old]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("lk_ablate: error: ") and new in err[0], err
 
 
 def test_partial_and_inexact_scoring_are_kept_apart(tmp_path):
@@ -302,7 +292,7 @@ def test_partial_and_inexact_scoring_are_kept_apart(tmp_path):
     write_run(tmp_path / "runs" / "s0", "last", "convnext_tiny", [7] * 4, full, seed=0)
     path = write_run(tmp_path / "runs" / "s1", "last", "convnext_tiny", [7] * 4, partial, seed=1)
     data = read_results(path)
-    data["settings"]["scoring"] = {"decode": "gpu", "precision": "bf16", "on_bad_image": "skip"}
+    data["settings"]["scoring"] = {"decode": "gpu", "precision": "bf16-mixed", "on_bad_image": "skip"}
     write_results(path, data)
     written = build_report([tmp_path / "runs"], tmp_path / "report")
     (row,) = written["rows"]
@@ -310,6 +300,6 @@ def test_partial_and_inexact_scoring_are_kept_apart(tmp_path):
     assert row.stats["imagenet_r/top1"].n == 2 and row.stats["imagenet_r/top1"].mean == 35.0
     assert written["notes"] == [f"{path}: imagenet_a (2 unreadable images skipped) left out of the tables: scored on "
                                 "fewer images than the benchmark, not comparable with complete runs",
-                                f"{path}: scored with decode gpu, precision bf16; differs slightly from CPU-decoded "
-                                "fp32 scoring (docs/robustness.md)"]
+                                f"{path}: scored with decode gpu, precision bf16-mixed; differs slightly from "
+                                "CPU-decoded 32-true scoring (docs/robustness.md)"]
     assert written["notes"][0] in (tmp_path / "report" / "report.md").read_text()

@@ -124,7 +124,8 @@ def test_runs_with_other_data_or_classes_get_rows_of_their_own_with_a_note(tmp_p
     with open(tmp_path / "rep" / "report.csv") as f:
         assert [r["group"] for r in csv.DictReader(f)] == ["", "data 2", "data 3", "no provenance"]
     # --strict stops, naming every split
-    assert main(["report", str(root), "--out", str(tmp_path / "strict"), "--strict", "--wandb.project", "null"]) == 2
+    assert main(["report", str(root), "--output_dir", str(tmp_path / "strict"), "--strict", "true",
+                 "--wandb.project", "null"]) == 2
     err = capsys.readouterr().err
     assert "3 run(s) not comparable with the other runs of their row (--strict)" in err
     assert "partial/last.robustness.json is in a row of its own" in err
@@ -168,7 +169,7 @@ def test_report_compares_adjacent_kernels_and_requested_pairs_image_by_image(tmp
     root = tmp_path / "runs"
     for k, f in flags.items():
         write(root / f"k{k}", "convnext_tiny", k, 0, 100 * f.mean(), flags=f)
-    assert main(["report", str(root), "--out", str(tmp_path / "rep"), "--pairs", "[[3,13]]",
+    assert main(["report", str(root), "--output_dir", str(tmp_path / "rep"), "--pairs", "[[3,13]]",
                  "--bootstrap_samples", "2000", "--wandb.project", "null"]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     section = md.split("## Paired comparisons (the same images)")[1].split("## Runs")[0]
@@ -187,7 +188,7 @@ def test_report_compares_adjacent_kernels_and_requested_pairs_image_by_image(tmp
         lo, hi = (float(x) for x in cells[7].strip("[]").split(","))
         assert lo <= float(cells[6]) <= hi
     # a pair that names no row: one line listing the rows, before anything is written
-    assert main(["report", str(root), "--out", str(tmp_path / "bad"), "--pairs", "[[3,31]]",
+    assert main(["report", str(root), "--output_dir", str(tmp_path / "bad"), "--pairs", "[[3,31]]",
                  "--wandb.project", "null"]) == 2
     err = capsys.readouterr().err
     assert "--pairs [3,31]: '31' matches no row; rows: convnext_tiny/3, convnext_tiny/7, convnext_tiny/13" in err

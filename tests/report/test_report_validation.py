@@ -66,7 +66,7 @@ def test_bad_files_are_skipped_whole_and_named(runs):
 
 def test_report_cli_counts_good_runs_and_strict_is_fatal(runs, tmp_path, capsys):
     root, bad = runs
-    assert main(["report", str(root), "--out", str(tmp_path / "rep"), "--wandb.project", "null"]) == 0
+    assert main(["report", str(root), "--output_dir", str(tmp_path / "rep"), "--wandb.project", "null"]) == 0
     out, err = capsys.readouterr()
     assert out.startswith("2 run(s) in 1 (model, kernel) row(s)")
     assert sum(line.startswith("note: skipped, bad results file: ") for line in err.splitlines()) == len(BAD)
@@ -74,7 +74,7 @@ def test_report_cli_counts_good_runs_and_strict_is_fatal(runs, tmp_path, capsys)
         row = next(csv.DictReader(f))
     assert row["n_runs"] == "2" and row["seeds"] == "0 1"
     assert abs(float(row["imagenet_a/top1"]) - 11.0) < 1e-12  # (10 + 12) / 2
-    assert main(["report", str(root), "--out", str(tmp_path / "rep2"), "--strict", "--wandb.project", "null"]) == 2
+    assert main(["report", str(root), "--output_dir", str(tmp_path / "rep2"), "--strict", "true", "--wandb.project", "null"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "lk_ablate: error: 5 bad results file(s) (--strict):"
     assert sorted(line.split(":")[0].strip() for line in err[1:]) == sorted(str(p) for p in bad.values())

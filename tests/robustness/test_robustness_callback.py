@@ -83,7 +83,7 @@ def test_scores_each_epoch_writes_json_beside_checkpoints_and_logs(tmp_path, tre
         assert data["model"]["config"]["num_classes"] == 1000 and data["model"]["config"]["resize_size"] == 32
         assert set(data["weights"]) == {"raw", "ema"} and data["primary"] == "ema" and data["errors"] == []
         # The numbers are those of the weights stored in that checkpoint, scored afresh.
-        loaded = load_for_eval(ModelOptions(ckpt=str(path), weights="both"))
+        loaded = load_for_eval(ModelOptions(ckpt_path=str(path), weights="both"))
         fresh, errors = evaluate(loaded.models, loaded.config, build_benchmarks(**trees), batch_size=7, num_workers=0)
         assert errors == [] and fresh == data["weights"]
         assert data["weights"]["raw"]["imagenet_a"]["n"] == 201
@@ -151,7 +151,7 @@ def test_fit_end_without_checkpoint_and_a_bad_image(tmp_path, trees):
     assert data["checkpoint"] == {"path": None, "epoch": 0, "global_step": 2, "format": None}
     entry = data["weights"]["raw"]["imagenet_a"]
     assert data["errors"] == [] and entry["skipped_images"] == [str(bad)] and entry["n_skipped"] == 1
-    assert data["settings"]["scoring"] == {"decode": "cpu", "precision": "fp32", "on_bad_image": "skip"}
+    assert data["settings"]["scoring"] == {"decode": "cpu", "precision": "32-true", "on_bad_image": "skip"}
 
 
 def test_layout_error_stops_fit_before_training(tmp_path, trees):

@@ -98,7 +98,7 @@ def test_ddp_gather_equals_standalone_and_survives_a_rank_failure(tmp_path):
     assert w["raw"]["imagenet_o"]["n_in"] == 200 and w["ema"]["imagenet_c"]["n"] == {"gaussian_noise": {"5": 1001}}
 
     out = tmp_path / "standalone.json"
-    assert cli_main(["--model.ckpt", str(ckpt), "--fit_config", str(tmp_path / "config.yaml"), "--results", str(out),
+    assert cli_main(["--ckpt_path", str(ckpt), "--fit_config", str(tmp_path / "config.yaml"), "--results_path", str(out),
                      "--device", "cpu"]) == 0
     standalone = read_results(out)
     for data in (from_callback, standalone):

@@ -217,7 +217,7 @@ def test_bf16_scoring_runs_autocast_and_matches_fp32_on_the_oracle(tmp_path):
     fp32, _ = evaluate({"raw": Dtype()}, ORACLE_CONFIG, [bench], batch_size=4, num_workers=0)
     assert set(Dtype.dtypes) == {torch.float32}
     Dtype.dtypes.clear()
-    bf16, _ = evaluate({"raw": Dtype()}, ORACLE_CONFIG, [bench], batch_size=4, num_workers=0, precision="bf16")
+    bf16, _ = evaluate({"raw": Dtype()}, ORACLE_CONFIG, [bench], batch_size=4, num_workers=0, precision="bf16-mixed")
     assert set(Dtype.dtypes) == {torch.bfloat16}
     assert bf16 == fp32
 

@@ -1,6 +1,8 @@
 """``lk_ablate robustness``: lk_ablate Lightning checkpoints, official-style checkpoints, timm models by name."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import yaml
@@ -37,7 +39,7 @@ def test_lightning_checkpoint_with_config(tmp_path, trees, capsys):
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "x"}},
         {"class_path": "lk_ablate.robustness.RobustnessEvaluation",
          "init_args": dict(trees, batch_size=16, num_workers=0, every_n_epochs=5)}]}}))
-    assert main(["robustness", "--model.ckpt", str(ckpt), "--fit_config", str(cfg), "--device", "cpu"]) == 0
+    assert main(["robustness", "--ckpt_path", str(ckpt), "--fit_config", str(cfg), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "convnext_demo  kernel sizes [3, 5, 7, 9]  epoch 3 step 40" in out
     assert any(line.split()[:3] == ["imagenet_a", "top1", "201"] for line in out.splitlines())
@@ -49,13 +51,14 @@ def test_lightning_checkpoint_with_config(tmp_path, trees, capsys):
     expected, _ = evaluate({"raw": module.model, "ema": module.ema.module}, module.model.model_config,
                            build_benchmarks(**trees), batch_size=16, num_workers=0)
     assert data["weights"] == expected
-    # --model.weights raw, and options override the fit config
-    assert cli_main(["--model.ckpt", str(ckpt), "--fit_config", str(cfg), "--model.weights", "raw", "--data.batch_size", "64",
-                     "--results", str(tmp_path / "raw.json")]) == 0
+    # --weights raw, and options override the fit config
+    assert cli_main(["--ckpt_path", str(ckpt), "--fit_config", str(cfg), "--weights", "raw", "--data.batch_size", "64",
+                     "--results_path", str(tmp_path / "raw.json")]) == 0
     assert set(read_results(tmp_path / "raw.json")["weights"]) == {"raw"}
 
 
-def test_official_style_checkpoints(tmp_path, trees):
+def test_official_style_checkpoints(tmp_path, trees, capsys, monkeypatch):
+    monkeypatch.setenv("LK_ABLATE_PROGRESS_SECONDS", "3600")  # a log (pytest's stderr is no tty): the closing lines
     torch.manual_seed(1)
     model = create_model("convnext_demo", kernel_size=5, num_classes=1000)
     sd = model.state_dict()
@@ -69,15 +72,19 @@ def test_official_style_checkpoints(tmp_path, trees):
     for name, obj in layouts.items():
         path = tmp_path / f"{name}.pth"
         torch.save(obj, path)
-        assert cli_main(["--model.ckpt", str(path), "--fit_config", str(cfg)]) == 0
+        assert cli_main(["--ckpt_path", str(path), "--fit_config", str(cfg)] +
+                        (["--progress", "false"] if name == "ddp_prefix" else [])) == 0
+        err = capsys.readouterr().err  # progress by default: one closing line per benchmark; none when off
+        done = re.findall(r"^imagenet_a \(raw weights\): done (\d+)/(\d+) batches", err, re.M)
+        assert done == ([] if name == "ddp_prefix" else [("4", "4")]), (name, err)
         data = read_results(tmp_path / f"{name}.robustness.json")
         assert data["weights"] == {"raw": expected["raw"]}, name
         assert data["checkpoint"]["format"] == "official" and data["model"]["kernel_sizes"] == [5, 5, 5, 5]
     assert read_results(tmp_path / "model_key.robustness.json")["checkpoint"]["epoch"] == 299
     with pytest.raises(DataError, match="no EMA weights"):
-        cli_main(["--model.ckpt", str(tmp_path / "bare.pth"), "--fit_config", str(cfg), "--model.weights", "ema"])
+        cli_main(["--ckpt_path", str(tmp_path / "bare.pth"), "--fit_config", str(cfg), "--weights", "ema"])
     with pytest.raises(DataError, match="shapes do not fit"):  # kernel 5 weights into a kernel 7 model
-        cli_main(["--model.ckpt", str(tmp_path / "bare.pth"), "--fit_config", str(cfg), "--model.name", "convnext_tiny",
+        cli_main(["--ckpt_path", str(tmp_path / "bare.pth"), "--fit_config", str(cfg), "--model.model_name", "convnext_tiny",
                   "--model.kernel_size", "7"])
 
 
@@ -89,12 +96,12 @@ def test_timm_model_by_name_uses_timm_eval_config(tmp_path, trees):
     torch.manual_seed(2)
     net = timm.create_model("test_convnext").eval()
     torch.save(net.state_dict(), tmp_path / "test_convnext.pth")
-    assert cli_main(["--model.timm", "test_convnext", "--model.ckpt", str(tmp_path / "test_convnext.pth"), "--data.imagenet_a",
+    assert cli_main(["--model.timm", "test_convnext", "--ckpt_path", str(tmp_path / "test_convnext.pth"), "--data.imagenet_a",
                      trees["imagenet_a"], "--data.num_workers", "0", "--data.batch_size", "67"]) == 0
     data = read_results(tmp_path / "test_convnext.robustness.json")
     assert data["model"]["source"] == "timm" and data["checkpoint"]["format"] == "timm"
     assert data["model"]["config"]["input_size"] == [3, 160, 160] and data["model"]["config"]["resize_size"] == 168
-    loaded = load_for_eval(ModelOptions(ckpt=str(tmp_path / "test_convnext.pth"), timm="test_convnext"))
+    loaded = load_for_eval(ModelOptions(ckpt_path=str(tmp_path / "test_convnext.pth"), timm="test_convnext"))
     # Our transform equals timm's own eval transform for this model.
     img = Image.new("RGB", (301, 217), (200, 30, 90))
     img.putpixel((150, 100), (0, 255, 0))
@@ -110,15 +117,15 @@ def test_timm_model_by_name_uses_timm_eval_config(tmp_path, trees):
 
 def test_errors(tmp_path, trees, capsys):
     with pytest.raises(ConfigError, match="no benchmark"):
-        cli_main(["--model.ckpt", "x.ckpt"])
-    assert main(["robustness", "--model.ckpt", str(tmp_path / "missing.ckpt"), "--data.imagenet_a", trees["imagenet_a"]]) == 2
+        cli_main(["--ckpt_path", "x.ckpt"])
+    assert main(["robustness", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--data.imagenet_a", trees["imagenet_a"]]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lk_ablate: error: checkpoint not found") and "Traceback" not in err
-    with pytest.raises(ConfigError, match="--model.name NAME"):
+    with pytest.raises(ConfigError, match="--model.model_name NAME"):
         torch.save(create_model("convnext_demo").state_dict(), tmp_path / "w.pth")
-        cli_main(["--model.ckpt", str(tmp_path / "w.pth"), "--data.imagenet_a", trees["imagenet_a"]])
+        cli_main(["--ckpt_path", str(tmp_path / "w.pth"), "--data.imagenet_a", trees["imagenet_a"]])
     with pytest.raises(ConfigError, match="1000-class model"):
-        cli_main(["--model.ckpt", str(tmp_path / "w.pth"), "--model.name", "convnext_demo", "--data.imagenet_a", trees["imagenet_a"]])
+        cli_main(["--ckpt_path", str(tmp_path / "w.pth"), "--model.model_name", "convnext_demo", "--data.imagenet_a", trees["imagenet_a"]])
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"robustness": {"imagenet_a": "x", "severity": 5}}))
     with pytest.raises(ConfigError, match="unknown RobustnessEvaluation settings"):
@@ -161,8 +168,8 @@ def test_wandb_adds_the_scores_to_the_training_run(tmp_path, trees, monkeypatch,
     obj[CHECKPOINT_KEY] = {"run_id": train.id, "project": "lk_ablate_test", "entity": None,
                            "name": "convnext_demo-k3-s0", "group": "g"}
     torch.save(obj, ckpt)
-    assert main(["robustness", "--model.ckpt", str(ckpt), "--data.imagenet_a", trees["imagenet_a"], "--device", "cpu",
-                 "--data.batch_size", "16", "--data.num_workers", "0", "--wandb"]) == 0
+    assert main(["robustness", "--ckpt_path", str(ckpt), "--data.imagenet_a", trees["imagenet_a"], "--device", "cpu",
+                 "--data.batch_size", "16", "--data.num_workers", "0", "--wandb", "true"]) == 0
     assert f"W&B: added to run {train.id}" in capsys.readouterr().out
     runs = offline_runs(tmp_path)
     assert len(runs) == 2 and {r["run"].run_id for r in runs} == {train.id}
@@ -174,4 +181,4 @@ def test_wandb_adds_the_scores_to_the_training_run(tmp_path, trees, monkeypatch,
     # a checkpoint that never logged to W&B: a clear error before any scoring
     _lightning_ckpt(tmp_path / "plain.ckpt")
     with pytest.raises(ConfigError, match="records no W&B run"):
-        cli_main(["--model.ckpt", str(tmp_path / "plain.ckpt"), "--data.imagenet_a", trees["imagenet_a"], "--wandb"])
+        cli_main(["--ckpt_path", str(tmp_path / "plain.ckpt"), "--data.imagenet_a", trees["imagenet_a"], "--wandb", "true"])

@@ -26,8 +26,8 @@ def _model() -> ImageClassifier:
 
 
 def _trainer(ckpt_dir, callbacks=()) -> L.Trainer:
-    # The CLI's checkpoint: last.ckpt every 5 steps and at every epoch end (after validation), top-k by val/acc1.
-    ckpt = ResumableCheckpoint(dirpath=ckpt_dir, every_n_train_steps=5, save_last=True, monitor="val/acc1",
+    # The CLI's checkpoint: last.ckpt every 5 steps and at every epoch end (after validation), top-k by val/top1.
+    ckpt = ResumableCheckpoint(dirpath=ckpt_dir, every_n_train_steps=5, save_last=True, monitor="val/top1",
                                mode="max", save_top_k=1)
     return L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                      enable_model_summary=False, callbacks=[ckpt, *callbacks], num_sanity_val_steps=0,

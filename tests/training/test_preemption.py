@@ -214,7 +214,7 @@ def test_sigusr1_requeue_saves_at_a_step_boundary_and_resumes_exactly(runs):
 @pytest.mark.slow
 @pytest.mark.ffcv
 def test_checkpoint_files_of_an_uninterrupted_run(runs):
-    # Top-k by val/acc1 only where validation ran (epoch ends: steps 7, 14); last.ckpt holds the final step.
+    # Top-k by val/top1 only where validation ran (epoch ends: steps 7, 14); last.ckpt holds the final step.
     straight = runs[0]["straight"]
     assert straight.final_state()["global_step"] == STEPS
     files = sorted(p.name for p in (straight.out / "checkpoints").iterdir())
@@ -287,5 +287,5 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
 
 def test_periodic_checkpoints_need_save_last():
     with pytest.raises(ConfigError, match="needs checkpoint.save_last: true"):
-        ResumableCheckpoint(monitor="val/acc1", every_n_train_steps=3, save_last=False)
+        ResumableCheckpoint(monitor="val/top1", every_n_train_steps=3, save_last=False)
     ResumableCheckpoint(monitor=None, every_n_train_steps=3, save_last=False)  # plain ModelCheckpoint behaviour

@@ -38,9 +38,9 @@ def test_120_epoch_configs_warm_up_20_epochs_and_keep_best_raw_and_best_ema(conf
     cfg = print_config(capsys, config)
     assert cfg["trainer"]["max_epochs"] == 120 and cfg["model"]["warmup_epochs"] == 20
     (cb,) = [c for c in cfg["trainer"]["callbacks"] if c["class_path"] == EMA_CALLBACK]
-    assert cb["init_args"]["monitor"] == "val/ema_acc1" and cb["init_args"]["mode"] == "max"
+    assert cb["init_args"]["monitor"] == "val/ema_top1" and cb["init_args"]["mode"] == "max"
     assert cb["init_args"]["filename"].startswith("best-ema-")
-    assert cfg["checkpoint"]["monitor"] == "val/acc1" and not cfg["checkpoint"]["filename"].startswith("best-ema-")
+    assert cfg["checkpoint"]["monitor"] == "val/top1" and not cfg["checkpoint"]["filename"].startswith("best-ema-")
 
 
 class _Scores(L.LightningModule):
@@ -56,9 +56,9 @@ class _Scores(L.LightningModule):
 
     def validation_step(self, batch, idx):
         e = self.current_epoch
-        self.log("val/acc1", self.raw[e])
+        self.log("val/top1", self.raw[e])
         if self.ema is not None:
-            self.log("val/ema_acc1", self.ema[e])
+            self.log("val/ema_top1", self.ema[e])
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -66,9 +66,9 @@ class _Scores(L.LightningModule):
 
 def _fit(tmp_path, ema):
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 1)), batch_size=2)
-    raw_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, monitor="val/acc1", mode="max",
+    raw_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, monitor="val/top1", mode="max",
                                                  filename="epoch{epoch:03d}", auto_insert_metric_name=False)
-    ema_cb = BestCheckpoint(monitor="val/ema_acc1", mode="max", filename="best-ema-epoch{epoch:03d}",
+    ema_cb = BestCheckpoint(monitor="val/ema_top1", mode="max", filename="best-ema-epoch{epoch:03d}",
                             auto_insert_metric_name=False)
     trainer = L.Trainer(max_epochs=3, callbacks=[raw_cb, ema_cb], logger=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path / "elsewhere")
