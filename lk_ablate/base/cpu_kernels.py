@@ -12,7 +12,8 @@ measurements). ``PINNED_ENV`` fixes all three to what every x86-64 CPU with AVX2
 
 The variables are read when the libraries load, so they must be set before ``import torch``: ``pin(argv)`` sets
 them and, when torch (or numpy, which loads MKL's neighbours) is already imported, re-executes the command with
-them set (``os.execv``; only for the process's own command line, never inside a test or a library call).
+them set (``os.execv``; only for the process's own command line, never inside a test or a library call). The
+console script does not import torch before a command starts (``lk_ablate demo`` sets them in-process).
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ PINNED_ENV: dict[str, str] = {
 }
 # Set in the re-executed process, so a second pass cannot loop (and the provenance can say how it was pinned).
 REEXEC_MARK = "LK_ABLATE_PINNED_REEXEC"
-# Modules that read the variables when they load: once imported, only a new process gets the pinned kernels.
-_LOADERS = ("torch", "numpy")
+# The module that reads the variables when it loads (ATen, oneDNN and MKL come with torch): once it is imported,
+# only a new process gets the pinned kernels.
+_LOADERS = ("torch",)
 
 
 def cpu_flags() -> set[str]:
