@@ -1,6 +1,7 @@
 """Same command, same numbers (docs/reproducibility.md): the demo's pinned CPU kernels reach its own process, and
 the pieces of the demo repeat bit for bit (training in a fresh process, corruption caches whatever OpenCV's CPU
-dispatch, .beton samples whatever the writer's process count)."""
+dispatch, .beton samples whatever the writer's process count). The ones that start processes are slow (the fast
+tier keeps the demo's wiring)."""
 from __future__ import annotations
 
 import json
@@ -49,6 +50,7 @@ print(json.dumps({"status": status, "capability": torch.backends.cpu.get_cpu_cap
 """.replace("{path!r}", repr(cpu_kernels.__file__))
 
 
+@pytest.mark.slow
 def test_pin_reexecutes_the_command_with_the_kernels_set_before_torch_loads(tmp_path):
     starts = tmp_path / "starts.txt"
     got = run_json(PROBE, tmp_path, clean_env(), str(starts))
@@ -150,6 +152,7 @@ print(json.dumps({s: hashlib.sha256(c.arrays["defocus_blur"][s].tobytes()).hexdi
 """
 
 
+@pytest.mark.slow
 def test_corruption_cache_does_not_depend_on_opencvs_cpu_dispatch(tmp_path):
     """OpenCV picks AVX2 / AVX-512 kernels by CPU, and its AVX2 filter changes defocus_blur's pixels; corrupting
     with OpenCV's baseline kernels gives one result whatever the CPU offers (here: AVX2 switched off)."""
@@ -165,6 +168,7 @@ def test_corruption_cache_does_not_depend_on_opencvs_cpu_dispatch(tmp_path):
     assert run_json(CORRUPT, tmp_path, clean_env(OPENCV_CPU_DISABLE="AVX2,FMA3,AVX")) == here
 
 
+@pytest.mark.slow
 @pytest.mark.ffcv
 def test_beton_samples_do_not_depend_on_the_writers_process_count(tmp_path):
     """FFCV's parallel writer may lay pages out in another order, but every sample decodes to the same pixels and
