@@ -10,7 +10,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .base.errors import ConfigError, LkAblateError, one_line
+from .base.errors import ConfigError, LkAblateError, environment_error_line, one_line
 from .base.version import __version__
 
 # lk_ablate's own commands: name -> ("module:function", help); each function takes argv (list[str]) and returns an
@@ -22,6 +22,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("lk_ablate.commands.analyze:cli_main", "run one of the paper's robustness analyses"),
     "data": ("lk_ablate.commands.data:cli_main", "prepare-imagenet-val, write-ffcv, check"),
     "report": ("lk_ablate.commands.report:cli_main", "tables and plots across runs"),
+    "dashboard": ("lk_ablate.commands.dashboard:cli_main", "the W&B workspace view and report of an ablation"),
 }
 LIGHTNING_COMMANDS = {
     "fit": "train a model (Lightning's LightningCLI; stacked --config YAML files)",
@@ -124,9 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         # jsonargparse wraps errors raised while instantiating classes; report ours as one message.
         ours = _our_error(e)
-        if ours is None:
+        # What the environment refused (a full disk, a read-only folder) where no lk_ablate code named it first:
+        # still one line, naming the file; anything else is a bug and keeps its traceback.
+        line = _message(ours) if ours is not None else environment_error_line(e)
+        if line is None:
             raise
-        print(f"lk_ablate: error: {_message(ours)}", file=sys.stderr)
+        print(f"lk_ablate: error: {line}", file=sys.stderr)
         return 2
 
 

@@ -1,6 +1,7 @@
 """LightningCLI for lk_ablate: ImageClassifier + any DataModule, trainer defaults for ablation runs."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import warnings
@@ -16,10 +17,11 @@ from .data.base import ClassificationDataModule
 from .training.module import ImageClassifier
 from .base.safe_load import TRUST_ENV, load_torch_file
 from .base.errors import ConfigError, DataError
+from .base.metric_keys import VAL_TOP1
 from .base.cli_options import TRUST_HELP, config_file_action
 from .training.lease import acquire_lease, is_global_rank_zero
-from .training.preemption import (MODEL_FACTS, HoldLease, ResumableCheckpoint, cli_trainer_extras, resolve_ckpt_path,
-                                  same_fact)
+from .training.preemption import (MODEL_FACTS, HoldLease, ResumableCheckpoint, check_lightning_checkpoint,
+                                  cli_trainer_extras, resolve_ckpt_path, same_fact)
 from .training.wandb import WandbRun, configure_wandb_loggers, finish_wandb_run, resolved_config, wandb_loggers
 
 # Noise that says nothing about the run: the srun hint fires whenever SLURM is installed, even for local runs.
@@ -29,6 +31,9 @@ for _message in (r".*The `srun` command is available on your system but is not u
                  # the EMA copy is kept in eval mode on purpose
                  r".*module\(s\) in eval mode at the start of training.*"):
     warnings.filterwarnings("ignore", message=_message)
+
+# ImageClassifier options that say how to run the model, not what it is: the user's choice wins over a checkpoint's.
+RUNTIME_MODEL_KEYS = {"compile", "compile_mode", "compile_backend", "dwconv_impl", "channels_last"}
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "checkpoints",
@@ -60,7 +65,7 @@ class LkAblateCLI(LightningCLI):
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.save_last": True,
-            "checkpoint.monitor": "val/top1",
+            "checkpoint.monitor": VAL_TOP1,
             "checkpoint.mode": "max",
             "checkpoint.filename": "epoch{epoch:03d}-step{step:07d}",
             "checkpoint.auto_insert_metric_name": False,
@@ -123,8 +128,7 @@ class LkAblateCLI(LightningCLI):
         super().parse_arguments(parser, args)
         # What the command line and its config files set (jsonargparse without defaults): which model facts the
         # user chose (_parse_ckpt_path). Parsed here, before any class is built.
-        given = parser.parse_object(args, defaults=False) if isinstance(args, (dict, Namespace)) else \
-            parser.parse_args(args, defaults=False)
+        given = _parse_given(parser, args)
         sub = self.config.get("subcommand")
         section = (given.get(sub) if sub else given) or Namespace()
         model = section.get("model") or Namespace()
@@ -149,6 +153,7 @@ class LkAblateCLI(LightningCLI):
         if not os.path.isfile(ckpt_path):
             raise DataError(f"--ckpt_path: checkpoint not found: {ckpt_path}")
         ckpt = load_torch_file(ckpt_path, mmap=True)
+        check_lightning_checkpoint(ckpt_path, ckpt)  # official weights: one line, not Lightning's KeyError
         hparams = dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
         hparams.pop("_instantiator", None)
         if not hparams:
@@ -174,9 +179,31 @@ class LkAblateCLI(LightningCLI):
         if taken:
             print(f"lk_ablate {sub}: using the checkpoint's model ({', '.join(taken)}) from {ckpt_path}",
                   file=sys.stderr)
+        # Options of how to run the model (not of what it is) that the user set keep their value instead of being
+        # replaced, silently, by the checkpoint's (`validate --model.compile true` compiles).
+        for key in RUNTIME_MODEL_KEYS & explicit:
+            hparams.pop(key, None)
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+
+
+def _parse_given(parser: LightningArgumentParser, args: Any) -> Namespace:
+    """What the command line and its config files set, without defaults."""
+    parse = parser.parse_object if isinstance(args, (dict, Namespace)) else parser.parse_args
+    try:
+        return parse(args, defaults=False)
+    except argparse.ArgumentError as e:
+        # The model_name -> data link needs its source even here; set nowhere (a `validate --ckpt_path` whose
+        # checkpoint decides the model), it gets a stand-in for this parse only and does not count as given.
+        if 'Key "model.model_name" not found' not in str(e) or isinstance(args, (dict, Namespace)):
+            raise
+        argv = list(sys.argv[1:] if args is None else args)
+        given = parser.parse_args([*argv, "--model.model_name", "convnext_tiny"], defaults=False)
+        sub = given.get("subcommand")
+        model = (given[sub] if sub else given)["model"]
+        model.pop("model_name")
+        return given
 
 
 _CLI_KWARGS = dict(subclass_mode_model=False, subclass_mode_data=True, seed_everything_default=0,

@@ -8,7 +8,8 @@
 # Extra sbatch options go after the mode, e.g. `slurm/submit.sh train --array=3,5` (only tasks 3 and 5),
 # `--dependency=afterok:<job>` or `--parsable` (print only the job id). LK_CLUSTER_ENV=<file> picks another settings
 # file. The settings are copied to <LK_OUTPUT_ROOT>/logs/ and the jobs read that copy, so editing cluster.env later
-# does not change a submitted sweep (requeued tasks included).
+# does not change a submitted sweep (requeued tasks included). Without --parsable, train and eval first print on
+# stderr the `lk_ablate dashboard` command for the sweep's W&B project and groups.
 set -euo pipefail
 LK_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export LK_REPO
@@ -50,5 +51,14 @@ else
   opts+=(--nodes=1 --ntasks=1 --cpus-per-task="$LK_CPUS_PER_TASK" --time="$LK_EVAL_TIME")
   (( LK_EVAL_GPUS > 0 )) && opts+=(--gres="gpu:$LK_EVAL_GPUS")
   script=slurm/eval_array.sbatch
+fi
+# The W&B dashboard of this sweep (the configs resolved as `lk_ablate fit` resolves them); never with --parsable,
+# whose stdout is the job id alone, and never in the way of the submission.
+parsable=0
+for a in "$@"; do [ "$a" = --parsable ] && parsable=1; done
+if (( ! parsable )) && dashboard=$("$LK_PYTHON" -m lk_ablate.commands.dashboard "${LK_CONFIGS[@]}" -- \
+    "${LK_FIT_ARGS[@]}" 2>/dev/null) && [ -n "$dashboard" ]; then
+  echo "lk_ablate: once the runs have logged to W&B, build (or update) the sweep's dashboard with:" >&2
+  sed 's/^/  /' <<<"$dashboard" >&2
 fi
 exec sbatch "${opts[@]}" "$@" "$script"

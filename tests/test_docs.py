@@ -16,7 +16,7 @@ import pytest
 from cli_parsers import REPO, benchmark_module, parsers
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-OWN = ("demo", "reparam", "robustness", "analyze", "data", "report")
+OWN = ("demo", "reparam", "robustness", "analyze", "data", "report", "dashboard")
 LIGHTNING = ("fit", "validate", "test", "predict")
 # What stands in for a placeholder, tried in this order until the option takes it (the option's type decides).
 STAND_INS = ("x", "1", "0.5", "true", "[1]")

@@ -1,6 +1,7 @@
 """The registry of analyses and ``run_analyses``, the one entry point of the CLI and the robustness callback."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..base.files import atomic_path
 from ..base.jsonable import to_jsonable
 from ..base.progress import Progress
 from ..data.transforms import EvalSpec
@@ -201,11 +203,16 @@ def run_analyses(model: nn.Module, config_sections: Mapping[str, Any], val_data:
             if label is not None:
                 result["model"] = label
             result["summary_scalars"] = spec.summary(result)
-            if out_dir is not None:
-                result["plot"] = str(spec.plot(result, Path(out_dir) / f"{plot_prefix}{n}.png"))
-            result = to_jsonable(result, nonfinite_to_none=True)
-            if results_path is not None:
-                write_analysis_result(results_path, n, result, results_init)
+            with contextlib.ExitStack() as publish_plot:
+                if out_dir is not None:
+                    # Drawn to a temporary file and published only once the results file holds this result: a
+                    # failed results update leaves no plot of numbers that were not stored (nor replaces an old one).
+                    plot = Path(out_dir) / f"{plot_prefix}{n}.png"
+                    spec.plot(result, Path(publish_plot.enter_context(atomic_path(plot, suffix=".png"))))
+                    result["plot"] = str(plot)
+                result = to_jsonable(result, nonfinite_to_none=True)
+                if results_path is not None:
+                    write_analysis_result(results_path, n, result, results_init)
             results[n] = result
     finally:
         model.train(was_training)

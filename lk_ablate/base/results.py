@@ -36,25 +36,30 @@ severity5_mean_top1, severity5_mean_top1_15, n_total}; ``imagenet_o`` {aupr, n_i
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as _dt
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_text
-from .errors import DataError
+from .files import atomic_write_text, locked
+from .errors import DataError, WriteError
 from .jsonable import to_jsonable
+from .metric_keys import corruption_key, robust_key
 from .version import __version__
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "flatten_metrics", "make_results", "pack_bits", "read_results", "results_path",
-           "unpack_bits", "update_results", "validate_results", "value_problems", "write_results"]
+__all__ = ["RESULTS_SPACE", "SCHEMA", "SCHEMA_VERSION", "flatten_metrics", "make_results", "pack_bits", "read_results",
+           "results_path", "unpack_bits", "update_results", "validate_results", "value_problems", "write_results",
+           "write_results_or_keep"]
 
 SCHEMA = "lk_ablate.robustness"
 SCHEMA_VERSION = 1
+# Free space a results file is checked for before the work that fills it: results files are kilobytes (one analysis
+# of convnext_demo: 35 KiB) to a few MiB (per-image records); less than this free means the disk is all but full.
+RESULTS_SPACE = 16 * 1024 * 1024
 WEIGHT_SETS = ("raw", "ema")
 _COUNT_KEYS = {"n", "n_in", "n_out", "n_total"}
 _REQUIRED = {"schema": str, "schema_version": int, "created": str, "model": dict, "checkpoint": dict,
@@ -170,6 +175,66 @@ def _metric_rule(key: str) -> str:
     return "any"
 
 
+# An accuracy must equal 100 * correct / n within this many percentage points (half of the last digit of a value
+# written with two decimals; scorers write the exact quotient, so a real file is off by float rounding only).
+COUNT_TOLERANCE_PP = 0.005
+# (accuracy key, count-of-correct key) pairs that hold the same measurement twice; ``n`` is the number of images.
+_ACCURACY_COUNTS = (("top1", "correct"), ("top1", "correct_top1"), ("top5", "correct_top5"))
+
+
+def _check_counts(entry: Mapping[str, Any], where: str, out: list[str]) -> None:
+    """The numbers of one benchmark entry agree with each other: an accuracy with its counts (``top1`` = 100 *
+    ``correct`` / ``n``, per cell for corruption benchmarks), ``correct`` <= ``n``, no entry scored on 0 images,
+    the means of a corruption benchmark with its cells (``mean_top1``, ``corruption_top1``), ``n`` = ``n_in`` +
+    ``n_out`` (OOD), ``n_total`` = the sum of the cells' ``n``."""
+    def num(v: Any) -> bool:
+        return _is_number(v) and math.isfinite(v)
+
+    for key in _COUNT_KEYS:
+        if isinstance(entry.get(key), (int, float)) and not isinstance(entry.get(key), bool) and entry[key] == 0:
+            out.append(f"{where}.{key} is 0: a benchmark scored on no images has no value")
+    n = entry.get("n")
+    for acc_key, count_key in _ACCURACY_COUNTS:
+        acc, correct = entry.get(acc_key), entry.get(count_key)
+        if isinstance(acc, Mapping) and isinstance(correct, Mapping):  # corruption cells: top1[c][s], correct[c][s]
+            for c, by_sev in acc.items():
+                for s, v in (by_sev.items() if isinstance(by_sev, Mapping) else ()):
+                    cell_n = n.get(c, {}).get(s) if isinstance(n, Mapping) and isinstance(n.get(c), Mapping) else n
+                    k = (correct.get(c) or {}).get(s) if isinstance(correct.get(c), Mapping) else None
+                    _check_accuracy(v, k, cell_n, f"{where}.{acc_key}.{c}.{s}", out)
+        elif num(acc) and num(correct) and num(n):
+            _check_accuracy(acc, correct, n, f"{where}.{acc_key}", out, count_key)
+    cells = entry.get("top1")
+    if isinstance(cells, Mapping):  # corruption benchmarks: the means are means of the cells
+        rows = {c: [v for v in by_sev.values() if num(v)] for c, by_sev in cells.items() if isinstance(by_sev, Mapping)}
+        every = [v for vs in rows.values() for v in vs]
+        if num(entry.get("mean_top1")) and every and abs(entry["mean_top1"] - sum(every) / len(every)) > \
+                COUNT_TOLERANCE_PP:
+            out.append(f"{where}.mean_top1 is {entry['mean_top1']:.6g}, but the mean of its {len(every)} top1 cells is "
+                       f"{sum(every) / len(every):.6g}")
+        per = entry.get("corruption_top1")
+        for c, vs in rows.items():
+            v = per.get(c) if isinstance(per, Mapping) else None
+            if num(v) and vs and abs(v - sum(vs) / len(vs)) > COUNT_TOLERANCE_PP:
+                out.append(f"{where}.corruption_top1.{c} is {v:.6g}, but the mean of its top1 cells is "
+                           f"{sum(vs) / len(vs):.6g}")
+    if all(num(entry.get(k)) for k in ("n", "n_in", "n_out")) and entry["n"] != entry["n_in"] + entry["n_out"]:
+        out.append(f"{where}.n is {entry['n']}, but n_in + n_out = {entry['n_in'] + entry['n_out']}")
+    if num(entry.get("n_total")) and isinstance(n, Mapping):
+        cells = [v for by_sev in n.values() if isinstance(by_sev, Mapping) for v in by_sev.values() if num(v)]
+        if cells and entry["n_total"] != sum(cells):
+            out.append(f"{where}.n_total is {entry['n_total']}, but the cells' n add up to {sum(cells):g}")
+
+
+def _check_accuracy(acc: Any, correct: Any, n: Any, where: str, out: list[str], count_key: str = "correct") -> None:
+    if not all(_is_number(v) and math.isfinite(v) for v in (acc, correct, n)) or n <= 0:
+        return  # types, ranges and n = 0 are reported by the other rules
+    if correct > n:
+        out.append(f"{where}: {count_key} {correct:g} of n {n:g} images (more correct than scored)")
+    elif abs(acc - 100.0 * correct / n) > COUNT_TOLERANCE_PP:
+        out.append(f"{where} is {acc:.6g}, but {count_key}/n = {correct:g}/{n:g} = {100.0 * correct / n:.4g}%")
+
+
 def value_problems(data: Mapping[str, Any]) -> list[str]:
     """Every value a reader computes with, checked for type, range and finiteness ("where: what" each)."""
     out: list[str] = []
@@ -202,6 +267,7 @@ def value_problems(data: Mapping[str, Any]) -> list[str]:
                 continue
             for k, v in entry.items():
                 _check_leaves(v, f"weights.{w}.{bench}.{k}", _metric_rule(k), out)
+            _check_counts(entry, f"weights.{w}.{bench}", out)
     prov = data.get("provenance")
     if prov is not None and not (isinstance(prov, Mapping) and isinstance(prov.get("schema"), int)):
         out.append("provenance is not a provenance record (an object with an integer 'schema')")
@@ -271,6 +337,43 @@ def write_results(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
     return path
 
 
+def write_results_or_keep(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
+    """Store freshly scored results at ``path`` (``lk_ablate robustness``).
+
+    Analyses already stored there for the same checkpoint state (model, checkpoint path and global step) are kept:
+    a re-score replaces the benchmark scores, not the analyses run on those weights. When the environment refuses
+    the write (full disk, read-only, ...), the results are not lost: they go to a file in the temporary folder,
+    and the WriteError names both paths (move the kept file to ``path`` once it can be written).
+    """
+    data = dict(data)
+    try:
+        with locked(path):
+            old = None
+            if Path(path).is_file():
+                try:
+                    old = read_results(path)
+                except DataError:
+                    old = None  # not a valid results file: replaced whole
+            if old is not None and old.get("analyses") and _same_state(old, data):
+                data["analyses"] = {**old["analyses"], **(data.get("analyses") or {})}
+            return write_results(path, data)
+    except WriteError as e:
+        fd, kept = tempfile.mkstemp(prefix=f"lk_ablate-{Path(path).stem}-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        except OSError:
+            raise e from None
+        raise WriteError(f"{e}; the results were kept in {kept}: move that file to {path} once it can be "
+                         "written") from e
+
+
+def _same_state(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    ca, cb = a.get("checkpoint") or {}, b.get("checkpoint") or {}
+    return (a["model"].get("name"), a["model"].get("kernel_sizes"), ca.get("path"), ca.get("global_step")) == \
+        (b["model"].get("name"), b["model"].get("kernel_sizes"), cb.get("path"), cb.get("global_step"))
+
+
 def update_results(path: str | os.PathLike, key: str, value: Any) -> dict[str, Any]:
     """Merge ``value`` into section ``key`` of an existing results file, atomically; returns the new contents.
 
@@ -283,7 +386,7 @@ def update_results(path: str | os.PathLike, key: str, value: Any) -> dict[str, A
         raise ValueError("update_results needs a non-empty key")
     if parts[0] in ("schema", "schema_version"):
         raise ValueError(f"{parts[0]!r} cannot be updated")
-    with _locked(path):
+    with locked(path):
         data = read_results(path)
         node = data
         for p in parts[:-1]:
@@ -297,28 +400,29 @@ def update_results(path: str | os.PathLike, key: str, value: Any) -> dict[str, A
     return data
 
 
-def flatten_metrics(results: Mapping[str, Any], prefix: str = "robust") -> dict[str, float]:
-    """Scalar metrics as ``<prefix>/<benchmark>/<metric>``; EMA weights get the suffix ``_ema``.
-
-    ImageNet-C cells become ``top1_<corruption>_<severity>``. Benchmarks scored under a protocol other than
-    ``model`` are named ``<benchmark>@<protocol>`` (never logged under the same key as the model protocol's).
-    """
+def flatten_metrics(results: Mapping[str, Any]) -> dict[str, float]:
+    """Scalar metrics under their logged names (``base.metric_keys.robust_key``): ``robust/<benchmark>/<metric>``,
+    ``_ema`` for the EMA weights, ``<benchmark>@<protocol>`` for a protocol other than ``model`` (never logged under
+    the model protocol's key). Corruption benchmarks add ``top1_<corruption>`` (mean over the scored severities) and
+    ``top1_<corruption>_<severity>`` (each cell)."""
     out: dict[str, float] = {}
     protocol = (results.get("settings") or {}).get("protocol") or "model"
     for w, benches in results["weights"].items():
-        suffix = "_ema" if w == "ema" else ""
+        ema = w == "ema"
         for name, m in benches.items():
             if not m:
                 continue
-            bench = name if protocol == "model" else f"{name}@{protocol}"
             for k, v in m.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _COUNT_KEYS \
                         and not k.startswith("correct"):
-                    out[f"{prefix}/{bench}/{k}{suffix}"] = float(v)
-            if name == "imagenet_c":
+                    out[robust_key(name, k, ema, protocol)] = float(v)
+            for c, v in (m.get("corruption_top1") or {}).items():
+                if _is_number(v):
+                    out[corruption_key(name, c, None, ema, protocol)] = float(v)
+            if isinstance(m.get("top1"), Mapping):
                 for c, by_sev in m["top1"].items():
                     for s, v in by_sev.items():
-                        out[f"{prefix}/{bench}/top1_{c}_{s}{suffix}"] = float(v)
+                        out[corruption_key(name, c, s, ema, protocol)] = float(v)
     return out
 
 
@@ -327,17 +431,3 @@ def _deep_merge(old: dict, new: Mapping) -> dict:
     for k, v in new.items():
         out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, Mapping) else v
     return out
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    import fcntl  # lazy: POSIX only, needed by the read-modify-write of update_results alone
-
-    lock = path.with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

@@ -17,6 +17,7 @@ without defaults tells which).
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,10 @@ def _analysis_parser(name: str) -> Any:
                         "shared with `lk_ablate robustness`; created when missing)")
     p.add_argument("--output_dir", type=str | None, default=None,
                    help="folder for the plots (default: beside --results_path)")
+    p.add_argument("--wandb", type=bool, default=False,
+                   help="also put the analyses' scalar summaries (analysis/<name>/<scalar>) into the checkpoint's W&B "
+                        "training run (resumed by the id the checkpoint stores; WANDB_MODE=offline writes it locally "
+                        "beside the checkpoint)")
     add_section_arguments(p, None if name == ALL else [name])
     return p
 
@@ -146,10 +151,16 @@ def cli_main(argv: list[str]) -> int:
 
     from ..analysis.loading import LoadedModel, ValSource
     from ..analysis.runner import run_analyses
+    from ..base.files import check_writable
+    from ..base.results import RESULTS_SPACE
     from ..evaluation.loading import load_for_eval
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     em = load_for_eval(opts, device=device, allow_random=True)  # a name alone: random weights (smoke runs)
+    if args.wandb and not em.wandb_run:  # before the analyses run, not after
+        raise ConfigError(f"--wandb: {opts.ckpt_path or opts.timm or opts.model_name} records no W&B run (only "
+                          "lk_ablate checkpoints of runs that logged to W&B do); analyse without --wandb, and log the "
+                          "report with `lk_ablate report --wandb.project P`")
     lm = LoadedModel.from_eval_models(em)
     val = None
     if any(CATALOGUE[n].needs_val for n in names):
@@ -158,6 +169,10 @@ def cli_main(argv: list[str]) -> int:
     results_path = Path(args.results_path) if args.results_path else default_results_path(opts.ckpt_path, lm.label)
     out_dir = Path(args.output_dir) if args.output_dir else results_path.parent
     prefix = results_path.name.removesuffix(".json") + "."
+    # Before the analyses run: their results file and plots can be written.
+    check_writable(results_path, "results file", "choose another with --results_path FILE", need_bytes=RESULTS_SPACE,
+                   lock=True)
+    check_writable(out_dir / f"{prefix}{names[0]}.png", "plot", "choose another folder with --output_dir DIR")
     results = run_analyses(lm.model, sections, val, lm.config, results_path=results_path, out_dir=out_dir,
                            names=names, label=lm.label, plot_prefix=prefix, results_init=lm.results_init(),
                            protocol=args.protocol, progress=args.progress)
@@ -165,4 +180,10 @@ def cli_main(argv: list[str]) -> int:
         scalars = ", ".join(f"{k} {v:.4g}" for k, v in result["summary_scalars"].items() if v is not None)
         print(f"{n}: {scalars}\n  plot: {result.get('plot')}")
     print(f"results: {results_path}")
+    if args.wandb:
+        from ..training.wandb import log_analyses_to_run
+
+        save_dir = os.environ.get("WANDB_DIR") or Path(opts.ckpt_path).parent
+        run_id, logged = log_analyses_to_run(results, em.wandb_run, kernel_sizes=em.kernel_sizes, save_dir=save_dir)
+        print(f"W&B: {len(logged)} analysis scalar(s) added to run {run_id} ({em.wandb_run.get('project')})")
     return 0

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from ..base.metric_keys import VAL_TOP1
 from ._common import PROGRESS_HELP, command_parser, parse
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -56,13 +57,17 @@ def train(kernel: int, epochs: int, out: Path, extra: list[str]):
     """`lk_ablate fit --config configs/demo_fashion_mnist.yaml --model.kernel_size K` in-process."""
     from ..lightning_cli import build_cli
 
+    # A rerun trains afresh: the previous demo run's checkpoints and scores in its own folder go first (a fit does
+    # not start from scratch in a folder that holds another run's last.ckpt).
+    for old in [*(out / f"k{kernel}").glob("*.ckpt"), *(out / f"k{kernel}").glob("*.robustness.json")]:
+        old.unlink()
     args = ["fit", "--config", str(DEMO_CONFIG), "--model.kernel_size", str(kernel),
             "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(out / f"k{kernel}"),
             "--checkpoint.dirpath", str(out / f"k{kernel}"), "--trainer.logger.init_args.save_dir",
             str(out / f"k{kernel}"), *extra]
     cli = build_cli(args)
     ckpt = cli.trainer.checkpoint_callback.last_model_path or cli.trainer.checkpoint_callback.best_model_path
-    acc = float(cli.trainer.callback_metrics["val/top1"])  # in percent
+    acc = float(cli.trainer.callback_metrics[VAL_TOP1])  # in percent
     return cli.model, ckpt, acc, cli.trainer
 
 
@@ -179,6 +184,7 @@ def cli_main(argv: list[str]) -> int:
     eval_transform["fashion_mnist_c"] = dict(eval_transform["fashion_mnist"], corruption_seed=args.subset_seed)
 
     paths = []
+    wandb_project = None
     for k, (module, ckpt, _val_top1, trainer) in runs.items():
         s = scores[k]
         clean_flags = s["clean_full_per_image"]
@@ -204,6 +210,7 @@ def cli_main(argv: list[str]) -> int:
                                "fashion_mnist_c": {p: {"n": len(f), "top1": pack_bits(f)}
                                                    for p, f in s["per_image"].items()}}})
         paths.append(write_results(results_path(ckpt), res))
+        wandb_project = log_to_the_fit_run(res, ckpt) or wandb_project
 
     print("\nFashion-MNIST, clean top-1 on the full test set (10,000) and Fashion-MNIST-C top-1 "
           f"({args.subset_size} images x 15 corruptions x 5 severities):")
@@ -224,4 +231,31 @@ def cli_main(argv: list[str]) -> int:
     stages.run("ablation report", report)
     print("\n" + stages.table())
     print(f"\nresults: {', '.join(str(p) for p in paths)}\nreport: {out / 'report'}")
+    print("\n" + wandb_hint(out, wandb_project))
     return 0
+
+
+def log_to_the_fit_run(results: dict[str, Any], ckpt: str) -> str | None:
+    """When the fit logged to W&B (``-- --trainer.logger`` a WandbLogger), put the run's Fashion-MNIST(-C) scores into
+    its W&B run, as ``lk_ablate robustness --wandb true`` does; returns the run's project (None: no W&B run)."""
+    from ..training.wandb import log_results_to_run, read_run_info
+
+    info = read_run_info(ckpt)
+    if info is None:
+        return None
+    log_results_to_run(results, info, save_dir=Path(ckpt).parent)
+    return info.get("project") or "lk_ablate"
+
+
+def wandb_hint(out: Path, project: str | None) -> str:
+    """How to see the demo's runs on W&B (``project``: the one they logged to; None: they logged to CSV)."""
+    dashboard = (f"lk_ablate dashboard --wandb.project {project or 'lk_ablate_demo'} --benchmarks "
+                 f"[fashion_mnist,fashion_mnist_c] --weights raw --report_path {out / 'report' / 'report.md'}")
+    sync = f"wandb sync {out}/k*/wandb/offline-run-*"
+    if project:
+        return (f"W&B: each run's scores are in its W&B run (project {project}); if they were logged offline, "
+                f"upload them with `{sync}`; then build the dashboard:\n  {dashboard}")
+    return ("W&B: this demo logged to CSV. To see its runs on W&B, log them there (offline needs no account), upload "
+            "them, then build the dashboard:\n"
+            f"  WANDB_MODE=offline lk_ablate demo -- --trainer.logger configs/base/logger_wandb.yaml "
+            f"--trainer.logger.init_args.project lk_ablate_demo\n  {sync}\n  {dashboard}")

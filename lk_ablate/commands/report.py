@@ -12,8 +12,10 @@ table), ``runs.csv`` (every value of every run) and the PNGs (each metric agains
 architecture). Runs whose data differ (fingerprint, class count) are never averaged together: they get rows of
 their own, with a note (``--strict``: an error).
 
-With ``--wandb.project P`` (default ``$WANDB_PROJECT``) the same tables and plots are logged to a W&B run
-(job type ``report``); ``--wandb.project null`` never logs. docs/report.md has the details.
+With ``--wandb.project P`` (default ``$WANDB_PROJECT``) the same tables and plots, and a native W&B chart of every
+metric against kernel size, are logged to a W&B run (job type ``report``); ``--wandb.project null`` never logs.
+``--wandb.dashboard true`` also creates or updates the project's dashboard (``lk_ablate dashboard``) with this
+report's table. docs/report.md has the details.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..base.errors import ConfigError
 from ._common import command_parser, parse
 
 __all__ = ["WandbOptions", "cli_main", "parse_args"]
@@ -37,11 +40,13 @@ class WandbOptions:
         project: W&B project (default: $WANDB_PROJECT; null: no W&B)
         entity: W&B entity (default: yours)
         group: W&B group (default: <family>-kernel when every run is of one family, else report)
+        dashboard: also create or update the project's W&B dashboard (`lk_ablate dashboard`) with this table
     """
 
     project: str | None = None
     entity: str | None = None
     group: str | None = None
+    dashboard: bool = False
 
 
 def _parser() -> Any:
@@ -71,6 +76,14 @@ def parse_args(argv: Sequence[str]) -> Any:
 
 def cli_main(argv: list[str]) -> int:
     args = parse_args(argv)
+    api = None
+    if args.wandb.dashboard:  # every W&B problem before the report is built
+        if not args.wandb.project:
+            raise ConfigError("--wandb.dashboard true needs the W&B project: --wandb.project P (or set WANDB_PROJECT)")
+        from ..report.dashboard_wandb import check_online, connect
+
+        check_online()
+        api = connect()
     from ..report import build_report
 
     with warnings.catch_warnings():  # skipped files are printed below, one "note:" line each
@@ -83,4 +96,24 @@ def cli_main(argv: list[str]) -> int:
           f"{written['csv']}, {len(written['plots'])} plot(s)")
     for note in written["notes"]:
         print(f"note: {note}", file=sys.stderr)
+    if api is not None:
+        _dashboard(args, written, api)
     return 0
+
+
+def _dashboard(args: Any, written: dict[str, Any], api: Any) -> None:
+    """The project's dashboard with this report's table; its robustness panels for the benchmarks the report has."""
+    from ..base.metric_keys import BENCHMARK_METRICS, IMAGENET_BENCHMARKS
+    from ..report.dashboard_wandb import save_dashboard
+    from ..report.runs import table_columns
+
+    present = {c.split("/")[0] for c in table_columns(written["rows"])}
+    benchmarks = [b for b in BENCHMARK_METRICS if b in present] or list(IMAGENET_BENCHMARKS)
+    result = save_dashboard({"entity": args.wandb.entity, "project": args.wandb.project, "benchmarks": benchmarks,
+                             "report_markdown": written["markdown"].read_text()}, api=api,
+                            on_step=lambda msg: print(f"W&B: {msg}", file=sys.stderr))
+    print(f"dashboard view {result.view}: {result.view_url}")
+    if result.report_url:
+        print(f"dashboard report {result.report}: {result.report_url}")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)

@@ -68,17 +68,21 @@ def parse_args(argv: Sequence[str]) -> Any:
 
 def cli_main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from ..base.results import results_path, write_results
+    from ..base.files import check_writable
+    from ..base.results import RESULTS_SPACE, results_path, write_results_or_keep
     from ..robustness.score import format_table, score
 
     opts = model_options(args)
+    out = Path(args.results_path) if args.results_path else (
+        results_path(opts.ckpt_path) if opts.ckpt_path else Path(f"{opts.timm or opts.model_name}.robustness.json"))
+    # Before hours of scoring: the results file can be written (not a folder, writable, some space free).
+    check_writable(out, "results file", "choose another with --results_path FILE", need_bytes=RESULTS_SPACE,
+                   lock=True)
     run = score(opts, BenchmarkOptions(**vars(args.data)), protocol=args.protocol, precision=args.precision,
                 device=args.device, progress=args.progress, need_wandb_run=args.wandb)
     if run.rank == 0:
-        out = Path(args.results_path) if args.results_path else (
-            results_path(opts.ckpt_path) if opts.ckpt_path else Path(f"{run.loaded.name}.robustness.json"))
-        write_results(out, run.data)
-        print(format_table(run.data))
+        print(format_table(run.data))  # the scores first: a file system that fails now cannot take them
+        write_results_or_keep(out, run.data)
         print(f"results: {out}")
         if args.wandb:
             from ..training.wandb import log_results_to_run

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..base.files import atomic_path, atomic_write_text
+from ..base.files import append_text, atomic_path, atomic_write_text
 from ..base.progress import Progress
 from ..base.errors import DataError
 from .ffcv_import import require_ffcv
@@ -128,8 +128,7 @@ class _FolderSamples:
             with Image.open(self.files[index]) as im:
                 image = np.asarray(im.convert("RGB"))
         except Exception as e:  # noqa: BLE001
-            with open(self.failed_log, "a") as f:
-                f.write(f"{self.files[index]}\t{type(e).__name__}: {e}\n")
+            append_text(self.failed_log, f"{self.files[index]}\t{type(e).__name__}: {e}\n")
             image = np.zeros((1, 1, 3), np.uint8)
         return image, int(self.labels[index])
 

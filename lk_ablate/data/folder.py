@@ -11,7 +11,7 @@ from pathlib import Path
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..base.errors import DataError
+from ..base.errors import ConfigError, DataError
 from ..models.registry import ModelConfig
 from .base import ClassificationDataModule, SeededDataset
 from .transforms import AugmentConfig, eval_transform, train_transform
@@ -42,13 +42,16 @@ class ImageFolderDataModule(ClassificationDataModule):
     """ImageNet-style folders read with PIL; per-sample augmentation seeded by (seed, epoch, index)."""
 
     def __init__(self, root: str, train_dir: str = "train", val_dir: str = "val",
-                 scale: tuple[float, float] = (0.08, 1.0), hflip: float = 0.5,
+                 scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 hflip: float = 0.5,
                  auto_augment: str | None = "rand-m9-mstd0.5-inc1", color_jitter: float = 0.4,
                  re_prob: float = 0.25, **kwargs) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
         self.train_path, self.val_path = self.root / train_dir, self.root / val_dir
-        self.augment = AugmentConfig(scale=tuple(scale), hflip=hflip, auto_augment=auto_augment,
+        if not (0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]):
+            raise ConfigError(f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]; got {scale}, {ratio}")
+        self.augment = AugmentConfig(scale=tuple(scale), ratio=tuple(ratio), hflip=hflip, auto_augment=auto_augment,
                                      color_jitter=color_jitter, re_prob=re_prob)
         hint = ("set data.init_args.root to your dataset folder (for ImageNet val, run "
                 "`lk_ablate data prepare-imagenet-val` first)")

@@ -26,6 +26,7 @@ class AugmentConfig:
     """The recipe's per-sample augmentations (data side). ``auto_augment`` None disables RandAugment."""
 
     scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
     color_jitter: float = 0.4
@@ -57,10 +58,11 @@ def patch_posterize(transform):
 
 
 def train_transform(cfg: ModelConfig, aug: AugmentConfig):
-    return patch_posterize(create_transform(cfg.input_size, is_training=True, scale=aug.scale, hflip=aug.hflip,
-                            color_jitter=aug.color_jitter, auto_augment=aug.auto_augment,
-                            interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std, re_prob=aug.re_prob,
-                            re_mode=aug.re_mode, re_count=aug.re_count))
+    return patch_posterize(create_transform(cfg.input_size, is_training=True, scale=aug.scale, ratio=aug.ratio,
+                                            hflip=aug.hflip, color_jitter=aug.color_jitter,
+                                            auto_augment=aug.auto_augment, interpolation=cfg.interpolation,
+                                            mean=cfg.mean, std=cfg.std, re_prob=aug.re_prob, re_mode=aug.re_mode,
+                                            re_count=aug.re_count))
 
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")

@@ -22,6 +22,7 @@ from ..base.errors import ConfigError, DataError
 from ..models.checkpoints import load_checkpoint, load_timm_weights, read_checkpoint
 from ..models.compile import check_compile_options, compile_model
 from ..models.registry import CROP_MODES, ModelConfig, create_model, kernel_label
+from ..training.preemption import same_fact
 from ..training.wandb import CHECKPOINT_KEY as _WANDB_KEY
 from .options import WEIGHTS, ModelOptions
 
@@ -155,10 +156,19 @@ def _load_lightning(opts: ModelOptions, obj: Mapping[str, Any]) -> EvalModels:
     if opts.model_name and opts.model_name != hp["model_name"]:
         raise ConfigError(f"{opts.ckpt_path} is an lk_ablate {hp['model_name']} checkpoint, but --model.model_name "
                           f"says {opts.model_name}; drop --model.model_name (the checkpoint names its model)")
+    # The checkpoint's hyper-parameters define the architecture; options that contradict them are a mistake to
+    # report (scoring the checkpoint's model under another model's name would be wrong), as validate does.
+    given = {"kernel_size": opts.kernel_size, "num_classes": opts.num_classes, "model_kwargs": opts.model_kwargs}
+    differ = [f"{k} {v!r} (checkpoint: {hp.get(k)!r})" for k, v in given.items()
+              if v is not None and not same_fact(k, v, hp.get(k))]
+    if differ:
+        raise ConfigError(f"{opts.ckpt_path} is an lk_ablate {hp['model_name']} checkpoint, but the model options "
+                          f"say {', '.join(differ)}; drop those options (the checkpoint names its architecture; they "
+                          "may come from --model.*, a --config file or --fit_config's model section), or score "
+                          "the checkpoint they describe")
     has_ema = any(k.startswith("ema.module.") for k in obj["state_dict"])
     sets = weight_sets(opts.weights, has_ema,
                        f"{opts.ckpt_path} has no EMA weights (trained with model.ema_decay null)")
-    # The checkpoint's hyper-parameters define the architecture (model.kernel_size etc. apply to foreign weights).
     kwargs = dict(hp.get("model_kwargs") or {})
     ks, nc = hp.get("kernel_size"), hp.get("num_classes")
     models = _with_sets(lambda: create_model(hp["model_name"], kernel_size=ks, num_classes=nc, **kwargs), sets,

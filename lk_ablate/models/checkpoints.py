@@ -55,6 +55,7 @@ def load_timm_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool =
 
     path = os.fspath(path)
     if path.endswith(".safetensors"):
+        check_safetensors(path)
         return timm.models.load_checkpoint(model, path, use_ema=use_ema, strict=strict)
     obj = read_checkpoint(path)
     key = ""
@@ -66,6 +67,22 @@ def load_timm_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool =
                 break
     sd = timm.models.clean_state_dict(obj[key] if key else obj)
     return model.load_state_dict(sd, strict=strict)
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """One DataError line unless ``path`` is a readable safetensors file (a torch pickle renamed ``.safetensors``
+    makes the safetensors reader fail with 'header too large' and a traceback)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not os.path.isfile(path):
+        raise DataError(f"weights file not found: {path}")
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DataError(f"cannot read {path} as safetensors ({str(e).splitlines()[0][:120]}): a .safetensors file "
+                        "must hold safetensors data; if it is a torch checkpoint, rename it to .pth (it is then "
+                        "read with the safe loader)") from None
 
 
 def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], strict: bool = True,

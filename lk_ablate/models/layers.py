@@ -32,6 +32,7 @@ import functools
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ import torch.nn.functional as F
 from ..base.errors import ConfigError
 from .kernel_sizes import stage_kernel_sizes
 
-__all__ = ["IMPLS", "METHODS", "LargeKernelDWConv", "crop_kernel", "depthwise_conv", "dwconv_info", "get_default_impl",
+__all__ = ["IMPLS", "METHODS", "KernelGeometryWarning", "LargeKernelDWConv", "crop_kernel", "depthwise_conv",
+           "dwconv_info", "effective_kernel", "get_default_impl", "warn_kernel_geometry",
            "load_rules", "parse_plan", "rule_for", "select_plan", "set_default_impl", "set_module_impl", "use_impl"]
 
 IMPLS = ("auto", "direct", "direct_cl", "fft")
@@ -100,7 +102,7 @@ def use_impl(impl: str) -> Iterator[None]:
 def crop_kernel(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Centre-crop a (C, 1, kh, kw) kernel to at most (2H-1, 2W-1): the outer taps never touch an HxW map."""
     kh, kw = weight.shape[-2:]
-    ch, cw = min(kh, 2 * height - 1), min(kw, 2 * width - 1)
+    ch, cw = effective_kernel(kh, kw, height, width)
     if (ch, cw) == (kh, kw):
         return weight
     top, left = (kh - ch) // 2, (kw - cw) // 2
@@ -375,6 +377,37 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         return _PlannedDepthwiseConv.apply(x, weight, bias, plan, amp)
 
 
+class KernelGeometryWarning(UserWarning):
+    """A depthwise kernel larger than the feature map it runs on (see ``warn_kernel_geometry``)."""
+
+
+_GEOMETRIES_WARNED: set[tuple[int, int, int, int]] = set()
+
+
+def effective_kernel(kh: int, kw: int, height: int, width: int) -> tuple[int, int]:
+    """The kernel size that acts on an HxW map: at most (2H-1, 2W-1) (``crop_kernel``)."""
+    return min(kh, 2 * height - 1), min(kw, 2 * width - 1)
+
+
+def warn_kernel_geometry(kh: int, kw: int, height: int, width: int) -> bool:
+    """Warn once per process and (kernel, map) geometry when a kh x kw kernel is wider than the HxW map it runs on;
+    True if it warned. Such a kernel gives every output pixel the whole map; beyond (2H-1, 2W-1) its outer taps
+    never touch a pixel (zero padding), get no gradient, and are cropped away exactly. Global rank 0 only (DDP and
+    torchrun set RANK / LOCAL_RANK), so a multi-GPU run says it once."""
+    if (kh <= height and kw <= width) or (kh, kw, height, width) in _GEOMETRIES_WARNED:
+        return False
+    _GEOMETRIES_WARNED.add((kh, kw, height, width))
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        return False
+    eh, ew = effective_kernel(kh, kw, height, width)
+    acts = (f"it acts as {eh}x{ew} (2H-1: the outer taps never touch a pixel and get no gradient)"
+            if (eh, ew) != (kh, kw) else f"it acts as {kh}x{kw} (within 2H-1, every tap reaches the map)")
+    warnings.warn(f"a {kh}x{kw} depthwise kernel runs on {height}x{width} feature maps, wider than the map: {acts}; "
+                  "kernel sizes and map sizes: docs/architecture.md, 'Kernel sizes'", KernelGeometryWarning,
+                  stacklevel=2)
+    return True
+
+
 class LargeKernelDWConv(nn.Conv2d):
     """Depthwise stride-1 kxk convolution with 'same' zero padding; ``impl`` None follows the global default."""
 
@@ -384,6 +417,9 @@ class LargeKernelDWConv(nn.Conv2d):
         self.impl = _check_impl(impl) if impl is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Eager calls only: under torch.compile the shapes are constants and a warning would break the graph.
+        if not torch.compiler.is_compiling():
+            warn_kernel_geometry(*self.kernel_size, int(x.shape[-2]), int(x.shape[-1]))
         return depthwise_conv(x, self.weight, self.bias, self.impl or _default_impl)
 
     def extra_repr(self) -> str:

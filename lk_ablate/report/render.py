@@ -14,6 +14,7 @@ from typing import Any
 from ..analysis.summary import plot_across_runs
 from ..base.figures import new_figure, save_figure
 from ..base.files import atomic_write_text
+from .labels import bench_label, metric_label
 from .runs import (ANALYSIS_PREFIX, Row, Run, Stat, analysis_columns, corruption_benchmarks, kernel_x,
                    provenance_summary, table_columns, tagged)
 from .stats import Paired
@@ -21,26 +22,14 @@ from .stats import Paired
 __all__ = ["bench_label", "column_label", "plot_analyses", "plot_metrics", "write_csv", "write_markdown",
            "write_runs_csv"]
 
-BENCH_LABELS = {"imagenet_val": "ImageNet", "imagenet_a": "IN-A", "imagenet_r": "IN-R", "imagenet_c": "IN-C",
-                "imagenet_o": "IN-O", "fashion_mnist": "Fashion-MNIST", "fashion_mnist_c": "Fashion-MNIST-C"}
-METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "mean_top1": "mean top-1",
-                 "severity5_mean_top1": "sev-5 top-1 (19)", "severity5_mean_top1_15": "sev-5 top-1 (15)",
-                 "mce": "mCE", "relative_mce": "rel. mCE", "aupr": "AUPR", "clean_top1_subset": "clean top-1 (subset)"}
-
 
 # --- labels -----------------------------------------------------------------------------------------------
-def bench_label(bench: str) -> str:
-    """``imagenet_a`` -> ``IN-A``; ``imagenet_a@paper`` -> ``IN-A [paper]``."""
-    base, _, protocol = bench.partition("@")
-    return BENCH_LABELS.get(base, base) + (f" [{protocol}]" if protocol else "")
-
-
 def column_label(key: str) -> str:
     """``imagenet_a/top1`` -> ``IN-A top-1``; analysis scalars keep their own names."""
     if key.startswith(ANALYSIS_PREFIX):
         return key[len(ANALYSIS_PREFIX):]
     bench, _, metric = key.partition("/")
-    return f"{bench_label(bench)} {METRIC_LABELS.get(metric, metric)}"
+    return metric_label(bench, metric)
 
 
 # --- writing ----------------------------------------------------------------------------------------------

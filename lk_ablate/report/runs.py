@@ -98,6 +98,7 @@ class Run(_ModelKernel):
     protocol: str = "model"  # the benchmarks' (settings.protocol); each analysis entry records its own
     partial: list[str] = field(default_factory=list)  # benchmarks left out: scored with images skipped
     scoring: dict[str, Any] = field(default_factory=dict)  # settings.scoring: decode, precision, on_bad_image
+    checkpoint: str | None = None  # checkpoint.path: the weights scored (tells copies of one run's file apart)
     provenance: dict[str, Any] | None = None  # None: a file written before provenance existed
     num_classes: int | None = None  # the model's (model.config.num_classes)
     per_image: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # {bench key: {part: {n, top1}}}
@@ -250,7 +251,8 @@ def load_run(path: Path, weights: str = "auto") -> Run | None:
                partial=partial, scoring=dict((data.get("settings") or {}).get("scoring") or {}),
                provenance=data.get("provenance"), num_classes=classes if isinstance(classes, int) else None,
                per_image={tagged(b, protocol): dict(parts) for b, parts in per_image.items()
-                          if isinstance(parts, Mapping)})
+                          if isinstance(parts, Mapping)},
+               checkpoint=ckpt.get("path"))
 
 
 def load_runs(paths: Iterable[str | os.PathLike], weights: str = "auto",
@@ -296,8 +298,11 @@ def load_runs(paths: Iterable[str | os.PathLike], weights: str = "auto",
         old_rank = (old.step if old.step is not None else -1, not old.path.stem.startswith("last"))
         keep, drop = (run, old) if rank > old_rank else (old, run)
         latest[key] = keep
-        if keep.step != drop.step:
-            notes.append(f"{drop.path}: superseded by the later {keep.path.name} (step {keep.step}) of the same run")
+        notes.append(_left_out_note(keep, drop))
+    copies = _same_checkpoint_copies(list(latest.values()))
+    for drop, keep in copies:
+        latest = {k: r for k, r in latest.items() if r is not drop}
+        notes.append(_left_out_note(keep, drop))
     if bad and strict:
         raise DataError(f"{len(bad)} bad results file(s) (--strict):\n  " + "\n  ".join(bad))
     if bad and not latest:
@@ -310,6 +315,47 @@ def load_runs(paths: Iterable[str | os.PathLike], weights: str = "auto",
     runs = sorted(latest.values(), key=lambda r: (r.family, kernel_x(r.kernel_sizes), r.kernel_sizes or (), r.model,
                                                   -1 if r.seed is None else r.seed, str(r.path)))
     return runs, notes
+
+
+def _left_out_note(keep: Run, drop: Run) -> str:
+    """Why ``drop`` is not counted beside ``keep``, the run it duplicates or precedes (one note per file left out)."""
+    if keep.step != drop.step:
+        return f"{drop.path}: superseded by the later {keep.path.name} (step {keep.step}) of the same run"
+    what = f"step {keep.step} of {keep.label}" if keep.step is not None else keep.label
+    if keep.metrics == drop.metrics and keep.analyses == drop.analyses:
+        return f"{drop.path}: the same results as {keep.path} ({what}): counted once"
+    differ = sorted(k for k in set(keep.metrics) & set(drop.metrics) if keep.metrics[k].value != drop.metrics[k].value)
+    if differ:
+        return (f"{drop.path}: holds {what} like {keep.path}, with other values ({', '.join(differ[:3])}"
+                f"{' ...' if len(differ) > 3 else ''}); counted once, from {keep.path.name}: remove the file that is "
+                "wrong")
+    extra = sorted(set(drop.metrics) - set(keep.metrics)) or sorted(set(drop.analyses) - set(keep.analyses))
+    return (f"{drop.path}: holds {what} like {keep.path}, with other entries ({', '.join(extra[:3]) or 'fewer'}"
+            f"{' ...' if len(extra) > 3 else ''}); one file per run is counted ({keep.path.name}): score or analyse "
+            "the run into one results file")
+
+
+def _same_checkpoint_copies(runs: Sequence[Run]) -> list[tuple[Run, Run]]:
+    """(copy, kept) pairs among runs without a recorded seed: files that score the same checkpoint state (its
+    recorded path and step), or hold the same values for one model, kernel, protocol and step. Without a seed such
+    files fall into separate runs (one per folder), and a copy would count as a second seed."""
+    out: list[tuple[Run, Run]] = []
+    kept: list[Run] = []
+    for run in sorted(runs, key=lambda r: (r.path.stem.startswith("last"), str(r.path))):
+        twin = None
+        if run.seed is None:
+            for other in kept:
+                same_run = (other.model, other.kernel_sizes, other.protocol, other.step, other.weights) == \
+                    (run.model, run.kernel_sizes, run.protocol, run.step, run.weights)
+                same_ckpt = run.checkpoint is not None and run.checkpoint == other.checkpoint
+                if same_run and other.seed is None and (same_ckpt or (run.metrics == other.metrics and run.metrics)):
+                    twin = other
+                    break
+        if twin is None:
+            kept.append(run)
+        else:
+            out.append((run, twin))
+    return out
 
 
 # --- statistics -------------------------------------------------------------------------------------------

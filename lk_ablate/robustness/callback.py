@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..base.safe_load import UnsafeCheckpointError, load_torch_file
 from ..base.errors import ConfigError, DataError
+from ..base.metric_keys import ROBUST_ERRORS
 from ..evaluation.loading import weight_sets
 from ..evaluation.options import check_protocol
 from ..models.layers import dwconv_info
@@ -203,7 +204,7 @@ class RobustnessEvaluation(L.Callback):
                     write_results(path, data)
                 rank_zero_info(f"robustness results written to {', '.join(map(str, targets))}")
                 metrics = flatten_metrics(data)
-                metrics["robust/errors"] = float(len(errors))
+                metrics[ROBUST_ERRORS] = float(len(errors))
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=step)
                     logger.save()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..base.errors import ConfigError
+from .names import ALL_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
 
 __all__ = [
     "CORRUPTIONS", "EXTRA_CORRUPTIONS", "ALL_CORRUPTIONS", "SEVERITIES", "ALEXNET_ERRORS",
@@ -26,15 +27,6 @@ __all__ = [
     "corruption_errors", "mce", "relative_mce", "summarize_imagenet_c",
 ]
 
-# The 15 benchmark corruptions, in the order of the official test script (ImageNet-C/test.py).
-CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-)
-# The 4 held-out ("validation") corruptions released with ImageNet-C.
-EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-ALL_CORRUPTIONS: tuple[str, ...] = CORRUPTIONS + EXTRA_CORRUPTIONS
-SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 # AlexNet top-1 error on ImageNet-C per severity 1..5, from the table "AlexNet ImageNet-C Error" of
 # hendrycks/robustness README.md (added in commit 76d9393, Oct 2019; later replaced by a spreadsheet link).

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..base.errors import ConfigError
+from ..base.files import read_yaml
 from ..base.provenance import collect
 from ..base.results import make_results
 from ..evaluation.loading import EvalModels, load_for_eval
@@ -88,21 +89,19 @@ def score(opts: ModelOptions, d: BenchmarkOptions, *, protocol: str = "model", p
 # --- configs -----------------------------------------------------------------------------------------------
 def load_config(paths: Sequence[str]) -> dict[str, Any]:
     """Stack YAML configs (later ones win, dicts merge); a top-level value naming a .yaml file is loaded."""
-    import yaml
-
     merged: dict[str, Any] = {}
     for path in paths:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = read_yaml(p) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path} is not a YAML mapping")
         for key, value in list(data.items()):
             if isinstance(value, str) and value.endswith((".yaml", ".yml")):
                 ref = p.parent / value
                 if ref.is_file():
-                    data[key] = yaml.safe_load(ref.read_text()) or {}
+                    data[key] = read_yaml(ref) or {}
         merged = _merge(merged, data)
     return merged
 

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..base.files import atomic_write_text
-from ..base.errors import ConfigError
+from ..base.errors import ConfigError, WriteError
 
 __all__ = ["LEASE_NAME", "Lease", "LeaseAwareSetup", "LeaseHeld", "acquire_lease", "holds_only_lease",
            "is_global_rank_zero", "lease_timings", "read_lease"]
@@ -51,10 +53,24 @@ class Timings:
     wait_s: float
 
 
+def _seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):  # also NaN
+        raise ConfigError(f"{name}={text!r} is not a number of seconds; unset it (default {default:g}) or give one, "
+                          f"e.g. {name}={default:g}")
+    return value
+
+
 def lease_timings() -> Timings:
-    hb = float(os.environ.get("LK_ABLATE_LEASE_HEARTBEAT_S", 30))
-    expiry = float(os.environ.get("LK_ABLATE_LEASE_EXPIRY_S", 120))
-    wait = float(os.environ.get("LK_ABLATE_LEASE_WAIT_S", expiry + 30))
+    hb = _seconds("LK_ABLATE_LEASE_HEARTBEAT_S", 30)
+    expiry = _seconds("LK_ABLATE_LEASE_EXPIRY_S", 120)
+    wait = _seconds("LK_ABLATE_LEASE_WAIT_S", expiry + 30)
     if not 0 < hb < expiry:
         raise ConfigError(f"LK_ABLATE_LEASE_HEARTBEAT_S ({hb}) must be > 0 and below LK_ABLATE_LEASE_EXPIRY_S "
                           f"({expiry})")
@@ -140,11 +156,24 @@ def _create(path: str, info: dict[str, Any]) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(info))
-        f.flush()
-        os.fsync(f.fileno())
+    except OSError as e:  # read-only folder, no permission: one line naming the file
+        raise _unwritable(path, e) from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(info))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a full disk creates the file and refuses its content
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise _unwritable(path, e) from None
     return True
+
+
+def _unwritable(path: str, e: OSError) -> WriteError:
+    return WriteError(f"cannot create the lease file {path}: {e.strerror} (errno "
+                      f"{errno.errorcode.get(e.errno, e.errno)}); set checkpoint.dirpath to a writable folder with "
+                      "free space")
 
 
 def _dead_or_expired(info: dict[str, Any], timings: Timings) -> str | None:
@@ -166,8 +195,18 @@ def acquire_lease(folder: str | os.PathLike, timings: Timings | None = None) -> 
     """Take the lease on ``folder`` (see the module docstring); raises LeaseHeld naming the live holder."""
     timings = timings or lease_timings()
     folder = os.path.abspath(os.fspath(folder))
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LEASE_NAME)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot create checkpoint folder {folder}: {e.strerror} (errno "
+                         f"{errno.errorcode.get(e.errno, e.errno)}); set checkpoint.dirpath to a writable folder") \
+            from None
+    if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+        kind = "folder" if os.path.isdir(path) and not os.path.islink(path) else "symbolic link" \
+            if os.path.islink(path) else "special file"
+        raise ConfigError(f"{path} is a {kind}, not lk_ablate's lease file: remove it (fit creates that file itself "
+                        "and removes it when it ends)")
     me = _identity()
     info = {**me, "token": uuid.uuid4().hex, "started": time.time(), "heartbeat": time.time(), "beats": 0}
     deadline = time.monotonic() + timings.wait_s

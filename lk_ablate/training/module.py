@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
 from typing import Any
 
@@ -14,7 +15,8 @@ from timm.utils import ModelEmaV3
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..data.seeding import STREAM_STEP, derive_seed, global_seed, seeded_rng
-from ..base.errors import ConfigError
+from ..base.errors import ConfigError, DataError
+from ..base.metric_keys import TRAIN_GLOBAL_BATCH_SIZE, TRAIN_LOSS, TRAIN_LR, TRAIN_PEAK_LR, TRAIN_TOP1, eval_key
 from ..base.provenance import collect
 from ..models.checkpoints import load_checkpoint
 from ..models.compile import check_compile_options, compile_model, is_compiled
@@ -72,7 +74,11 @@ class ImageClassifier(L.LightningModule):
                 set_module_impl(self.model, dwconv_impl)
             except ValueError as e:
                 raise ConfigError(f"model.dwconv_impl: {e}") from e
-        if pretrained_path:
+        # The starting weights matter only to a fit that starts from scratch: a resumed fit, validate and test take
+        # every weight from their checkpoint, so a pretrained file that is gone since must not stop them (the
+        # checkpoint's hyper-parameters still name it). A fresh start without it stops in _check_pretrained.
+        self._pretrained_missing = bool(pretrained_path) and not os.path.isfile(pretrained_path)
+        if pretrained_path and not self._pretrained_missing:
             load_checkpoint(self.model, pretrained_path, drop_head=True)
         self.ema = ModelEmaV3(self.model, decay=ema_decay) if ema_decay is not None else None
         if self.ema is not None:  # updated by copying, never by gradients; DDP rejects parameters that get no gradient
@@ -130,7 +136,25 @@ class ImageClassifier(L.LightningModule):
             if net is not None and not is_compiled(net):
                 compile_model(net, hp.compile_mode, hp.compile_backend)
 
+    def _check_pretrained(self) -> None:
+        """A run whose weights would come from ``pretrained_path`` (no ``--ckpt_path``) needs that file."""
+        if self._pretrained_missing and not self.trainer.ckpt_path:
+            raise DataError(f"model.pretrained_path {self.hparams.pretrained_path} not found: this run starts from "
+                            "those weights; give the file, or resume/evaluate a checkpoint with --ckpt_path (its "
+                            "weights are used then, and the pretrained file is not needed)")
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == "validate":  # not the validation inside fit: on_fit_start checked that
+            self._check_pretrained()
+
+    def on_test_start(self) -> None:
+        self._check_pretrained()
+
+    def on_predict_start(self) -> None:
+        self._check_pretrained()
+
     def on_fit_start(self) -> None:
+        self._check_pretrained()
         dm = self.trainer.datamodule
         if self.mixup is not None and getattr(dm, "batch_size", 0) % 2:
             raise ConfigError(f"mixup/cutmix mix each batch with its reverse and need an even per-device batch "
@@ -154,15 +178,20 @@ class ImageClassifier(L.LightningModule):
         else:
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
         self.train_acc(logits.detach(), y)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/top1", self.train_acc, on_step=False, on_epoch=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        self.log(TRAIN_LOSS, loss, prog_bar=True)
+        self.log(TRAIN_TOP1, self.train_acc, on_step=False, on_epoch=True)
+        self.log(TRAIN_LR, self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         return loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:  # called once per real optimizer step (after gradient accumulation)
-            self.ema.update(self.model, step=self.global_step)
+        # Once per real optimizer step (after gradient accumulation), at the constant decay from the first step,
+        # starting from the weights the EMA copied at construction (after pretrained_path): the official ConvNeXt /
+        # RepLKNet update (timm ModelEma, ema = decay * ema + (1 - decay) * model; facebookresearch/ConvNeXt
+        # engine.py:74-75, 82-83). No ``step``: ModelEmaV3.get_decay(step) is 0 for steps <= 1, which with
+        # Lightning's 0-based global_step replaced the EMA by the weights of the first two steps.
+        if self.ema is not None:
+            self.ema.update(self.model)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Weight decay except on 1-D params and biases; with ``layer_decay``, per-layer lr scales.
@@ -231,6 +260,8 @@ class ImageClassifier(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, partial(_schedule_factor, self._schedule_length, peak_lr=lr, min_lr=hp.min_lr))
         self.schedule_facts = {"global_batch_size": global_batch, "peak_lr": lr}
+        # What this run's options ask of each group, before a resumed checkpoint's optimizer state replaces it.
+        self._configured_groups = [{k: g[k] for k in ("lr", "weight_decay", "betas")} for g in optimizer.param_groups]
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_start(self) -> None:
@@ -240,29 +271,57 @@ class ImageClassifier(L.LightningModule):
         # The lr of the step about to run, now that the length is known: the LambdaLR formula (base_lr x factor),
         # so a restored run gets the value its checkpoint holds, bit for bit.
         schedule = self.lr_schedulers()
+        self._check_restored_optimizer(schedule)
         for group, base_lr, factor in zip(schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas):
             group["lr"] = base_lr * factor(schedule.last_epoch)
         schedule._last_lr = [group["lr"] for group in schedule.optimizer.param_groups]
         facts = self.schedule_facts = {**self.schedule_facts, "total_steps": total, "warmup_steps": warmup}
         if self.logger is not None:
             self.logger.log_hyperparams({"schedule": facts})
-        self.log_dict({"train/global_batch_size": float(facts["global_batch_size"]),
-                       "train/peak_lr": facts["peak_lr"]}, rank_zero_only=True)
+        self.log_dict({TRAIN_GLOBAL_BATCH_SIZE: float(facts["global_batch_size"]),
+                       TRAIN_PEAK_LR: facts["peak_lr"]}, rank_zero_only=True)
+
+    def _check_restored_optimizer(self, schedule: Any) -> None:
+        """A resumed fit continues the checkpoint's optimizer and lr schedule (Lightning restores their states), so
+        options that set them (model.base_lr, base_batch_size and the global batch behind the peak lr, weight_decay,
+        betas) must be those of the checkpoint: a changed one would be ignored, or mixed with the restored base lr
+        by the schedule's factor (a resume with base_lr 1e-12 trained at lr 1000). One line naming what differs."""
+        configured = getattr(self, "_configured_groups", None)
+        if not self.trainer.ckpt_path or not configured:
+            return
+        restored = [{"lr": b, "weight_decay": g["weight_decay"], "betas": tuple(g["betas"])}
+                    for b, g in zip(schedule.base_lrs, schedule.optimizer.param_groups)]
+        differ = []
+        for key, what in (("lr", "peak lr (model.base_lr x global batch / model.base_batch_size)"),
+                          ("weight_decay", "model.weight_decay"), ("betas", "model.betas")):
+            old = [r[key] for r in restored]
+            new = [c[key] if key != "betas" else tuple(c[key]) for c in configured]
+            if len(old) != len(new) or not all(math.isclose(a, b, rel_tol=1e-9) if key != "betas" else
+                                               all(math.isclose(x, y, rel_tol=1e-9) for x, y in zip(a, b))
+                                               for a, b in zip(old, new)):
+                differ.append(f"{what}: checkpoint {old[0] if len(set(map(str, old))) == 1 else old}, "
+                              f"this run {new[0] if len(set(map(str, new))) == 1 else new}")
+        if differ:
+            raise ConfigError(f"--ckpt_path {self.trainer.ckpt_path}: a resumed fit continues the checkpoint's "
+                              f"optimizer and lr schedule, but this run sets {'; '.join(differ)}; resume with the "
+                              "checkpoint's values (and the same global batch: data.batch_size x devices x nodes x "
+                              "accumulate_grad_batches), or start a new run from its weights with "
+                              "--model.pretrained_path")
 
     # --- evaluation --------------------------------------------------------------------------------
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> None:
         x, y = batch
         x = self._prepare(x)
         logits = self.model(x)
-        self.log(f"{prefix}/loss", F.cross_entropy(logits.float(), y), sync_dist=True)
+        self.log(eval_key(prefix, "loss"), F.cross_entropy(logits.float(), y), sync_dist=True)
         for name in ("top1", "top5"):
             self.val_metrics[name](logits, y)
-            self.log(f"{prefix}/{name}", self.val_metrics[name], prog_bar=name == "top1")
+            self.log(eval_key(prefix, name), self.val_metrics[name], prog_bar=name == "top1")
         if self.ema is not None:
             ema_logits = self.ema.module(x)
-            for name in ("ema_top1", "ema_top5"):
-                self.val_metrics[name](ema_logits, y)
-                self.log(f"{prefix}/{name}", self.val_metrics[name])
+            for name in ("top1", "top5"):
+                self.val_metrics[f"ema_{name}"](ema_logits, y)
+                self.log(eval_key(prefix, name, ema=True), self.val_metrics[f"ema_{name}"])
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -306,9 +365,9 @@ class PercentAccuracy(MulticlassAccuracy):
 
 
 # Metric keys of checkpoints written before accuracies were logged in percent under these names (fractions then).
-OLD_FRACTION_KEYS = {f"{stage}/{old}": f"{stage}/{new}" for stage in ("train", "val", "test")
-                     for old, new in (("acc1", "top1"), ("acc5", "top5"), ("ema_acc1", "ema_top1"),
-                                      ("ema_acc5", "ema_top5"))}
+OLD_FRACTION_KEYS = {f"{stage}/{'ema_' if ema else ''}{old}": eval_key(stage, new, ema)
+                     for stage in ("train", "val", "test") for ema in (False, True)
+                     for old, new in (("acc1", "top1"), ("acc5", "top5"))}
 _SCORE_FIELDS = ("best_model_score", "kth_value", "current_score", "best_score")  # ModelCheckpoint, EarlyStopping
 
 

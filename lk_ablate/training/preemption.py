@@ -28,6 +28,7 @@ import glob
 import os
 import re
 import signal
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -37,14 +38,16 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ..base.files import check_free_space, check_writable
 from ..base.safe_load import UnsafeCheckpointError, load_torch_file
-from ..base.errors import ConfigError, DataError
+from ..base.errors import ConfigError, DataError, WriteError
 from ..models.kernel_sizes import stage_kernel_sizes
 from .checkpoint_io import AtomicCheckpointIO
 from .lease import Lease, LeaseAwareSetup
 
-__all__ = ["DeferredRequeue", "GracefulStop", "HoldLease", "ResumableCheckpoint", "checkpoint_step", "cli_trainer_extras",
-           "find_resume_checkpoint", "resolve_ckpt_path", "resume_candidates", "stop_exit_code"]
+__all__ = ["DeferredRequeue", "GracefulStop", "HoldLease", "ResumableCheckpoint", "adopt_checkpoint_records",
+           "check_lightning_checkpoint", "check_resume_limits", "checkpoint_step", "cli_trainer_extras", "estimate_checkpoint_bytes", "find_resume_checkpoint",
+           "resolve_ckpt_path", "resume_candidates", "stop_exit_code"]
 
 HPC_PATTERN = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
 
@@ -55,10 +58,23 @@ class ResumableCheckpoint(LeaseAwareSetup, ModelCheckpoint):
     With a ``monitor``: top-k files are saved where Lightning saves per-epoch checkpoints (after validation),
     ``last.ckpt`` every ``every_n_train_steps`` steps, at every epoch end and at the end of training.
     Without a monitor it behaves like ModelCheckpoint, plus the save at the end of training.
+
+    What a run keeps when its checkpoint options change between resumes (``every_n_train_steps``,
+    ``every_n_epochs``, ``save_top_k``, ...): Lightning stores this callback's record (the best checkpoints, their
+    scores, ``last_model_path``) under a key made of the monitor, the mode and the trigger options, so a resume
+    with other triggers would start with no record at all. Here the record of the same monitor carries over under
+    the new key; ``last.ckpt`` is always the one file written for the newest state (never ``last-v1.ckpt``
+    beside a stale ``last.ckpt``); and an untracked top-k file is removed only when it is newer than the resumed
+    state (a killed start's), never because an option changed.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Lightning reads every_n_train_steps 0 with every_n_epochs unset as "never save top-k"; here 0 means no
+        # periodic last.ckpt, and the best checkpoints are still chosen after each validation (as with both unset).
+        if (not self._every_n_train_steps and not self._every_n_epochs and self._train_time_interval is None
+                and kwargs.get("every_n_epochs") is None and len(args) < 13):  # 13th: every_n_epochs positionally
+            self._every_n_epochs = 1
         self._periodic = self.monitor is not None and self._every_n_train_steps > 0
         if self._periodic:
             if not self.save_last:
@@ -95,26 +111,108 @@ class ResumableCheckpoint(LeaseAwareSetup, ModelCheckpoint):
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        # Lightning writes last-v1.ckpt when last.ckpt exists and is not the path its record names (a record lost
+        # to changed options, or a resume from last-v1.ckpt itself), leaving last.ckpt stale for every reader that
+        # scores it. The folder is this run's (checked in on_fit_start; the lease keeps others out): overwrite it.
+        if self.save_last and self.dirpath is not None:
+            name = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+            previous = self.last_model_path
+            if previous != name and self.file_exists(name, trainer):
+                self.last_model_path = name
+                super()._save_last_checkpoint(trainer, monitor_candidates)
+                if previous and self._should_remove_checkpoint(trainer, previous, name):
+                    self._remove_checkpoint(trainer, previous)
+                return
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+
+    # --- the record across resumes ------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        _quiet_lightning_callback_warning()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        adopt_checkpoint_records(trainer, checkpoint)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After the restore (trainer.ckpt_path is known), before the first optimizer step.
+        problem = self._fit_start_problem(trainer, pl_module) if trainer.is_global_zero else None
+        problem = trainer.strategy.broadcast(problem)
+        if problem:
+            raise (WriteError if problem[0] == "write" else ConfigError)(problem[1])
+
+    def _fit_start_problem(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[str, str] | None:
+        if not self.dirpath or not _is_local(self.dirpath):
+            return None
+        folder = os.fspath(self.dirpath)
+        hint = "set checkpoint.dirpath to another folder"
+        try:
+            check_writable(os.path.join(folder, "last.ckpt"), "checkpoint", hint)
+            need = estimate_checkpoint_bytes(pl_module, trainer.optimizers)
+            check_free_space(folder, need, f"a checkpoint of {pl_module.__class__.__name__} in {folder}", hint)
+        except WriteError as e:
+            return "write", str(e)
+        if not self.save_last and os.path.isfile(os.path.join(folder, "last.ckpt")):
+            rank_zero_warn(f"checkpoint.save_last is false, so {os.path.join(folder, 'last.ckpt')} (an earlier state) "
+                           "is not updated by this run: move it away, or keep save_last true, so that nothing scores "
+                           "or resumes it as the newest state")
+        if self.save_last and self.CHECKPOINT_NAME_LAST == "last" and not _resumed_from_this_run(trainer, folder):
+            for name in sorted(os.listdir(folder)):
+                if not re.match(r"^last(-v\d+)?\.ckpt$", name):
+                    continue
+                try:
+                    meta = checkpoint_meta(os.path.join(folder, name))
+                except UnsafeCheckpointError:
+                    meta = {"global_step": "?"}
+                if meta is None:
+                    continue  # a truncated file of an old non-atomic writer: nothing to keep
+                start = f"starts from {trainer.ckpt_path}" if trainer.ckpt_path else "starts from scratch"
+                other = model_differences(meta.get("hyper_parameters") or {}, pl_module.hparams) \
+                    if meta.get("hyper_parameters") else []
+                whose = f"another model ({'; '.join(other)})" if other else "an earlier run"
+                resume = "" if other else "resume that run with --ckpt_path auto, or "
+                return "config", (f"checkpoint folder {folder} holds {name} of {whose}, global step "
+                                  f"{meta['global_step']}, and this fit {start}: its checkpoints would replace or "
+                                  f"sit beside that run's; {resume}give this run another checkpoint.dirpath (or "
+                                  "move the old files away)")
+        return None
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Top-k files this callback does not track: written by a start that was killed before its next last.ckpt
-        # (so the resumed run rolled back past them), or between saving a new best and deleting the old one.
-        # A resumed run owns the folder (lease) and removes them; a fresh start only names them.
+        # Top-k files this callback does not track. Newer than the resumed state: written by a start that was killed
+        # before its next last.ckpt (the resumed run rolled back past them), or between saving a new best and
+        # deleting the old one; the resumed run owns the folder (lease) and removes them. Not newer: part of the
+        # history this run resumed (a record that did not carry over, e.g. another monitor); they are kept and named,
+        # as on a fresh start.
         super().on_train_start(trainer, pl_module)
         if not trainer.is_global_zero or self.monitor is None or self.save_top_k < 0 or not self.dirpath:
             return
         stale = self.untracked_top_k(trainer)
         if not stale:
             return
+        removed, kept = [], []
         if trainer.ckpt_path:
             for path in stale:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
-            rank_zero_info(f"removed {len(stale)} top-k checkpoint(s) the resumed state does not track (left by a "
-                           f"killed start): {', '.join(os.path.basename(p) for p in stale)}")
+                try:
+                    meta = checkpoint_meta(path)
+                except UnsafeCheckpointError:
+                    kept.append(path)
+                    continue
+                if meta is None or meta["global_step"] > trainer.global_step:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
+                    removed.append(path)
+                else:
+                    kept.append(path)
         else:
-            rank_zero_warn(f"{self.dirpath} holds {len(stale)} top-k checkpoint(s) of an earlier run "
-                           f"({', '.join(os.path.basename(p) for p in stale[:3])}{' ...' if len(stale) > 3 else ''}): "
-                           "this run's save_top_k does not count them; move them away or use another "
+            kept = stale
+        if removed:
+            rank_zero_info(f"removed {len(removed)} top-k checkpoint(s) newer than the resumed state (global step "
+                           f"{trainer.global_step}), left by a start that was killed before its next last.ckpt: "
+                           f"{', '.join(os.path.basename(p) for p in removed)}")
+        if kept:
+            rank_zero_warn(f"{self.dirpath} holds {len(kept)} top-k checkpoint(s) that this run's record does not "
+                           f"track ({', '.join(os.path.basename(p) for p in kept[:3])}{' ...' if len(kept) > 3 else ''}"
+                           "): they are kept, and save_top_k does not count them; move them away or use another "
                            "checkpoint.dirpath")
 
     def untracked_top_k(self, trainer: L.Trainer) -> list[str]:
@@ -142,6 +240,108 @@ class ResumableCheckpoint(LeaseAwareSetup, ModelCheckpoint):
         return sorted(os.path.join(folder, n) for n in os.listdir(folder)
                       if rx.match(n) and not n.startswith(self.CHECKPOINT_NAME_LAST or "last")
                       and os.path.abspath(os.path.join(folder, n)) not in tracked)
+
+
+def _quiet_lightning_callback_warning() -> None:
+    """The records of ResumableCheckpoints are re-keyed by adopt_checkpoint_records (and any it cannot place is named
+    there): Lightning's own warning about them, issued just before, would tell the user to add callbacks they have.
+    Installed at each setup (a filter is kept once), so it survives code that resets the filters between runs."""
+    warnings.filterwarnings(
+        "ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be "
+                          r"provided during `Trainer` instantiation\. Please add the following callbacks: "
+                          r"\[(\"(Resumable|Best)Checkpoint\{[^{}]*\}\"(, )?)+\]\.$")
+
+
+_ADOPTED = "_lk_ablate_records_adopted"
+
+
+def _state_options(key: Any) -> dict[str, Any]:
+    """The options of a callback state key ("ResumableCheckpoint{'monitor': ..., 'every_n_train_steps': 3, ...}")."""
+    import ast
+
+    text = str(key)
+    try:
+        value = ast.literal_eval(text[text.index("{"):])
+    except (ValueError, SyntaxError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def adopt_checkpoint_records(trainer: L.Trainer, checkpoint: dict[str, Any]) -> list[str]:
+    """Give each checkpoint callback of ``trainer`` (ResumableCheckpoint, BestCheckpoint, ...) the record its monitor
+    had in ``checkpoint`` when the record is stored under another key (checkpoint options changed between resumes);
+    returns what was adopted, as lines.
+
+    Lightning restores a callback's state only under its exact key (monitor, mode and the trigger options), so a
+    resume with other triggers would forget the best checkpoints and ``last_model_path``: the old best file is then
+    an untracked stranger in the folder and the new last goes to ``last-v1.ckpt``. The record moves to the new key
+    in the loaded checkpoint (in memory) before Lightning loads the callbacks' states. A record that no callback
+    of this run monitors, or that two could take, is named in a warning and not used.
+    """
+    states = checkpoint.get("callbacks")
+    if not isinstance(states, dict) or checkpoint.get(_ADOPTED):
+        return []
+    checkpoint[_ADOPTED] = True
+    ours = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]  # BestCheckpoint (EMA) too
+    current = {cb.state_key for cb in trainer.callbacks}
+    orphans = {k: v for k, v in states.items() if isinstance(k, str) and k not in current and isinstance(v, dict)
+               and {"monitor", "best_model_path", "dirpath"} <= set(v)}  # the records of checkpoint callbacks
+    adopted: list[str] = []
+    for cb in ours:
+        if cb.state_key in states:
+            continue
+        kinds = {type(cb).__name__, "ModelCheckpoint", "ResumableCheckpoint"} if isinstance(cb, ResumableCheckpoint) \
+            else {type(cb).__name__}
+        # the same monitor in the same direction (a max-record's scores mean nothing to a min-callback)
+        same = [k for k, v in orphans.items() if v.get("monitor") == cb.monitor and k.split("{", 1)[0] in kinds
+                and _state_options(k).get("mode", cb.mode) == cb.mode]
+        if len(same) > 1:  # several records of this monitor: the one of this folder, if that tells them apart
+            same = [k for k in same if orphans[k].get("dirpath") == cb.dirpath] or same
+        if len(same) != 1:
+            continue
+        key = same[0]
+        states[cb.state_key] = states.pop(key)
+        record = orphans.pop(key)
+        old, new = _state_options(key), _state_options(cb.state_key)
+        changed = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if k in old and old[k] != new[k])
+        best = os.path.basename(record.get("best_model_path") or "") or "none yet"
+        carry = "and last.ckpt carry over" if cb.save_last else "carries over"
+        adopted.append(f"checkpoint options changed since the resumed checkpoint was written ({changed or key}): "
+                       f"the record of the best checkpoints by {cb.monitor} (best: {best}) {carry}")
+    for line in adopted:
+        rank_zero_info(line)
+    if orphans:
+        rank_zero_warn(f"the resumed checkpoint holds the record of {len(orphans)} checkpoint callback(s) that this "
+                       f"run does not have ({'; '.join(orphans)}): their best-checkpoint records are not used, and "
+                       "their files stay in their folders")
+    return adopted
+
+
+def _is_local(path: Any) -> bool:
+    return "://" not in os.fspath(path) or os.fspath(path).startswith("file://")
+
+
+def _resumed_from_this_run(trainer: L.Trainer, folder: str) -> bool:
+    """Whether the fit resumed from a checkpoint of this checkpoint folder or of ``default_root_dir`` (where
+    ``--ckpt_path auto`` looks: last*.ckpt, hpc_ckpt_N.ckpt)."""
+    if not trainer.ckpt_path or not _is_local(trainer.ckpt_path):
+        return False
+    parent = os.path.dirname(os.path.realpath(os.fspath(trainer.ckpt_path)))
+    return parent in (os.path.realpath(folder), os.path.realpath(os.fspath(trainer.default_root_dir)))
+
+
+def estimate_checkpoint_bytes(pl_module: L.LightningModule, optimizers: Iterable[Any] = ()) -> int:
+    """The size of one full checkpoint of ``pl_module``: its state dict (model, EMA, buffers) plus the optimizers'
+    per-parameter states (Adam-type: two moments per trainable parameter; with momentum: one), which exist only
+    after the first step and so are counted from the parameters; plus 2% and 64 KiB for the rest (loops, callbacks,
+    the zip container: a convnext_demo checkpoint of 25,826,173 bytes is estimated at 25.7e6 before that margin)."""
+    total = sum(t.numel() * t.element_size() for t in pl_module.state_dict().values() if hasattr(t, "numel"))
+    for opt in optimizers:
+        moments = 2 if "adam" in type(opt).__name__.lower() else \
+            int(any(g.get("momentum") for g in opt.param_groups))
+        total += moments * sum(p.numel() * p.element_size() for g in opt.param_groups for p in g["params"]
+                               if p.requires_grad)
+    return int(total * 1.02) + 65536
 
 
 # --- resumption --------------------------------------------------------------------------------------------------
@@ -195,9 +395,13 @@ def resolve_ckpt_path(ckpt_path: Any, trainer: L.Trainer, expect: Mapping[str, A
     """``fit --ckpt_path auto``: the newest complete checkpoint of this run, or None (first start).
 
     Searched: ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir`` and ``last*.ckpt`` in every ModelCheckpoint's
-    folder. Any other value is returned unchanged (Lightning handles paths, "last", "hpc", "best").
+    folder. Any other value is returned unchanged (Lightning handles paths, "last", "hpc", "best"). A checkpoint
+    file (found or given) that is past ``trainer.max_epochs`` stops the run here with one line, before the model
+    and the data are set up (Lightning would raise a MisconfigurationException after that).
     """
     if ckpt_path != "auto":
+        if isinstance(ckpt_path, (str, os.PathLike)) and os.path.isfile(ckpt_path):
+            check_resume_limits(ckpt_path, trainer)
         return ckpt_path
     callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
     if any(cb.dirpath is None for cb in callbacks):
@@ -208,8 +412,33 @@ def resolve_ckpt_path(ckpt_path: Any, trainer: L.Trainer, expect: Mapping[str, A
     if found is None:
         rank_zero_info(f"--ckpt_path auto: no checkpoint in {where}; starting from scratch")
     else:
+        check_resume_limits(found, trainer)
         rank_zero_info(f"--ckpt_path auto: resuming from {found} (global step {checkpoint_step(found)})")
     return found
+
+
+def check_resume_limits(path: str | os.PathLike, trainer: L.Trainer) -> None:
+    """One ConfigError line when the checkpoint has completed more epochs than ``trainer.max_epochs`` (Lightning
+    refuses to resume it, with a traceback, after setting up the model and the data)."""
+    meta = checkpoint_meta(path)
+    max_epochs = getattr(trainer, "max_epochs", None)
+    if meta is None or max_epochs in (None, -1) or meta["epochs_completed"] <= max_epochs:
+        return
+    raise ConfigError(f"--ckpt_path {path} has completed {meta['epochs_completed']} epochs (global step "
+                      f"{meta['global_step']}) but trainer.max_epochs is {max_epochs}: set trainer.max_epochs to "
+                      f"{meta['epochs_completed']} or more to resume it, or evaluate it with `lk_ablate validate "
+                      f"--ckpt_path {path}`")
+
+
+def check_lightning_checkpoint(path: str | os.PathLike, obj: Any) -> None:
+    """One ConfigError line unless ``obj`` (the loaded file ``path``) is a Lightning training checkpoint, the only
+    kind fit/validate/test/predict ``--ckpt_path`` can restore (Lightning itself fails with a KeyError)."""
+    if isinstance(obj, Mapping) and "state_dict" in obj and "pytorch-lightning_version" in obj:
+        return
+    raise ConfigError(f"--ckpt_path {path} is not a checkpoint of `lk_ablate fit` (no Lightning training state; "
+                      "official or timm weights?): score it with `lk_ablate robustness --ckpt_path "
+                      f"{path} --model.model_name NAME`, or start a fit from its weights with --model.pretrained_path "
+                      f"{path}")
 
 
 def cli_trainer_extras(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -488,7 +717,7 @@ def model_differences(checkpoint_hparams: Mapping[str, Any], wanted: Mapping[str
 
 
 def checkpoint_meta(path: str | os.PathLike) -> dict[str, Any] | None:
-    """``global_step`` and ``hyper_parameters`` of a Lightning checkpoint (memory-mapped, allow-listed unpickling),
+    """``global_step``, ``hyper_parameters`` and ``epochs_completed`` of a Lightning checkpoint (memory-mapped, allow-listed unpickling),
     None if the file is not a complete checkpoint; raises UnsafeCheckpointError for a file that needs more."""
     try:
         ckpt = load_torch_file(path, mmap=True)
@@ -498,7 +727,12 @@ def checkpoint_meta(path: str | os.PathLike) -> dict[str, Any] | None:
         return None
     if not isinstance(ckpt, dict) or "global_step" not in ckpt or "state_dict" not in ckpt:
         return None
-    return {"global_step": int(ckpt["global_step"]), "hyper_parameters": dict(ckpt.get("hyper_parameters") or {})}
+    try:  # what Lightning restores as current_epoch: the completed epochs of the fit loop
+        completed = int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
+    except (KeyError, TypeError, ValueError):
+        completed = int(ckpt.get("epoch") or 0)
+    return {"global_step": int(ckpt["global_step"]), "hyper_parameters": dict(ckpt.get("hyper_parameters") or {}),
+            "epochs_completed": completed}
 
 
 # --- the checkpoint folder's lease (training/lease.py) -------------------------------------------------------------

@@ -6,17 +6,21 @@ and seed (``convnext_tiny-k31-s0``; tags ``convnext_tiny``, ``k31``, ``seed0``),
 (``convnext_tiny-kernel``), ``job_type`` ``train`` for ``fit`` and ``eval`` otherwise, and, when ``fit`` resumes
 from a checkpoint that a W&B run wrote, that run's id, so the resumed job goes on logging into the same run.
 :class:`WandbRun` (added by the CLI whenever a W&B logger is configured) logs the full resolved config and writes
-the run id into every checkpoint. :func:`log_robustness` puts a results file's metrics into the run summary and
-its per-benchmark top-1 into a ``wandb.Table``.
+the run id into every checkpoint, and adds ``kernel_max`` / ``kernel_label`` (the numeric kernel axis and the
+grouping key of the W&B dashboard) to the run config. :func:`log_robustness` puts a results file's metrics into the run
+summary and its per-benchmark top-1 into a ``wandb.Table``; :func:`log_results_to_run` and
+:func:`log_analyses_to_run` do the same (and log the analyses' scalars) for a run reopened after training. Every key
+comes from :mod:`lk_ablate.base.metric_keys`.
 
 ``wandb`` itself is imported only by the logger, never here at import time.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +30,26 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import WandbLogger
 
 from ..base.errors import ConfigError, DataError
+from ..base.metric_keys import ROBUST_TABLE, analysis_summary_key, kernel_config
 from ..base.provenance import collect
 from ..base.results import flatten_metrics
 from ..base.safe_load import UnsafeCheckpointError, load_torch_file
 from ..models.registry import default_kernel_sizes, kernel_label, model_family
 from .preemption import find_resume_checkpoint
 
-__all__ = ["CHECKPOINT_KEY", "WandbRun", "configure_wandb_loggers", "finish_wandb_run", "log_results_to_run",
-           "log_robustness",
-           "read_run_id", "resolved_config", "resume_checkpoint", "robustness_table_rows", "run_identity",
-           "wandb_loggers"]
+__all__ = ["CHECKPOINT_KEY", "WandbRun", "analysis_summary", "configure_wandb_loggers", "finish_wandb_run",
+           "kernel_fields", "log_analyses_to_run", "log_results_to_run", "log_robustness", "run_group",
+           "read_run_id", "read_run_info", "resolved_config", "resume_checkpoint", "robustness_table_rows",
+           "run_identity", "wandb_logger_args", "wandb_loggers"]
 
 CHECKPOINT_KEY = "wandb"  # checkpoint["wandb"] = {"run_id", "project", "entity", "name", "group"}
 TABLE_COLUMNS = ["model", "kernel_size", "seed", "weights", "benchmark", "corruption", "severity", "top1"]
 _OUR_JOB_TYPES = (None, "train", "eval")
+
+
+def run_group(model_name: str) -> str:
+    """The W&B group of a model's runs: one per ablation family (``replknet_3b`` -> ``replknet_31b-kernel``)."""
+    return f"{model_family(model_name)}-kernel"
 
 
 def run_identity(model_name: str, kernel_size: Any, seed: int | None) -> dict[str, Any]:
@@ -47,7 +57,16 @@ def run_identity(model_name: str, kernel_size: Any, seed: int | None) -> dict[st
     k = kernel_label(kernel_size)
     seed_part = "" if seed is None else f"-s{seed}"
     tags = [model_name, f"k{k}"] + ([] if seed is None else [f"seed{seed}"])
-    return {"name": f"{model_name}-k{k}{seed_part}", "tags": tags, "group": f"{model_family(model_name)}-kernel"}
+    return {"name": f"{model_name}-k{k}{seed_part}", "tags": tags, "group": run_group(model_name)}
+
+
+def wandb_logger_args(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The init args of the first WandbLogger of a resolved fit config (a plain dict, as ``--print_config`` prints
+    it); None when it logs elsewhere or nowhere."""
+    for spec in _logger_specs(config):
+        if _is_wandb(spec):
+            return dict(_get(spec, "init_args") or {})
+    return None
 
 
 def configure_wandb_loggers(config: Any, subcommand: str | None) -> int:
@@ -111,8 +130,9 @@ def resume_checkpoint(config: Any) -> str | None:
     return None
 
 
-def read_run_id(checkpoint_path: str | os.PathLike | None) -> str | None:
-    """The W&B run id stored in a Lightning checkpoint by :class:`WandbRun` (None when there is none)."""
+def read_run_info(checkpoint_path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """``checkpoint["wandb"]`` as :class:`WandbRun` stored it (run id, project, entity, name, group); None when the
+    checkpoint is missing, unreadable or never logged to W&B."""
     if checkpoint_path is None or not Path(checkpoint_path).is_file():
         return None
     try:  # memory-mapped: reads the pickle, not the tensors; allow-listed unpickling (no code runs)
@@ -122,7 +142,13 @@ def read_run_id(checkpoint_path: str | os.PathLike | None) -> str | None:
     except DataError:  # unreadable: Lightning itself reports it when it loads the checkpoint
         return None
     info = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
-    return info.get("run_id") if isinstance(info, dict) else None
+    return dict(info) if isinstance(info, dict) and info.get("run_id") else None
+
+
+def read_run_id(checkpoint_path: str | os.PathLike | None) -> str | None:
+    """The W&B run id stored in a Lightning checkpoint by :class:`WandbRun` (None when there is none)."""
+    info = read_run_info(checkpoint_path)
+    return None if info is None else info["run_id"]
 
 
 def resolved_config(parser: Any, config: Any) -> dict[str, Any]:
@@ -149,11 +175,13 @@ class WandbRun(L.Callback):
         if self.config is None or self._logged or not trainer.is_global_zero:
             return
         # What produced the run (code, versions, device, precision, threads, determinism; lk_ablate.base.provenance),
-        # beside the config it ran with.
+        # beside the config it ran with, and the kernel sizes the model was built with (model.kernel_size may be
+        # null: the variant's default).
         provenance = pl_module.provenance() if hasattr(pl_module, "provenance") else collect(device=pl_module.device)
+        fields = kernel_fields(getattr(getattr(pl_module, "model", None), "kernel_sizes", None))
         for logger in wandb_loggers(trainer):
             # Nested sections ("model", "data", "trainer", ...) show in the W&B UI as model.kernel_size etc.
-            logger.experiment.config.update(dict(self.config, provenance=provenance), allow_val_change=True)
+            logger.experiment.config.update({**self.config, **fields, "provenance": provenance}, allow_val_change=True)
         self._logged = True
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -188,8 +216,14 @@ def robustness_table_rows(results: Mapping[str, Any], seed: int | None = None) -
     return rows
 
 
+def kernel_fields(kernel_sizes: Sequence[int] | None) -> dict[str, Any]:
+    """``{"kernel_max": 31, "kernel_label": "31-29-27-13"}`` for per-stage kernel sizes ({} when unknown)."""
+    sizes = list(kernel_sizes) if kernel_sizes else None
+    return kernel_config(sizes, kernel_label(sizes)) if sizes else {}
+
+
 def log_robustness(trainer: L.Trainer, results: Mapping[str, Any], seed: int | None = None,
-                   key: str = "robustness/top1_table") -> None:
+                   key: str = ROBUST_TABLE) -> None:
     """Put a results dict's scalar metrics into the summary of every W&B run of ``trainer`` and log its table.
 
     Call on every rank (it does nothing off rank 0). ``seed``: default the module's ``run_seed``, else the
@@ -208,24 +242,61 @@ def log_robustness(trainer: L.Trainer, results: Mapping[str, Any], seed: int | N
 
 
 def log_results_to_run(results: Mapping[str, Any], run_info: Mapping[str, Any], seed: int | None = None,
-                       save_dir: str | os.PathLike | None = None, key: str = "robustness/top1_table") -> str:
+                       save_dir: str | os.PathLike | None = None, key: str = ROBUST_TABLE) -> str:
     """Reopen the W&B run a checkpoint was trained in (``checkpoint["wandb"]``, resumed by its id) and add a
     results dict to it, as the callback would have: scalar metrics into the summary, the top-1 table logged.
 
     For scores computed after training (``lk_ablate robustness --wandb``, the SLURM evaluation array): the
     metrics then sit on the training run, next to its kernel size and group. Returns the run id.
     """
+    summary, table = _summary_and_table(results, seed)
+    with _reopened_run(run_info, results, save_dir) as run:
+        run.summary.update(summary)
+        run.log({key: table})
+    return str(run.id)
+
+
+def analysis_summary(analyses: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """The analyses' ``summary_scalars`` (``{name: result}``, as ``run_analyses`` returns them and the results file
+    stores them) under their W&B keys, ``analysis/<name>[@<protocol>]/<scalar>``; scalars that could not be computed
+    (None) are left out. Any analysis with ``summary_scalars`` is logged, whatever its name."""
+    out: dict[str, float] = {}
+    for result in analyses.values():
+        protocol = result.get("protocol")
+        for k, v in (result.get("summary_scalars") or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[analysis_summary_key(k, protocol)] = float(v)
+    return out
+
+
+def log_analyses_to_run(analyses: Mapping[str, Mapping[str, Any]], run_info: Mapping[str, Any],
+                        kernel_sizes: Sequence[int] | None = None,
+                        save_dir: str | os.PathLike | None = None) -> tuple[str, dict[str, float]]:
+    """Reopen the checkpoint's W&B run (as :func:`log_results_to_run`) and put the analyses' scalar summaries into
+    its summary (``lk_ablate analyze --wandb``). Returns the run id and what was logged."""
+    summary = analysis_summary(analyses)
+    with _reopened_run(run_info, {"model": {"kernel_sizes": kernel_sizes}}, save_dir) as run:
+        run.summary.update(summary)
+    return str(run.id), summary
+
+
+@contextlib.contextmanager
+def _reopened_run(run_info: Mapping[str, Any], results: Mapping[str, Any],
+                  save_dir: str | os.PathLike | None) -> Iterator[Any]:
+    """The checkpoint's W&B run, resumed by its id, finished on exit. Its config gets ``kernel_max`` /
+    ``kernel_label`` from the results' kernel sizes, so runs trained before those fields existed join the
+    dashboard's kernel axis once they are scored or analysed."""
     import wandb  # lazy: only a W&B upload pays for (and needs) the wandb package
 
     run = wandb.init(id=run_info["run_id"], project=run_info.get("project"), entity=run_info.get("entity"),
-                     resume="allow", dir=None if save_dir is None else str(save_dir))
+                     resume="allow", dir=None if save_dir is None else str(save_dir), reinit="finish_previous")
     try:
-        summary, table = _summary_and_table(results, seed)
-        run.summary.update(summary)
-        run.log({key: table})
+        fields = kernel_fields((results.get("model") or {}).get("kernel_sizes"))
+        if fields:
+            run.config.update(fields, allow_val_change=True)
+        yield run
     finally:
         run.finish()
-    return str(run.id)
 
 
 def _summary_and_table(results: Mapping[str, Any], seed: int | None) -> tuple[dict[str, Any], Any]:
@@ -254,7 +325,7 @@ def _logger_specs(config: Any) -> list[Any]:
 
 
 def _is_wandb(spec: Any) -> bool:
-    module, _, name = str(spec.class_path).rpartition(".")
+    module, _, name = str(_get(spec, "class_path")).rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):

@@ -84,7 +84,7 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     with pytest.raises(DataError, match=r"analyses.bad.x is nan \(not finite\)"):  # refused before writing
         update_results(path, "analyses.bad", {"x": float("nan")})
     assert path.read_text() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.json.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary, no lock file left behind
 
 
 _WRITER = """
@@ -121,4 +121,14 @@ def test_flatten_metrics_names():
     data = _results(weights={"raw": {"imagenet_a": {"top1": 10.5, "correct": 21, "n": 200}, "imagenet_c": c},
                              "ema": {"imagenet_a": {"top1": 11.0, "correct": 22, "n": 200}, "imagenet_c": None}})
     assert flatten_metrics(data) == {"robust/imagenet_a/top1": 10.5, "robust/imagenet_a/top1_ema": 11.0,
-                                     "robust/imagenet_c/mean_top1": 30.0, "robust/imagenet_c/top1_fog_5": 30.0}
+                                     "robust/imagenet_c/mean_top1": 30.0, "robust/imagenet_c/top1_fog": 30.0,
+                                     "robust/imagenet_c/top1_fog_5": 30.0}
+    # Fashion-MNIST-C (the demo's) has the same nested cells and per-corruption means.
+    demo = _results(weights={"raw": {"fashion_mnist_c": {"top1": {"fog": {"1": 40.0, "5": 20.0}},
+                                                         "corruption_top1": {"fog": 30.0}, "mean_top1": 30.0,
+                                                         "relative_mce": 100.0, "relative_ce": {"fog": 100.0},
+                                                         "n": 500}}})
+    assert flatten_metrics(demo) == {"robust/fashion_mnist_c/mean_top1": 30.0,
+                                     "robust/fashion_mnist_c/relative_mce": 100.0,
+                                     "robust/fashion_mnist_c/top1_fog": 30.0, "robust/fashion_mnist_c/top1_fog_1": 40.0,
+                                     "robust/fashion_mnist_c/top1_fog_5": 20.0}

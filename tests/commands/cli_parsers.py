@@ -24,13 +24,14 @@ def benchmark_module(name: str) -> Any:
 def parsers() -> dict[str, Any]:
     """command id (as docs/cli.md names it) -> its jsonargparse parser; ``analyze`` and ``data`` also as a whole."""
     from lk_ablate.analysis.configs import CATALOGUE
-    from lk_ablate.commands import analyze, data, demo, reparam, report, robustness
+    from lk_ablate.commands import analyze, dashboard, data, demo, reparam, report, robustness
     from lk_ablate.lightning_cli import lightning_parsers
 
     top, subs = lightning_parsers()
     out: dict[str, Any] = {"lightning": top, **subs}
     out.update({"demo": demo._parser(), "reparam": reparam._parser(), "robustness": robustness._parser(),
-                "report": report._parser(), "analyze": analyze.parser(), "data": data.parser()})
+                "report": report._parser(), "dashboard": dashboard._parser(), "analyze": analyze.parser(),
+                "data": data.parser()})
     for name in [*CATALOGUE, analyze.ALL]:
         out[f"analyze {name}"] = analyze._analysis_parser(name)
     for name, build in data.PARSERS.items():

@@ -111,9 +111,11 @@ def test_top_k_files_of_a_killed_start_are_removed_on_resume(data, tmp_path, cap
             "--trainer.default_root_dir", str(run), "--checkpoint.dirpath", str(ckpts), "--ckpt_path", "auto"]
     assert main([*args, "--trainer.max_epochs", "1"]) == 0
     assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["epoch000-step0000007.ckpt", "last.ckpt"]
-    # A start that was killed after writing its epoch-1 top-k file, before its next last.ckpt:
+    # A start that was killed after writing its epoch-1 top-k file (step 12, newer than the last.ckpt the next start
+    # resumes), before its next last.ckpt:
     orphan = ckpts / "epoch001-step0000012.ckpt"
-    shutil.copy(ckpts / "last.ckpt", orphan)
+    state = torch.load(ckpts / "last.ckpt", weights_only=True)
+    torch.save({**state, "global_step": 12}, orphan)
     other = ckpts / "notes-epoch001.ckpt"  # not this callback's naming: never touched
     other.write_bytes(b"x")
     assert main([*args, "--trainer.max_epochs", "2"]) == 0

@@ -7,6 +7,7 @@ import yaml
 from lk_ablate.cli import main
 
 from helpers import make_image_folder
+from recipe_probes import check_config_effects
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -32,6 +33,9 @@ def test_convnext_configs_resolve_to_the_120_epoch_recipe(k, capsys):
     assert global_batch == 4096
     # The module's rule: lr = base_lr * global / base_batch -> the recipe's 4e-3 at 4096.
     assert m["base_lr"] * global_batch / m["base_batch_size"] == pytest.approx(4e-3, rel=0, abs=1e-15)
+    # ... and the module this section instantiates computes it: drop path per block, smoothed soft targets,
+    # mixup/cutmix draws, EMA decay, the lr and weight decay of its AdamW at this global batch, the warmup
+    check_config_effects(m, d["batch_size"], t["devices"] * t["num_nodes"], t["accumulate_grad_batches"])
 
 
 def test_print_config_shows_overrides(capsys):
@@ -111,7 +115,7 @@ def test_commands_import_only_what_they_use():
     (["fit", "--config", "missing.yaml"], 'Parser key "config": File does not exist'),
     (["validate", "--trainer.max_epochs", "x"], "see `lk_ablate validate --help`"),
     (["bogus"], "unknown command 'bogus'; the commands are fit, validate, test, predict, demo, reparam, robustness, "
-                "analyze, data, report (see `lk_ablate --help`)"),
+                "analyze, data, report, dashboard (see `lk_ablate --help`)"),
 ])
 def test_bad_values_are_one_line_with_the_help_to_read(argv, message, capsys):
     """Lightning's commands as lk_ablate's own: the error line and a pointer to --help, not ~100 lines of usage."""

@@ -21,7 +21,8 @@ PROBE = ("import sys\nfrom lk_ablate.cli import main\n"
 HEAVY = ("torch", "lightning", "timm", "numba", "ffcv")
 HELPS = [["--help"], ["--version"], ["bogus"], ["demo", "--help"], ["reparam", "--help"], ["robustness", "--help"],
          ["analyze", "--help"], ["analyze", "fgsm", "--help"], ["analyze", "all", "--help"], ["data", "--help"],
-         ["data", "write-ffcv", "--help"], ["data", "check", "--help"], ["report", "--help"]]
+         ["data", "write-ffcv", "--help"], ["data", "check", "--help"], ["report", "--help"],
+         ["dashboard", "--help"]]
 
 
 def _probe(argvs: list[list[str]], banned: tuple[str, ...] = HEAVY) -> str:

@@ -179,6 +179,36 @@ def test_evaluation_array_scores_the_existing_checkpoints(sweep, slurm_cluster):
             assert after["weights"][w]["imagenet_r"] == before[t]["weights"][w]["imagenet_r"]
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_submit_prints_the_sweeps_dashboard_command(slurm_cluster, tmp_path):
+    """Before handing over to sbatch, submit.sh prints (stderr) the `lk_ablate dashboard` command of the W&B project
+    and groups the configs log to, as `lk_ablate fit` resolves them (LK_FIT_ARGS included); with --parsable stdout is
+    the job id alone and nothing is printed. Jobs are submitted held and cancelled."""
+    configs = []
+    for model in ("convnext_demo", "replknet_3b"):  # RepLKNet-3B's runs are in RepLKNet-31B's group
+        configs.append(tmp_path / f"{model}.yaml")
+        configs[-1].write_text(yaml.safe_dump({
+            "trainer": {"logger": str(REPO / "configs" / "base" / "logger_wandb.yaml")},
+            "model": {"model_name": model, "num_classes": 10},
+            "data": {"class_path": "lk_ablate.data.ImageFolderDataModule", "init_args": {"root": "/nowhere"}}}))
+    env_file = write_cluster_env(tmp_path / "cluster.env", configs, [0], tmp_path / "runs")
+    env_file.write_text(env_file.read_text() + "LK_FIT_ARGS=(--trainer.logger.init_args.project sweep_test)\n")
+    env = slurm_cluster.env | {"LK_CLUSTER_ENV": str(env_file)}
+    out = subprocess.run(["bash", str(SUBMIT), "train", "--hold"], env=env, capture_output=True, text=True,
+                         timeout=180, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    job = re.fullmatch(r"Submitted batch job (\d+)\n", out.stdout).group(1)
+    slurm_cluster.run("scancel", job)
+    assert out.stderr.splitlines() == [
+        "lk_ablate: once the runs have logged to W&B, build (or update) the sweep's dashboard with:",
+        "  lk_ablate dashboard --wandb.project sweep_test --wandb.group '[convnext_demo-kernel,replknet_31b-kernel]'"]
+    out = subprocess.run(["bash", str(SUBMIT), "eval", "--hold", "--parsable"], env=env, capture_output=True,
+                         text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0 and re.fullmatch(r"\d+(;\w+)?\n", out.stdout) and out.stderr == "", out
+    slurm_cluster.run("scancel", out.stdout.strip().split(";")[0])
+
+
 def test_task_map_of_the_paper_sweep(tmp_path):
     """slurm/cluster.env as shipped: the 7 configs of the paper's kernel ablations; task t -> (config t // S,
     seed t % S) for S seeds."""

@@ -294,3 +294,34 @@ def test_every_method_used_by_models() -> None:
     assert len(convs) == 8 and all(c.kernel_size == (51, 51) for c in convs)
     assert len(_tiny_replknet().large_kernel_convs()) == 4
     assert set(METHODS) == {"direct", "direct_cl", "fft"}
+
+
+def test_a_kernel_wider_than_its_map_warns_once_with_the_effective_size(monkeypatch):
+    """convnext_demo at 32 px runs its stages on 8x8, 4x4, 2x2 and 1x1 maps: a 51x51 kernel acts as 15x15, 7x7, 3x3
+    and 1x1 there (the exact crop to 2H-1); each geometry is named once per process, on global rank 0 only."""
+    import warnings
+
+    monkeypatch.setattr(layers, "_GEOMETRIES_WARNED", set())
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    model = lk_ablate.create_model("convnext_demo", kernel_size=51, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        model(x)
+        model(x)  # the second forward: nothing new to say
+    got = [str(w.message) for w in caught if issubclass(w.category, layers.KernelGeometryWarning)]
+    assert got == [f"a 51x51 depthwise kernel runs on {h}x{h} feature maps, wider than the map: it acts as {k}x{k} "
+                   "(2H-1: the outer taps never touch a pixel and get no gradient); kernel sizes and map sizes: "
+                   "docs/architecture.md, 'Kernel sizes'" for h, k in ((8, 15), (4, 7), (2, 3), (1, 1))]
+    # within 2H-1 (7 on 4x4 maps) the kernel is not cropped, and the warning says so
+    with pytest.warns(layers.KernelGeometryWarning, match=r"runs on 4x4 feature maps, wider than the map: it acts as "
+                                                          r"7x7 \(within 2H-1, every tap reaches the map\)"):
+        assert layers.warn_kernel_geometry(7, 7, 4, 4)
+    assert not layers.warn_kernel_geometry(7, 7, 4, 4)
+    assert not layers.warn_kernel_geometry(7, 7, 7, 7)  # not wider than its map
+    monkeypatch.setenv("RANK", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not layers.warn_kernel_geometry(9, 9, 4, 4)  # other ranks stay quiet
+    assert not caught

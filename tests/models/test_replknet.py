@@ -29,6 +29,7 @@ from lk_ablate.models.reparam import infer_replknet_kwargs, reparam_state_dict, 
 from lk_ablate.models.replknet import ConvFFN, RepLKBlock, RepLKNet
 
 from helpers import make_image_folder
+from recipe_probes import check_config_effects
 
 DATA = Path(__file__).resolve().parents[1] / "assets"
 RTOL = 1e-5  # norm-wise relative difference allowed between a network and its re-parameterized form
@@ -501,7 +502,7 @@ def print_config(capsys, *args):
 
 @pytest.mark.parametrize("config,name,kernel,small,global_batch,lr,epochs", [
     ("replknet_31b.yaml", "replknet_31b", [31, 29, 27, 13], 5, 2048, 4e-3, 120),
-    ("replknet_3b.yaml", "replknet_3b", 3, None, 2048, 4e-3, 120),
+    pytest.param("replknet_3b.yaml", "replknet_3b", 3, None, 2048, 4e-3, 120, marks=pytest.mark.slow),
     ("replknet_31b_finetune_384.yaml", "replknet_31b", [31, 29, 27, 13], 5, 512, 4e-4, 30),
 ])
 def test_configs_resolve_to_the_official_recipe(config, name, kernel, small, global_batch, lr, epochs, capsys):
@@ -524,6 +525,8 @@ def test_configs_resolve_to_the_official_recipe(config, name, kernel, small, glo
         assert m["mixup_alpha"] == 0.0 and m["cutmix_alpha"] == 0.0 and m["min_lr"] == 3e-4
         assert d["input_size"] == 384 and m["pretrained_path"].endswith("RepLKNet-31B_ImageNet-22K.pth")
         assert d["crop_pct"] == 1.0 and d["crop_mode"] == "squash"  # the official warp at >= 384 px
+    # the module the section instantiates computes these values (tests/training/recipe_probes.py)
+    check_config_effects(m, d["batch_size"], t["devices"] * t["num_nodes"], t["accumulate_grad_batches"])
 
 
 def fit_args(config: str, root: Path, *extra: str) -> list[str]:

@@ -94,8 +94,8 @@ def table7_runs(root: Path) -> None:
     for k, (val, a, r) in TABLE7.items():
         for seed, off in SEED_OFFSETS.items():
             benches = {"imagenet_val": {"top1": val + off, "top5": 95.0, "n": 50000},
-                       "imagenet_a": {"top1": a + off, "correct": 0, "n": 7500},
-                       "imagenet_r": {"top1": r + off, "correct": 0, "n": 30000}}
+                       "imagenet_a": {"top1": a + off, "n": 7500},
+                       "imagenet_r": {"top1": r + off, "n": 30000}}
             folder = root / f"convnext_k{k}_s{seed}"
             write_run(folder, "last", "convnext_tiny", [k] * 4, benches, seed)
             write_run(folder, "epoch009-step0000100", "convnext_tiny", [k] * 4, benches, seed)  # same step
@@ -255,6 +255,17 @@ def test_report_logs_the_table_to_wandb(tmp_path, monkeypatch):
             assert got[key] == float(csv_row[key])
     assert {k for k in run["summary"] if k.startswith("report/plots/")} == {
         "report/plots/imagenet_val_top1", "report/plots/imagenet_a_top1", "report/plots/imagenet_o_aupr"}
+    # A native W&B line chart per column: metric against the largest stage kernel, one line per family (RepLKNet-3B
+    # on RepLKNet-31B's line, as in the PNG), the paper's Table 5 numbers at x = 3 and 31.
+    charts = {k: v for k, v in run["summary"].items() if k.startswith("report/charts/")}
+    assert set(charts) == {"report/charts/imagenet_val/top1_table", "report/charts/imagenet_a/top1_table",
+                           "report/charts/imagenet_o/aupr_table"}
+    chart = json.loads((run["dir"] / "files" / charts["report/charts/imagenet_a/top1_table"]["path"]).read_text())
+    assert chart == {"columns": ["step", "lineKey", "lineVal"],
+                     "data": [[3.0, "replknet_31b", 14.6], [31.0, "replknet_31b", 29.4]]}
+    spec = run["config"]["_wandb"]["visualize"]["report/charts/imagenet_a/top1"]["panel_config"]
+    assert (spec["panelDefId"], spec["stringSettings"]) == ("wandb/lineseries/v0", {
+        "title": "IN-A top-1", "xname": "kernel size (largest stage)"})
 
 
 def test_report_print_config_round_trip(tmp_path, capsys, monkeypatch):
@@ -270,8 +281,10 @@ def test_report_print_config_round_trip(tmp_path, capsys, monkeypatch):
 
     first = printed("runs/a", "runs/b", "--output_dir", "rep", "--weights", "raw", "--strict", "true", "--wandb.group", "g")
     cfg = yaml.safe_load(first)
-    assert cfg["runs"] == ["runs/a", "runs/b"] and (cfg["output_dir"], cfg["weights"], cfg["strict"]) == ("rep", "raw", True)
-    assert cfg["wandb"] == {"project": "from_env", "entity": None, "group": "g"}  # $WANDB_PROJECT is the default
+    assert cfg["runs"] == ["runs/a", "runs/b"]
+    assert (cfg["output_dir"], cfg["weights"], cfg["strict"]) == ("rep", "raw", True)
+    # $WANDB_PROJECT is the default
+    assert cfg["wandb"] == {"project": "from_env", "entity": None, "group": "g", "dashboard": False}
     (tmp_path / "c.yaml").write_text(first)
     assert printed("--config", str(tmp_path / "c.yaml")) == first
     # a config file runs the report as its options would

@@ -178,6 +178,10 @@ def test_wandb_adds_the_scores_to_the_training_run(tmp_path, trees, monkeypatch,
     for key, value in flatten_metrics(data).items():
         assert scored["summary"][key] == value
     assert scored["summary"]["robustness/top1_table"]["nrows"] == 2  # imagenet_a for raw and EMA weights
+    # a run trained before kernel_max / kernel_label were logged gets them from the scored checkpoint (per-stage
+    # kernels: the axis is the largest)
+    assert data["model"]["kernel_sizes"] == [3, 5, 7, 9]
+    assert (scored["config"]["kernel_max"], scored["config"]["kernel_label"]) == (9, "3-5-7-9")
     # a checkpoint that never logged to W&B: a clear error before any scoring
     _lightning_ckpt(tmp_path / "plain.ckpt")
     with pytest.raises(ConfigError, match="records no W&B run"):

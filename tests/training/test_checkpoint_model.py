@@ -57,6 +57,9 @@ def test_no_model_options_use_the_checkpoint_and_say_so(trained, tmp_path, capsy
     err = capsys.readouterr().err
     assert (f"lk_ablate validate: using the checkpoint's model (model_name='convnext_demo', kernel_size=5, "
             f"num_classes=4) from {trained['ckpt']}") in err
+    # a model option without model_name (the data link's source) still counts as the user's
+    assert main(["validate", *data_args, "--data.root", str(trained["data"]), "--model.kernel_size", "7"]) == 2
+    assert "holds another model than configured: kernel_size 7 (checkpoint: 5)" in _last_error(capsys)
     # a 4-class checkpoint on a 6-class dataset
     six = make_image_folder(tmp_path / "six", classes=6, per_class=1, size=36)
     assert main(["validate", *data_args, "--data.root", str(six)]) == 2
@@ -64,7 +67,7 @@ def test_no_model_options_use_the_checkpoint_and_say_so(trained, tmp_path, capsy
                                    "the dataset the checkpoint was trained for")
 
 
-def test_ckpt_path_auto_skips_checkpoints_of_another_model(trained, tmp_path):
+def test_ckpt_path_auto_skips_checkpoints_of_another_model(trained, tmp_path, capsys):
     run = tmp_path / "run"
     ckpts = run / "checkpoints"
     ckpts.mkdir(parents=True)
@@ -76,5 +79,11 @@ def test_ckpt_path_auto_skips_checkpoints_of_another_model(trained, tmp_path):
         rc = main(["fit", "--config", TINY, "--data.init_args.root", str(trained["data"]), "--trainer.logger", "false",
                    "--trainer.default_root_dir", str(run), "--checkpoint.dirpath", str(ckpts),
                    "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--ckpt_path", "auto"])
-    assert rc == 0
-    assert torch.load(ckpts / "last-v1.ckpt", weights_only=True)["global_step"] == 1  # started from scratch
+    # Not resumed, and not started from scratch beside it either (that run's last.ckpt would stay, stale, as the
+    # file every scorer reads): one line, the k=7 checkpoint untouched.
+    assert rc == 2 and _last_error(capsys) == (
+        f"lk_ablate: error: checkpoint folder {ckpts} holds last.ckpt of another model (kernel_size: checkpoint 7 vs "
+        f"configured 5), global step {ckpt['global_step']}, and this fit starts from scratch: its checkpoints would "
+        "replace or sit beside that run's; give this run another checkpoint.dirpath (or move the old files away)")
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt"]
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["hyper_parameters"]["kernel_size"] == 7

@@ -8,6 +8,7 @@ import yaml
 
 from lk_ablate.cli import main
 from lk_ablate.training.best_checkpoint import BestCheckpoint
+from recipe_probes import check_config_effects
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 EMA_CALLBACK = "lk_ablate.training.best_checkpoint.BestCheckpoint"
@@ -30,6 +31,9 @@ def test_replknet_31b_finetune_224_is_the_official_22k_to_1k_command(capsys):
     assert m["ema_decay"] == 0.9999 and m["min_lr"] == 1e-6 and m["label_smoothing"] == 0.1
     assert (d["input_size"], d["crop_pct"], d["crop_mode"]) == (224, 0.875, "center")
     assert m["pretrained_path"].endswith("RepLKNet-31B_ImageNet-22K.pth")
+    # the module the section instantiates computes these values: no mixup, smoothing 0.1 on the loss, drop path
+    # 0.2 by the linear rule, EMA 0.9999, lr 4e-4 at 512 with layer decay 0.7, weight decay 1e-8, 1 warmup epoch
+    check_config_effects(m, d["batch_size"], t["devices"] * t["num_nodes"], t["accumulate_grad_batches"])
 
 
 @pytest.mark.parametrize("config", ["convnext_k51.yaml"] + [pytest.param(c, marks=pytest.mark.slow) for c in (

@@ -68,20 +68,24 @@ def offline_runs(root: Path) -> list[dict]:
     out = []
     for f in sorted(Path(root).rglob("offline-run-*/run-*.wandb")):
         run, config, summary = None, {}, {}
+
+        def put(target, updates):  # an update names a key, or a path of keys (nested_key)
+            for u in updates:
+                *parents, leaf = list(u.nested_key) or [u.key]
+                node = target
+                for p in parents:
+                    node = node.setdefault(p, {})
+                node[leaf] = json.loads(u.value_json)
+
         for rec in _complete_records(f):
             kind = rec.WhichOneof("record_type")
             if kind == "run":
                 run = rec.run
-                config.update({u.key: json.loads(u.value_json) for u in rec.run.config.update})
+                put(config, rec.run.config.update)
             elif kind == "config":
-                config.update({u.key: json.loads(u.value_json) for u in rec.config.update})
+                put(config, rec.config.update)
             elif kind == "summary":
-                for u in rec.summary.update:
-                    *parents, leaf = list(u.nested_key) or [u.key]
-                    node = summary
-                    for p in parents:
-                        node = node.setdefault(p, {})
-                    node[leaf] = json.loads(u.value_json)
+                put(summary, rec.summary.update)
         out.append({"run": run, "config": config, "summary": summary, "dir": f.parent})
     return out
 
@@ -164,6 +168,8 @@ def test_fit_logs_run_and_resume_reuses_the_run_id(tiny_data, tmp_path, monkeypa
     assert cfg["data"]["init_args"]["root"] == str(tiny_data) and cfg["checkpoint"]["dirpath"] == str(ck)
     assert cfg["trainer"]["logger"]["init_args"]["name"] == "convnext_demo-k7-s5"
     assert cfg["trainer"]["max_steps"] == 2
+    # the dashboard's numeric kernel axis and grouping key (base/metric_keys.py)
+    assert (cfg["kernel_max"], cfg["kernel_label"]) == (7, "7")
     assert first["summary"]["trainer/global_step"] == 1  # steps 0 and 1 were logged
     ckpt = torch.load(ck / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt[CHECKPOINT_KEY]["run_id"] == run.run_id and ckpt["global_step"] == 2
