@@ -1,7 +1,7 @@
 """Compare two complete `lk_ablate demo` output folders bit for bit (the manual check of docs/reproducibility.md).
 
-    .venv/bin/lk_ablate demo --out /tmp/demo_a
-    (cd /tmp/elsewhere && /path/to/repo/.venv/bin/lk_ablate demo --out /tmp/demo_b)   # its own .beton files
+    .venv/bin/lk_ablate demo --output_dir /tmp/demo_a
+    (cd /tmp/elsewhere && /path/to/repo/.venv/bin/lk_ablate demo --output_dir /tmp/demo_b)   # its own .beton files
     .venv/bin/python scripts/compare_demos.py /tmp/demo_a /tmp/demo_b
 
 For every kernel size both ran: the trained weights (``torch.equal`` per tensor of ``last.ckpt``'s state dict), the
