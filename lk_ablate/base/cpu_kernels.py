@@ -11,9 +11,9 @@ measurements). ``PINNED_ENV`` fixes all three to what every x86-64 CPU with AVX2
   non-Intel CPUs (its ``AVX2`` branch exists on Intel CPUs only; other CPUs fall back to ``AUTO``).
 
 The variables are read when the libraries load, so they must be set before ``import torch``: ``pin(argv)`` sets
-them and, when torch (or numpy, which loads MKL's neighbours) is already imported, re-executes the command with
-them set (``os.execv``; only for the process's own command line, never inside a test or a library call). The
-console script does not import torch before a command starts (``lk_ablate demo`` sets them in-process).
+them and, when torch is already imported, re-executes the command with them set (``os.execv``; only for the
+process's own command line, never inside a test or a library call). The console script does not import torch
+before a command starts (``lk_ablate demo`` sets them in-process).
 """
 from __future__ import annotations
 
