@@ -15,8 +15,11 @@ Everything downstream (``lk_ablate report``, the analyses) reads only these file
                    "scoring": {"decode": "cpu" | "gpu", "precision": "32-true" | "bf16-mixed",
                                "on_bad_image": "error" | "skip"}},   # missing = cpu / 32-true / error
       "errors": [{"weights", "benchmark", "rank", "error"}, ...],
-      "analyses": {<name>: {..., "protocol": "model" | "paper"}}   # added later with update_results(path,
+      "analyses": {<name>: {..., "protocol": "model" | "paper"}},  # added later with update_results(path,
                                            # "analyses.<name>", {...}); each analysis's protocol, missing = "model"
+      "provenance": {...},                 # what produced the file (lk_ablate.base.provenance); missing in files
+                                           # written before it existed: read as "no provenance"
+      "per_image": {<weights>: {<benchmark>: {<part>: {"n": int, "top1": str}}}}   # optional, see below
     }
 
 Analysis entries are each analysis's own (docs/analyses.md), with ``summary_scalars``; large arrays live beside the
@@ -25,6 +28,9 @@ image_size, stage, stage_name, feature_size, centre, map_max, map_min, threshold
 area_ratio | null}], arrays_file}; ``shape_bias``: {images, conflict_images, excluded_same_category, shape_hits,
 texture_hits, shape_bias, shape_accuracy, texture_accuracy (%, null without hits), categories: {<category>: the same
 counts}, decisions: {<category>: count}}.
+``per_image`` holds each image's top-1 correctness, bit-packed (``pack_bits``: numpy ``packbits``, big-endian
+bit order, base64), in the order of the benchmark's data fingerprint (``provenance.data.<benchmark>``; per part
+``parts.<part>``): what paired comparisons between two models scored on the same images need.
 
 Benchmark entries (accuracies, mCE and AUPR in %, counts are numbers of images):
 ``imagenet_val`` {top1, top5, correct_top1, correct_top5, n}; ``imagenet_a`` / ``imagenet_r`` {top1, correct, n};
@@ -35,6 +41,7 @@ severity5_mean_top1, severity5_mean_top1_15, n_total}; ``imagenet_o`` {aupr, n_i
 """
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import json
 import math
@@ -50,8 +57,9 @@ from .jsonable import to_jsonable
 from .metric_keys import corruption_key, robust_key
 from .version import __version__
 
-__all__ = ["RESULTS_SPACE", "SCHEMA", "SCHEMA_VERSION", "flatten_metrics", "make_results", "read_results", "results_path",
-           "update_results", "validate_results", "value_problems", "write_results", "write_results_or_keep"]
+__all__ = ["RESULTS_SPACE", "SCHEMA", "SCHEMA_VERSION", "flatten_metrics", "make_results", "pack_bits", "read_results",
+           "results_path", "unpack_bits", "update_results", "validate_results", "value_problems", "write_results",
+           "write_results_or_keep"]
 
 SCHEMA = "lk_ablate.robustness"
 SCHEMA_VERSION = 1
@@ -74,8 +82,14 @@ def make_results(*, model_name: str, kernel_sizes: list[int] | None, num_params:
                  weights: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any], errors: list[dict],
                  checkpoint_path: str | os.PathLike | None = None, epoch: int | None = None,
                  global_step: int | None = None, checkpoint_format: str | None = None,
-                 model_source: str = "lk_ablate") -> dict[str, Any]:
-    """Assemble a schema-v1 results dict (validated)."""
+                 model_source: str = "lk_ablate", provenance: Mapping[str, Any] | None = None,
+                 per_image: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble a schema-v1 results dict (validated). ``provenance`` defaults to what this process can say by
+    itself (``provenance.collect()``: code, versions, machine, threads); scoring code passes the full record."""
+    if provenance is None:
+        from .provenance import collect  # lazy: it reads torch's settings
+
+        provenance = collect()
     data = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -92,7 +106,10 @@ def make_results(*, model_name: str, kernel_sizes: list[int] | None, num_params:
         "settings": to_jsonable(dict(settings)),
         "errors": to_jsonable(list(errors)),
         "analyses": {},
+        "provenance": to_jsonable(dict(provenance)),
     }
+    if per_image:
+        data["per_image"] = to_jsonable(dict(per_image))
     return validate_results(data)
 
 
@@ -257,12 +274,50 @@ def value_problems(data: Mapping[str, Any]) -> list[str]:
             for k, v in entry.items():
                 _check_leaves(v, f"weights.{w}.{bench}.{k}", _metric_rule(k), out)
             _check_counts(entry, f"weights.{w}.{bench}", out)
+    prov = data.get("provenance")
+    if prov is not None and not (isinstance(prov, Mapping) and isinstance(prov.get("schema"), int)):
+        out.append("provenance is not a provenance record (an object with an integer 'schema')")
+    out += _per_image_problems(data)
     analyses = data.get("analyses")
     if analyses is not None and not isinstance(analyses, Mapping):
         out.append(f"analyses is {type(analyses).__name__}, expected an object")
     elif analyses:
         _check_leaves(analyses, "analyses", "any", out)
     return out
+
+
+def _per_image_problems(data: Mapping[str, Any]) -> list[str]:
+    per_image = data.get("per_image")
+    if per_image is None:
+        return []
+    if not isinstance(per_image, Mapping):
+        return [f"per_image is {type(per_image).__name__}, expected an object"]
+    out = []
+    for w, benches in per_image.items():
+        for bench, parts in (benches.items() if isinstance(benches, Mapping) else [(None, None)]):
+            for part, entry in (parts.items() if isinstance(parts, Mapping) else [(None, None)]):
+                where = f"per_image.{w}.{bench}.{part}"
+                n = entry.get("n") if isinstance(entry, Mapping) else None
+                bits = entry.get("top1") if isinstance(entry, Mapping) else None
+                if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0 and isinstance(bits, str)):
+                    out.append(f"{where} is not {{'n': count, 'top1': packed bits}}")
+                elif len(bits) != 4 * (((n + 7) // 8 + 2) // 3):
+                    out.append(f"{where}.top1 holds {len(bits)} base64 characters, not the {n} images' bits")
+    return out
+
+
+def pack_bits(flags: Any) -> str:
+    """Booleans (one per image, in fingerprint order) -> base64 of numpy ``packbits`` (8 images per byte)."""
+    import numpy as np
+
+    return base64.b64encode(np.packbits(np.asarray(flags, dtype=bool)).tobytes()).decode("ascii")
+
+
+def unpack_bits(text: str, n: int) -> Any:
+    """The inverse of ``pack_bits``: a bool array of ``n`` images."""
+    import numpy as np
+
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=n).astype(bool)
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:

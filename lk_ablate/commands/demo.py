@@ -11,14 +11,20 @@ results JSON per run and ends with the ablation report.
 
 Everything after ``--`` goes to each ``lk_ablate fit`` run (``--trainer.*``, ``--model.*``, ...); it is kept in
 ``--fit`` (``--print_config`` shows it, a ``--config`` file may list it).
+
+Same command, same numbers: the demo runs with 2 torch threads and, on x86-64 CPUs with AVX2, with the CPU
+kernels pinned (lk_ablate/base/cpu_kernels.py; the process re-executes itself once to set them before torch
+loads), so its table is bit-identical on every such machine (docs/reproducibility.md). ``--num_threads null
+--cpu_kernels native`` is faster on large machines and gives other numbers in single images.
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..base.metric_keys import VAL_TOP1
 from ._common import PROGRESS_HELP, command_parser, parse
@@ -74,7 +80,12 @@ def _parser() -> Any:
                    help="run folders, results JSON and the report")
     p.add_argument("--subset_size", type=int, default=500, help="test images corrupted for Fashion-MNIST-C")
     p.add_argument("--subset_seed", type=int, default=0, help="the seed of that subset and of its corruptions")
-    p.add_argument("--num_threads", type=int | None, default=None, help="torch threads (null: all cores)")
+    p.add_argument("--num_threads", type=int | None, default=2,
+                   help="torch threads (null: all cores); the README's table was made with 2, and training results "
+                        "depend on the thread count in the last bits")
+    p.add_argument("--cpu_kernels", type=Literal["avx2", "native"], default="avx2",
+                   help="avx2: the same CPU kernels on every x86-64 machine with AVX2 (bit-identical results); "
+                        "native: the libraries choose by CPU (faster with AVX-512, other numbers in single images)")
     p.add_argument("--progress", type=bool, default=True, help=PROGRESS_HELP)
     p.add_argument("--fit", type=list[Any], default=[],
                    help="options for each `lk_ablate fit` run, e.g. [--trainer.limit_train_batches,6]; on the "
@@ -89,6 +100,22 @@ def parse_args(argv: Sequence[str]) -> Any:
     return parse(_parser(), own + [f"--fit+={a}" for a in fit])
 
 
+def _combined(parts: dict[str, dict[str, Any]]) -> str:
+    """One SHA-256 over the parts' fingerprints (in order): the fingerprint of a benchmark made of several sets."""
+    import hashlib
+
+    return hashlib.sha256("".join(f"{k}\t{v['sha256']}\n" for k, v in parts.items()).encode()).hexdigest()
+
+
+def _pin_cpu_kernels(argv: Sequence[str]) -> str:
+    """Pin the CPU kernels (base/cpu_kernels.py) for this process; re-executes the command line when torch is
+    already loaded and this is the process's own command (never when the demo is called from Python)."""
+    from ..base.cpu_kernels import pin
+
+    own = list(sys.argv[1:]) == ["demo", *argv]
+    return pin([sys.executable, *sys.orig_argv[1:]] if own else None)
+
+
 def _as_arg(value: Any) -> str:
     """A --fit list item as a command-line word (YAML gives 6, true, null for the words 6, true, null)."""
     return value if isinstance(value, str) else json.dumps(value)
@@ -97,16 +124,21 @@ def _as_arg(value: Any) -> str:
 def cli_main(argv: list[str]) -> int:
     args = parse_args(argv)
     extra = [_as_arg(a) for a in args.fit]
+    kernels = _pin_cpu_kernels(argv) if args.cpu_kernels == "avx2" else "CPU kernels: native (--cpu_kernels native)"
 
     import numpy as np
     import torch
 
-    from ..base.results import make_results, results_path, write_results
+    from ..base.provenance import array_fingerprint, collect
+    from ..base.results import make_results, pack_bits, results_path, write_results
     from ..data.fashion_mnist import load_fashion_mnist, resize_grey
-    from ..robustness.corruptions import CORRUPTIONS, evaluate_corruptions, stratified_subset
+    from ..models.layers import dwconv_info
+    from ..robustness.corruptions import (CORRUPTIONS, corrupt_images, evaluate_corruptions, stratified_subset,
+                                          top1_flags)
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    print(f"{kernels}; {torch.get_num_threads()} torch threads", flush=True)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages()
@@ -121,25 +153,44 @@ def cli_main(argv: list[str]) -> int:
         runs[k] = stages.run(f"train convnext_demo k={k} ({args.max_epochs} epochs, 60k images)", train, k,
                              args.max_epochs, out, extra)
 
+    images, labels = load_fashion_mnist("test")
+    size = next(iter(runs.values()))[0].model_config.image_size
+    test_rgb = np.repeat(resize_grey(images, size).numpy()[..., None], 3, axis=-1)
+    idx = stratified_subset(labels, args.subset_size, seed=args.subset_seed)
+    models = {k: r[0].model.eval() for k, r in runs.items()}
+
     def corrupt_and_score():
-        images, labels = load_fashion_mnist("test")
-        idx = stratified_subset(labels, args.subset_size, seed=args.subset_seed)
-        size = next(iter(runs.values()))[0].model_config.image_size
-        grey = resize_grey(images[idx], size).numpy()
-        rgb = np.repeat(grey[..., None], 3, axis=-1)
-        models = {k: r[0].model.eval() for k, r in runs.items()}
-        return evaluate_corruptions(models, rgb, labels[idx], corruptions=CORRUPTIONS, seed=args.subset_seed,
-                                    cache_dir=out / "fashion_mnist_c_cache", baseline=min(runs),
-                                    progress=args.progress)
+        scores = evaluate_corruptions(models, test_rgb[idx], labels[idx], corruptions=CORRUPTIONS,
+                                      seed=args.subset_seed, cache_dir=out / "fashion_mnist_c_cache",
+                                      baseline=min(runs), progress=args.progress)
+        # Clean top-1 on the full test set, image by image, through the same input path as the corrupted images
+        # (the per-image flags are what the report's paired comparisons need; val/top1 is training's monitor).
+        for k, m in models.items():
+            scores[k]["clean_full_per_image"] = top1_flags(m, test_rgb, labels)
+        return scores
 
     scores = stages.run(f"Fashion-MNIST-C: {len(CORRUPTIONS)} corruptions x 5 severities on {args.subset_size} "
                         "test images", corrupt_and_score)
+    corrupted = corrupt_images(test_rgb[idx], CORRUPTIONS, seed=args.subset_seed,
+                               cache_dir=out / "fashion_mnist_c_cache")
+    c_parts = {f"{c}/{s}": array_fingerprint(corrupted.arrays[c][s], labels[idx], 10)
+               for c in CORRUPTIONS for s in corrupted.severities}
+    data_fp = {"fashion_mnist": array_fingerprint(test_rgb, labels, 10),
+               "fashion_mnist_c": {"num_images": len(idx) * len(c_parts), "sha256": _combined(c_parts),
+                                   "num_classes": 10, "parts": c_parts}}
+    cfg = next(iter(models.values())).model_config
+    eval_transform = {"fashion_mnist": {"resize": f"bilinear 28 -> {size} px (Fashion-MNIST)", "grey_to_rgb": True,
+                                        "mean": list(cfg.mean), "std": list(cfg.std)}}
+    eval_transform["fashion_mnist_c"] = dict(eval_transform["fashion_mnist"], corruption_seed=args.subset_seed)
 
     paths = []
     wandb_project = None
-    for k, (module, ckpt, clean, trainer) in runs.items():
+    for k, (module, ckpt, _val_top1, trainer) in runs.items():
         s = scores[k]
-        metrics = {"fashion_mnist": {"top1": clean, "n": 10000},
+        clean_flags = s["clean_full_per_image"]
+        clean = 100.0 * int(clean_flags.sum()) / len(clean_flags)
+        runs[k] = (module, ckpt, clean, trainer)
+        metrics = {"fashion_mnist": {"top1": clean, "correct": int(clean_flags.sum()), "n": len(clean_flags)},
                    "fashion_mnist_c": {"mean_top1": s["mean_top1"], "corruption_top1": s["corruption_top1"],
                                        "top1": {c: {str(v): t for v, t in by.items()} for c, by in s["top1"].items()},
                                        "clean_top1_subset": s["clean_top1"], "relative_mce": s["relative"]["mce"],
@@ -150,7 +201,14 @@ def cli_main(argv: list[str]) -> int:
                            settings={"demo": True, "epochs": args.max_epochs, "subset": args.subset_size,
                                      "seed": args.subset_seed},
                            errors=[], checkpoint_path=ckpt, epoch=trainer.current_epoch,
-                           global_step=trainer.global_step, checkpoint_format="lightning")
+                           global_step=trainer.global_step, checkpoint_format="lightning",
+                           provenance=collect(device="cpu", precision=str(trainer.precision),
+                                              dwconv=dwconv_info(module.model), eval_transform=eval_transform,
+                                              config={"demo": args.as_dict(), "kernel": k}, data=data_fp),
+                           per_image={"raw": {
+                               "fashion_mnist": {"test": {"n": len(clean_flags), "top1": pack_bits(clean_flags)}},
+                               "fashion_mnist_c": {p: {"n": len(f), "top1": pack_bits(f)}
+                                                   for p, f in s["per_image"].items()}}})
         paths.append(write_results(results_path(ckpt), res))
         wandb_project = log_to_the_fit_run(res, ckpt) or wandb_project
 

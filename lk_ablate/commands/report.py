@@ -4,10 +4,13 @@ Reads every ``*.robustness.json`` under the given folders (or the given files), 
 of each run; runs of one model and kernel size that differ in seed are repeats. A results file that fails
 validation is skipped with a note naming it (``--strict``: an error).
 
-Outputs in ``--output_dir``: ``report.md`` (one row per (model, kernel size), a column per benchmark metric present,
-each cell the mean over seeds with the sample sd and a 95% Student-t interval, or a single run's binomial standard
-error; then top-1 per corruption, the analyses' scalar summaries and the runs), ``report.csv`` (the same table),
-``runs.csv`` (every value of every run) and the PNGs (each metric against kernel size, one line per architecture).
+Outputs in ``--output_dir``: ``report.md`` (one row per (model, kernel size) and comparable data, a column per
+benchmark metric present, each cell the mean over seeds with the sample sd and a 95% Student-t interval, or a single
+run's 95% Wilson interval; then top-1 per corruption, the analyses' scalar summaries, paired comparisons of adjacent
+kernel sizes on the same images (``--pairs`` adds others), the runs and their provenance), ``report.csv`` (the same
+table), ``runs.csv`` (every value of every run) and the PNGs (each metric against kernel size, one line per
+architecture). Runs whose data differ (fingerprint, class count) are never averaged together: they get rows of
+their own, with a note (``--strict``: an error).
 
 With ``--wandb.project P`` (default ``$WANDB_PROJECT``) the same tables and plots, and a native W&B chart of every
 metric against kernel size, are logged to a W&B run (job type ``report``); ``--wandb.project null`` never logs.
@@ -54,7 +57,14 @@ def _parser() -> Any:
     p.add_argument("--weights", type=Literal["auto", "raw", "ema"], default="auto",
                    help="weight set of each run (auto: EMA where scored, else raw)")
     p.add_argument("--strict", type=bool, default=False,
-                   help="stop on a results file with bad values (default: skip it, with a note naming it)")
+                   help="stop on a results file with bad values, or on a run whose data (fingerprint, class count) "
+                        "differs from the other runs of its row (default: skip it, or give it its own row, with a "
+                        "note naming it)")
+    p.add_argument("--pairs", type=list[list[str | int]], default=[],
+                   help="paired comparisons besides adjacent kernel sizes, e.g. [[convnext_tiny/13,convnext_tiny/31]] "
+                        "or [[3,13]] (rows named model/kernel, or by kernel when unambiguous)")
+    p.add_argument("--bootstrap_samples", type=int, default=10_000,
+                   help="resamples of the paired bootstrap intervals")
     p.add_class_arguments(WandbOptions, "wandb")
     p.set_defaults({"wandb.project": os.environ.get("WANDB_PROJECT") or None})
     return p
@@ -79,7 +89,8 @@ def cli_main(argv: list[str]) -> int:
     with warnings.catch_warnings():  # skipped files are printed below, one "note:" line each
         warnings.filterwarnings("ignore", message=r"skipped \d+ bad results file")
         written = build_report(args.runs, args.output_dir, args.weights, args.wandb.project, args.wandb.entity,
-                               args.wandb.group, strict=args.strict)
+                               args.wandb.group, strict=args.strict, pairs=args.pairs,
+                               bootstrap_samples=args.bootstrap_samples)
     rows = written["rows"]
     print(f"{len(written['runs'])} run(s) in {len(rows)} (model, kernel) row(s) -> {written['markdown']}, "
           f"{written['csv']}, {len(written['plots'])} plot(s)")

@@ -45,7 +45,7 @@ from ..base.errors import ConfigError
 from .kernel_sizes import stage_kernel_sizes
 
 __all__ = ["IMPLS", "METHODS", "KernelGeometryWarning", "LargeKernelDWConv", "crop_kernel", "depthwise_conv",
-           "effective_kernel", "get_default_impl", "warn_kernel_geometry",
+           "dwconv_info", "effective_kernel", "get_default_impl", "warn_kernel_geometry",
            "load_rules", "parse_plan", "rule_for", "select_plan", "set_default_impl", "set_module_impl", "use_impl"]
 
 IMPLS = ("auto", "direct", "direct_cl", "fft")
@@ -437,3 +437,18 @@ def set_module_impl(module: nn.Module, impl: str | None) -> int:
     for conv in convs:
         conv.impl = impl
     return len(convs)
+
+
+def dwconv_info(module: nn.Module) -> dict[str, Any]:
+    """The depthwise-conv implementation ``module`` computes with, for provenance records: the ``impl`` of its
+    LargeKernelDWConvs (their own or the default), and for ``auto`` the rule file that decides each call's plan
+    (its path and SHA-256: the plan is a function of that table and the call's shapes)."""
+    import hashlib
+
+    impls = sorted({m.impl or _default_impl for m in module.modules() if isinstance(m, LargeKernelDWConv)})
+    out: dict[str, Any] = {"impl": impls, "layers": sum(isinstance(m, LargeKernelDWConv) for m in module.modules())}
+    if "auto" in impls:
+        path = Path(os.environ.get(RULES_ENV) or RULES_PATH)
+        out["rules"] = str(path)
+        out["rules_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return out

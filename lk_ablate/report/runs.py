@@ -1,7 +1,14 @@
 """Runs and their statistics: every ``*.robustness.json`` under the given folders read (with
 :func:`lk_ablate.base.results.read_results`) into one :class:`Run` per run (the latest results file of each), and
-the runs of one (model, kernel size) summarized into a table :class:`Row` (mean over seeds, sample sd, 95%
-Student-t interval; the binomial standard error of a single run).
+the comparable runs of one (model, kernel size) summarized into a table :class:`Row` (mean over seeds, sample sd,
+95% Student-t interval clipped to the metric's range; a single run's 95% Wilson interval).
+
+Which runs form one row (``aggregate``): the same model and kernel sizes, and comparable data: the same class count
+(the model's) and, for every benchmark both scored, the same data fingerprint (number of images, hash of their
+paths and sizes: ``provenance.data``). Runs that differ there go to separate rows, with a note naming the files and
+the difference (``strict``: an error). Results files written before provenance existed are read as "no
+provenance" and get rows of their own: never merged with runs that have it. Differences that leave the numbers
+comparable (code commit, library versions, device, precision, threads, determinism settings) are listed as notes.
 """
 from __future__ import annotations
 
@@ -14,14 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..analysis.summary import summary_rows
 from ..base.errors import ConfigError, DataError
-from ..base.results import read_results
+from ..base.provenance import describe, provenance_differences
+from ..base.results import read_results, unpack_bits
 from ..models.registry import kernel_label, model_family
 from ..robustness.metrics import CORRUPTIONS
+from .stats import Paired, clip_interval, paired_comparison, wilson_from_se
 
 __all__ = ["ANALYSIS_PREFIX", "Metric", "Row", "Run", "Stat", "aggregate", "analysis_columns", "benchmark_metrics",
-           "corruption_benchmarks", "find_results", "kernel_x", "load_run", "load_runs", "summarize",
+           "comparable", "corruption_benchmarks", "find_results", "kernel_x", "load_run", "load_runs",
+           "metric_bounds", "pair_rows", "paired_rows", "provenance_notes", "provenance_summary", "summarize",
            "table_columns", "tagged"]
 
 RESULTS_GLOB = "*.robustness.json"
@@ -30,7 +42,6 @@ METRIC_ORDER = ("top1", "top5", "clean_top1_subset", "mean_top1", "severity5_mea
                 "relative_mce", "aupr")
 COUNT_KEYS = {"n", "n_in", "n_out", "n_total"}
 ANALYSIS_PREFIX = "analysis/"
-Z95 = 1.959963984540054  # normal 97.5% quantile: the error bars of single runs (p +- 1.96 SE)
 
 
 # --- keys -------------------------------------------------------------------------------------------------
@@ -54,6 +65,7 @@ class Metric:
     value: float
     se: float | None = None
     n: int | None = None
+    bounds: tuple[float | None, float | None] = (None, None)  # the metric's range: (0, 100) for accuracies
 
 
 class _ModelKernel:
@@ -87,6 +99,15 @@ class Run(_ModelKernel):
     partial: list[str] = field(default_factory=list)  # benchmarks left out: scored with images skipped
     scoring: dict[str, Any] = field(default_factory=dict)  # settings.scoring: decode, precision, on_bad_image
     checkpoint: str | None = None  # checkpoint.path: the weights scored (tells copies of one run's file apart)
+    provenance: dict[str, Any] | None = None  # None: a file written before provenance existed
+    num_classes: int | None = None  # the model's (model.config.num_classes)
+    per_image: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # {bench key: {part: {n, top1}}}
+
+    @property
+    def fingerprints(self) -> dict[str, dict[str, Any]]:
+        """{benchmark key (protocol-tagged, as in ``metrics``): data fingerprint}."""
+        data = (self.provenance or {}).get("data") or {}
+        return {tagged(b, self.protocol): fp for b, fp in data.items() if isinstance(fp, Mapping)}
 
     @property
     def label(self) -> str:
@@ -164,16 +185,28 @@ def benchmark_metrics(bench: str, m: Mapping[str, Any]) -> dict[str, Metric]:
         elif _is_accuracy(k) and n_images:
             n = n_images
             se = _se_of_mean([(float(v), n)])
-        out[f"{bench}/{k}"] = Metric(float(v), se, n)
+        if cells and k in ("mean_top1", "severity5_mean_top1", "severity5_mean_top1_15"):
+            n = sum(c for _, c in cells.values() if c) or None
+        out[f"{bench}/{k}"] = Metric(float(v), se, n, metric_bounds(k))
     per_corruption = m.get("corruption_top1")
     if isinstance(per_corruption, Mapping):
         for c, v in per_corruption.items():
             if _number(v):
                 se = _se_of_mean(cell for (cc, _), cell in cells.items() if cc == c) if cells else None
-                out[f"{bench}/corruption_top1/{c}"] = Metric(float(v), se)
+                out[f"{bench}/corruption_top1/{c}"] = Metric(float(v), se, None, (0.0, 100.0))
     for (c, s), (v, n) in cells.items():
-        out[f"{bench}/top1/{c}/{s}"] = Metric(v, _se_of_mean([(v, n)]) if n else None, n)
+        out[f"{bench}/top1/{c}/{s}"] = Metric(v, _se_of_mean([(v, n)]) if n else None, n, (0.0, 100.0))
     return out
+
+
+def metric_bounds(metric: str) -> tuple[float | None, float | None]:
+    """The range of a metric's values: accuracies and AUPR in [0, 100]; mCE and relative mCE >= 0 (a model can
+    err more than AlexNet, so no upper bound); anything else unbounded."""
+    if _is_accuracy(metric) or metric == "aupr":
+        return 0.0, 100.0
+    if metric in ("mce", "relative_mce"):
+        return 0.0, None
+    return None, None
 
 
 def _seed_of(data: Mapping[str, Any]) -> int | None:
@@ -210,10 +243,15 @@ def load_run(path: Path, weights: str = "auto") -> Run | None:
                     metrics[f"{ANALYSIS_PREFIX}{key}"] = Metric(float(v))
     ks = data["model"].get("kernel_sizes")
     ckpt = data.get("checkpoint") or {}
+    classes = (data["model"].get("config") or {}).get("num_classes")
+    per_image = ((data.get("per_image") or {}).get(which) or {})
     return Run(path=path, model=data["model"]["name"], kernel_sizes=None if ks is None else tuple(int(k) for k in ks),
                seed=_seed_of(data), epoch=ckpt.get("epoch"), step=ckpt.get("global_step"), weights=which,
                metrics=metrics, analyses=analyses, errors=list(data.get("errors") or []), protocol=protocol,
                partial=partial, scoring=dict((data.get("settings") or {}).get("scoring") or {}),
+               provenance=data.get("provenance"), num_classes=classes if isinstance(classes, int) else None,
+               per_image={tagged(b, protocol): dict(parts) for b, parts in per_image.items()
+                          if isinstance(parts, Mapping)},
                checkpoint=ckpt.get("path"))
 
 
@@ -323,7 +361,8 @@ def _same_checkpoint_copies(runs: Sequence[Run]) -> list[tuple[Run, Run]]:
 # --- statistics -------------------------------------------------------------------------------------------
 @dataclass
 class Stat:
-    """Mean over seeds; ``sd`` and the 95% t-interval need two runs, ``se_binom`` is given for single runs."""
+    """Mean over seeds with its 95% interval: Student's t over two or more runs (clipped to the metric's range,
+    ``clipped`` says so), a single run's Wilson score interval (``kind`` "wilson"; ``se_binom`` kept for the CSV)."""
 
     n: int
     mean: float
@@ -331,56 +370,245 @@ class Stat:
     ci95: tuple[float, float] | None = None
     se_binom: float | None = None
     values: list[float] = field(default_factory=list)
+    kind: str | None = None  # "t" (over seeds), "wilson" (a single run's accuracy), None (no interval)
+    clipped: bool = False
 
     @property
-    def error_bar(self) -> float | None:
-        """Half-width of the plotted 95% interval: t over seeds, or 1.96 binomial SE for a single run."""
-        if self.ci95 is not None:
-            return (self.ci95[1] - self.ci95[0]) / 2
-        return None if self.se_binom is None else Z95 * self.se_binom
+    def error_bar(self) -> tuple[float, float] | None:
+        """(below, above) the mean: the plotted 95% interval (asymmetric for Wilson and clipped intervals)."""
+        if self.ci95 is None:
+            return None
+        return self.mean - self.ci95[0], self.ci95[1] - self.mean
 
 
 def summarize(metrics: Sequence[Metric]) -> Stat:
-    """Mean, sample sd (ddof 1) and 95% Student-t interval over repeats; binomial SE when there is one run."""
+    """Mean, sample sd (ddof 1) and 95% Student-t interval over repeats, clipped to the metric's range; for one run,
+    the 95% Wilson interval of an accuracy (from its n, or a mean's effective n)."""
     values = [m.value for m in metrics]
     n = len(values)
     if n == 0:
         raise ValueError("summarize needs at least one value")
     mean = statistics.fmean(values)
+    bounds = metrics[0].bounds
     if n == 1:
-        return Stat(1, mean, se_binom=metrics[0].se, values=values)
+        m = metrics[0]
+        ci = wilson_from_se(m.value, m.se, m.n) if bounds == (0.0, 100.0) else None
+        return Stat(1, mean, se_binom=m.se, values=values, ci95=ci, kind="wilson" if ci else None)
     from scipy.stats import t
 
     sd = statistics.stdev(values)
     half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return Stat(n, mean, sd, (mean - half, mean + half), values=values)
+    lo, hi, clipped = clip_interval(mean - half, mean + half, bounds)
+    return Stat(n, mean, sd, (lo, hi), values=values, kind="t", clipped=clipped)
 
 
 @dataclass
 class Row(_ModelKernel):
-    """One (model, kernel size) of the table and the statistics of every metric over its runs."""
+    """One (model, kernel size) of the table and the statistics of every metric over its runs. ``group`` tells
+    apart the rows of one (model, kernel size) whose runs are not comparable ("" for the first, "data 2", ...,
+    "no provenance")."""
 
     model: str
     kernel_sizes: tuple[int, ...] | None
     runs: list[Run]
     stats: dict[str, Stat]
+    group: str = ""
 
     @property
     def seeds(self) -> str:
         seeds = [("?" if r.seed is None else str(r.seed)) for r in self.runs]
         return ", ".join(seeds)
 
+    @property
+    def series(self) -> str:
+        """The plots' line this row belongs to: its family, and its group when it has one."""
+        return self.family + (f" ({self.group})" if self.group else "")
 
-def aggregate(runs: Sequence[Run]) -> list[Row]:
-    groups: dict[tuple, list[Run]] = {}
+    @property
+    def label(self) -> str:
+        return f"{self.model} k{self.kernel}" + (f" ({self.group})" if self.group else "")
+
+
+def _fingerprint_text(fp: Mapping[str, Any]) -> str:
+    classes = fp.get("num_classes")
+    return (f"{fp.get('num_images'):,} images{'' if classes is None else f', {classes} classes'}, fingerprint "
+            f"{str(fp.get('sha256'))[:12]}")
+
+
+def comparable(a: Run, b: Run) -> list[str]:
+    """Why runs ``a`` and ``b`` cannot share a row ([] when they can): provenance on one side only, another class
+    count, or another data fingerprint of a benchmark both scored."""
+    if (a.provenance is None) != (b.provenance is None):
+        old = a if a.provenance is None else b
+        return [f"{old.path} records no provenance"]
+    out = []
+    if a.num_classes is not None and b.num_classes is not None and a.num_classes != b.num_classes:
+        out.append(f"the model's classes: {a.num_classes} vs {b.num_classes}")
+    fa, fb = a.fingerprints, b.fingerprints
+    for bench in sorted(set(fa) & set(fb)):
+        x, y = fa[bench], fb[bench]
+        if (x.get("sha256"), x.get("num_images"), x.get("num_classes")) != \
+                (y.get("sha256"), y.get("num_images"), y.get("num_classes")):
+            out.append(f"{bench}: {_fingerprint_text(x)} vs {_fingerprint_text(y)}")
+    return out
+
+
+def aggregate(runs: Sequence[Run], notes: list[str] | None = None, strict: bool = False) -> list[Row]:
+    """The table's rows: runs of one (model, kernel sizes) that are ``comparable`` (first fit, in the runs' order).
+
+    Runs that are not comparable with a row's runs start another row of the same (model, kernel sizes); each such
+    split adds a note (to ``notes``) naming the files and the difference, and with ``strict`` it is an error that
+    lists them all.
+    """
+    by_key: dict[tuple, list[list[Run]]] = {}
+    split: list[str] = []
     for r in runs:
-        groups.setdefault((r.model, r.kernel_sizes), []).append(r)
+        groups = by_key.setdefault((r.model, r.kernel_sizes), [])
+        for g in groups:
+            if not any(comparable(r, other) for other in g):
+                g.append(r)
+                break
+        else:
+            if groups:
+                first = groups[0][0]
+                why = comparable(r, first) or next(w for other in groups[0] for w in [comparable(r, other)] if w)
+                split.append(f"{r.model} k{r.kernel}: {r.path} is in a row of its own, not with {first.path}: "
+                             f"{'; '.join(why)}")
+            groups.append([r])
+    if split and strict:
+        raise DataError(f"{len(split)} run(s) not comparable with the other runs of their row (--strict):\n  "
+                        + "\n  ".join(split))
+    if notes is not None:
+        notes.extend(split)
     rows = []
-    for (model, ks), members in groups.items():
-        keys = list(dict.fromkeys(k for r in members for k in r.metrics))
-        stats = {k: summarize([r.metrics[k] for r in members if k in r.metrics]) for k in keys}
-        rows.append(Row(model, ks, members, stats))
+    for (model, ks), groups in by_key.items():
+        for members, group in zip(groups, _group_names(groups)):
+            keys = list(dict.fromkeys(k for r in members for k in r.metrics))
+            stats = {k: summarize([r.metrics[k] for r in members if k in r.metrics]) for k in keys}
+            rows.append(Row(model, ks, members, stats, group))
     return rows
+
+
+def _group_names(groups: Sequence[Sequence[Run]]) -> list[str]:
+    """Row tags of one (model, kernel)'s groups: "" for the first group with provenance, "data 2", "data 3", ...
+    for the others; "no provenance" (numbered when several) for groups of old files, unless every group is."""
+    if all(g[0].provenance is None for g in groups):
+        return [""] + [f"data {i + 2}" for i in range(len(groups) - 1)]
+    names, with_prov, without = [], 0, 0
+    n_without = sum(g[0].provenance is None for g in groups)
+    for g in groups:
+        if g[0].provenance is None:
+            without += 1
+            names.append("no provenance" + (f" {without}" if n_without > 1 else ""))
+        else:
+            with_prov += 1
+            names.append("" if with_prov == 1 else f"data {with_prov}")
+    return names
+
+
+# --- provenance and paired comparisons ----------------------------------------------------------------------
+_NOTE_FIELDS = {"lk_ablate.commit": "lk_ablate commit", "lk_ablate.dirty": "uncommitted changes",
+                "python": "Python", "device.type": "device", "device.name": "device name",
+                "device.cpu_capability": "CPU kernels", "precision": "precision", "threads": "torch threads"}
+
+
+def _field_label(name: str) -> str:
+    if name in _NOTE_FIELDS:
+        return _NOTE_FIELDS[name]
+    if name.startswith("packages."):
+        return f"{name[len('packages.'):]} version"
+    if name.startswith("determinism.env."):
+        return name[len("determinism.env."):]
+    return name
+
+
+def _get(d: Mapping[str, Any] | None, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, Mapping):
+            return None
+        d = d.get(part)
+    return d
+
+
+def provenance_notes(rows: Sequence[Row]) -> list[str]:
+    """Notes on what differs between the runs of the table without making them incomparable (versions, device,
+    precision, threads, determinism settings, dwconv implementation), one per field, and on runs that record no
+    provenance."""
+    runs = [r for row in rows for r in row.runs]
+    with_prov = [r for r in runs if r.provenance is not None]
+    notes = []
+    fields: list[str] = []
+    for r in with_prov[1:]:
+        fields += [f for f in provenance_differences(with_prov[0].provenance, r.provenance) if f not in fields]
+    for f in fields:
+        values: dict[str, list[str]] = {}
+        for r in with_prov:
+            values.setdefault(str(_get(r.provenance, f)), []).append(r.label)
+        listed = "; ".join(f"{v} ({', '.join(labels)})" for v, labels in values.items())
+        notes.append(f"runs differ in {_field_label(f)}: {listed}; the numbers stay comparable, their last digits "
+                     "may differ")
+    old = [r for r in runs if r.provenance is None]
+    if old:
+        notes.append(f"{len(old)} run(s) record no provenance (results files written before lk_ablate recorded it): "
+                     f"{', '.join(str(r.path) for r in old)}; each such row is marked and never merged with runs "
+                     "that have it")
+    return notes
+
+
+def provenance_summary(runs: Sequence[Run]) -> list[tuple[str, list[str]]]:
+    """(one line describing what produced them, the runs' labels) for each distinct producer, in first-seen order."""
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        out.setdefault(describe(r.provenance), []).append(r.label)
+    return list(out.items())
+
+
+def _flags(run: Run, bench: str) -> list[np.ndarray] | None:
+    parts = run.per_image.get(bench)
+    if not parts:
+        return None
+    return [unpack_bits(e["top1"], int(e["n"])) for e in parts.values()]
+
+
+def pair_rows(a: Row, b: Row, bench: str, samples: int = 10_000, seed: int = 0) -> Paired | None:
+    """B against A on benchmark ``bench``, image by image; None unless every run of both rows stored per-image
+    results on data with one fingerprint. Several seeds: per-image correctness averaged over a row's runs."""
+    fps = {_fp_key(r.fingerprints.get(bench)) for r in [*a.runs, *b.runs]}
+    if len(fps) != 1 or None in fps:
+        return None
+    sets = []
+    for row in (a, b):
+        flags = [_flags(r, bench) for r in row.runs]
+        if any(f is None for f in flags) or len({len(f) for f in flags}) != 1:
+            return None
+        if len(flags) == 1:
+            sets.append(flags[0])
+        else:
+            sets.append([np.mean([f[i] for f in flags], axis=0) for i in range(len(flags[0]))])
+    try:
+        return paired_comparison(sets[0], sets[1], samples=samples, seed=seed)
+    except ValueError:
+        return None
+
+
+def _fp_key(fp: Mapping[str, Any] | None) -> tuple | None:
+    return None if not fp else (fp.get("sha256"), fp.get("num_images"), fp.get("num_classes"))
+
+
+def paired_rows(rows: Sequence[Row], requested: Sequence[tuple[Row, Row]] = ()) -> list[tuple[Row, Row]]:
+    """The pairs the report compares: adjacent kernel sizes within each family (and group), then ``requested``."""
+    out: list[tuple[Row, Row]] = []
+    series: dict[str, list[Row]] = {}
+    for r in rows:
+        series.setdefault(r.series, []).append(r)
+    for members in series.values():
+        members = sorted((r for r in members if math.isfinite(kernel_x(r.kernel_sizes))),
+                         key=lambda r: (kernel_x(r.kernel_sizes), r.kernel_sizes or ()))
+        out += list(zip(members, members[1:]))
+    for pair in requested:
+        if pair not in out:
+            out.append(pair)
+    return out
 
 
 def table_columns(rows: Sequence[Row]) -> list[str]:

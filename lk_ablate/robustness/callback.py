@@ -29,11 +29,13 @@ from ..base.errors import ConfigError, DataError
 from ..base.metric_keys import ROBUST_ERRORS
 from ..evaluation.loading import weight_sets
 from ..evaluation.options import check_protocol
+from ..models.layers import dwconv_info
 from ..training.preemption import stop_on_signal
 from ..training.wandb import log_robustness
 from .benchmarks import Benchmark, build_benchmarks, resolve_corruptions
 from .evaluate import evaluate
 from .pipeline import check_options
+from ..base.provenance import collect
 from ..base.results import flatten_metrics, make_results, results_path, write_results
 
 __all__ = ["RobustnessEvaluation"]
@@ -171,11 +173,13 @@ class RobustnessEvaluation(L.Callback):
         for w, m in models.items():
             if moved[w] != device:  # e.g. an EMA kept on the CPU
                 m.to(device)
+        details: dict[str, Any] = {}
         try:
             results, errors = evaluate(models, pl_module.model.model_config, self.benchmarks,
                                        batch_size=self.batch_size, num_workers=self.num_workers, device=device,
                                        rank=trainer.global_rank, world_size=trainer.world_size,
-                                       gather=lambda obj: _all_gather(trainer, obj), **self.scoring)
+                                       gather=lambda obj: _all_gather(trainer, obj), details=details,
+                                       **self.scoring)
         finally:
             for w, m in models.items():
                 if moved[w] != device:
@@ -187,7 +191,12 @@ class RobustnessEvaluation(L.Callback):
             model_config=model_config_dict(pl_module.model.model_config), weights=results,
             settings=dict(self.settings(), seed=getattr(pl_module, "run_seed", None)), errors=errors,
             checkpoint_path=ckpts[0] if ckpts else None,
-            epoch=epoch, global_step=step, checkpoint_format="lightning" if ckpts else None)
+            epoch=epoch, global_step=step, checkpoint_format="lightning" if ckpts else None,
+            provenance=collect(device=device, precision=self.scoring.get("precision"),
+                               dwconv=dwconv_info(pl_module.model), eval_transform=details.get("eval_transform"),
+                               config=dict(self.settings(), hparams=dict(pl_module.hparams)),
+                               data=details.get("fingerprints")),
+            per_image=details.get("per_image"))
         if trainer.is_global_zero:
             try:  # only rank 0 writes: a failure here must not stop it while the other ranks train on
                 targets = [results_path(c) for c in ckpts] or [self._fallback_path(trainer, epoch, step)]

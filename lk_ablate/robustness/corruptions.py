@@ -8,6 +8,12 @@ fresh OS entropy (glass_blur, impulse_noise). Results therefore do not depend on
 order. ``frost`` is re-implemented here with its six frost textures read once per process instead of once
 per image (4.4 of its 4.7 ms at 32 px); it is checked bit-identical to ``imagecorruptions`` (tests).
 
+Machine independence: OpenCV picks its kernels at run time from the CPU (AVX2, AVX-512, Intel IPP), and its AVX2
+kernels change defocus_blur's output in the last bit of some pixels (docs/reproducibility.md). Corrupting therefore
+runs with OpenCV's optimisations off (``cv2.setUseOptimized(False)``: its baseline code, no IPP), the same
+instructions on every x86-64 CPU, so a cache is byte-identical across machines (at 32 px this costs nothing
+measurable); numpy, OpenBLAS and numba were measured not to change any corrupted image.
+
 Note that the corruption parameters are absolute pixel sizes tuned for 224 px images: at 32 px the blurs are
 far harsher, and on white-on-black images fog/frost/brightness/contrast sit near chance for any model.
 
@@ -17,11 +23,12 @@ severity, keyed by the images' hash and the seed), ``score_corruptions`` scores 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +46,11 @@ from ..models.registry import ModelConfig
 from .metrics import ALL_CORRUPTIONS, CORRUPTIONS, SEVERITIES
 
 __all__ = ["CorruptedImages", "corrupt", "corrupt_images", "evaluate_corruptions", "image_seed",
-           "relative_corruption_errors", "score_corruptions", "stratified_subset"]
+           "machine_independent_opencv", "relative_corruption_errors", "score_corruptions", "stratified_subset",
+           "top1_flags"]
 
-# Bump when the output of corrupt() changes, so stale caches are not reused.
-IMPL_VERSION = 1
+# Bump when the output of corrupt() changes, so stale caches are not reused (2: OpenCV's baseline kernels).
+IMPL_VERSION = 2
 MIN_SIZE = 32
 _SEEDED_KWARG = ("glass_blur", "impulse_noise")  # these take a seed and otherwise draw fresh OS entropy
 
@@ -133,7 +141,21 @@ def _init_worker(images: np.ndarray) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already
+    cv2.setUseOptimized(False)  # the same kernels on every CPU (module doc)
     _WORKER_IMAGES = images
+
+
+@contextlib.contextmanager
+def machine_independent_opencv() -> Iterator[None]:
+    """OpenCV's baseline kernels (no CPU dispatch, no IPP) inside the block, the previous setting after it."""
+    import cv2
+
+    before = cv2.useOptimized()
+    cv2.setUseOptimized(False)
+    try:
+        yield
+    finally:
+        cv2.setUseOptimized(before)
 
 
 def _corrupt_all(images: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
@@ -214,8 +236,8 @@ def corrupt_images(images: np.ndarray, corruptions: Sequence[str] = CORRUPTIONS,
     workers = max(1, min(int(workers), len(todo)))
     bar = Progress(f"corrupt {len(images)} images", len(todo), "sets", enabled=progress and bool(todo))
     if todo and workers == 1:
-        results = (_corrupt_all(images, c, s, seed) for c, s, _ in todo)
-        _store(todo, results, arrays, bar)
+        with machine_independent_opencv():
+            _store(todo, (_corrupt_all(images, c, s, seed) for c, s, _ in todo), arrays, bar)
     elif todo:
         import multiprocessing as mp
 
@@ -267,19 +289,39 @@ def _to_input(batch: np.ndarray, cfg: ModelConfig, device: torch.device) -> torc
 
 
 def _correct(model: nn.Module, images: np.ndarray, labels: torch.Tensor, cfg: ModelConfig, batch_size: int,
-             device: torch.device) -> int:
-    n = 0
+             device: torch.device) -> np.ndarray:
+    """Top-1 correctness of every image (bool, in order)."""
+    flags = []
     for i in range(0, len(images), batch_size):
         logits = model(_to_input(images[i:i + batch_size], cfg, device))
-        n += int((logits.argmax(1) == labels[i:i + batch_size]).sum())
-    return n
+        flags.append((logits.argmax(1) == labels[i:i + batch_size]).cpu().numpy())
+    return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+
+
+def top1_flags(model: nn.Module, images: np.ndarray, labels: np.ndarray | torch.Tensor, batch_size: int = 256,
+               model_config: ModelConfig | None = None) -> np.ndarray:
+    """Top-1 correctness (bool, in order) of ``model`` on uint8 (N, H, W, 3) ``images``, the input path of
+    ``score_corruptions``."""
+    cfg = model_config or getattr(model, "model_config", None)
+    if cfg is None:
+        raise ConfigError("top1_flags needs the model's ModelConfig (model.model_config or model_config=)")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return _correct(model, images, torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device), cfg,
+                            batch_size, device)
+    finally:
+        model.train(was_training)
 
 
 def score_corruptions(model: nn.Module, corrupted: CorruptedImages, labels: np.ndarray | torch.Tensor,
                       clean_images: np.ndarray | None = None, batch_size: int = 256,
                       device: torch.device | str | None = None, model_config: ModelConfig | None = None,
                       ) -> dict[str, Any]:
-    """Top-1 (%) of ``model`` per corruption and severity on ``corrupted``, their mean, and clean top-1.
+    """Top-1 (%) of ``model`` per corruption and severity on ``corrupted``, their mean, and clean top-1, with each
+    image's top-1 correctness (``per_image``: {"<corruption>/<severity>": bool array}, ``clean_per_image``).
 
     The model's ``model_config`` (or ``model_config``) gives input size and normalisation.
     """
@@ -295,13 +337,17 @@ def score_corruptions(model: nn.Module, corrupted: CorruptedImages, labels: np.n
     model.eval()
     try:
         with torch.inference_mode():
-            top1 = {c: {s: 100.0 * _correct(model, corrupted.arrays[c][s], labels, cfg, batch_size, device) / n
-                        for s in corrupted.severities} for c in corrupted.corruptions}
-            clean = (None if clean_images is None
-                     else 100.0 * _correct(model, clean_images, labels, cfg, batch_size, device) / n)
+            flags = {c: {s: _correct(model, corrupted.arrays[c][s], labels, cfg, batch_size, device)
+                         for s in corrupted.severities} for c in corrupted.corruptions}
+            clean_flags = (None if clean_images is None
+                           else _correct(model, clean_images, labels, cfg, batch_size, device))
     finally:
         model.train(was_training)
+    top1 = {c: {s: 100.0 * int(f.sum()) / n for s, f in by.items()} for c, by in flags.items()}
+    clean = None if clean_flags is None else 100.0 * int(clean_flags.sum()) / n
     return {
+        "per_image": {f"{c}/{s}": f for c, by in flags.items() for s, f in by.items()},
+        "clean_per_image": clean_flags,
         "top1": top1,
         "corruption_top1": {c: float(np.mean(list(v.values()))) for c, v in top1.items()},
         "mean_top1": float(np.mean([v for by in top1.values() for v in by.values()])),

@@ -14,6 +14,7 @@ An image that cannot be read is not an exception inside a worker: the batch carr
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -90,6 +91,8 @@ class BatchImages(Dataset):
     - ``pixels``: uint8 (n, H, W, 3); with ``decode="gpu"`` only the rows of images that are not RGB JPEGs
       (decoded here with PIL), at positions ``pil_pos``;
     - ``jpeg``, ``offsets``, ``jpeg_pos`` (``decode="gpu"``): the RGB JPEG files' bytes, concatenated;
+    - ``sizes``: int64 (n,) the files' sizes in bytes, read from the open file (-1: could not be opened), for the
+      data fingerprint (``lk_ablate.base.provenance``) without another pass over the files;
     - ``bad``: [(position, "<path>: <reason>")] for images that could not be read (their rows are garbage).
     """
 
@@ -121,14 +124,15 @@ class BatchImages(Dataset):
         return self._pixels(indices) if self.decode == "cpu" else self._bytes(indices)
 
     # -- decode: cpu ----------------------------------------------------------------------------------------
-    def _decode_rows(self, indices: Sequence[int], read: Any) -> tuple[list[tuple[int, torch.Tensor]], list]:
+    def _decode_rows(self, indices: Sequence[int], read: Any, sizes: np.ndarray,
+                     ) -> tuple[list[tuple[int, torch.Tensor]], list]:
         rows, bad = [], []
         # With a resize every image ends at the crop size; without (ImageNet-C) the batch's first image sets it.
         size = self.spec.crop if self.spec.resize is not None else None
         for pos, i in enumerate(indices):
             path = self.paths[i]
             try:
-                hwc = read(i)
+                hwc = read(i, sizes, pos)
             except Exception as e:  # any failure to read one image is that image's problem, handled by policy
                 bad.append((pos, f"{path}: {_one_line(e)}"))
                 continue
@@ -141,8 +145,9 @@ class BatchImages(Dataset):
             rows.append((pos, hwc))
         return rows, bad
 
-    def _read_pixels(self, i: int) -> torch.Tensor:
+    def _read_pixels(self, i: int, sizes: np.ndarray, pos: int) -> torch.Tensor:
         with open(self.paths[i], "rb") as f:
+            sizes[pos] = os.fstat(f.fileno()).st_size
             return _hwc(self._geometry, _open_rgb(f))
 
     def use_ring(self, ring: "SlotRing") -> None:
@@ -150,7 +155,8 @@ class BatchImages(Dataset):
         self._ring = ring
 
     def _pixels(self, indices: Sequence[int]) -> dict[str, Any]:
-        rows, bad = self._decode_rows(indices, self._read_pixels)
+        sizes = np.full(len(indices), -1, dtype=np.int64)
+        rows, bad = self._decode_rows(indices, self._read_pixels, sizes)
         h, w = (rows[0][1].shape[:2]) if rows else self.spec.crop
         shape = (len(indices), int(h), int(w), 3)
         ring = self._ring
@@ -158,17 +164,20 @@ class BatchImages(Dataset):
         out = ring.view(slot, shape) if slot is not None else _uint8_buffer(shape)
         for pos, hwc in rows:
             out[pos].copy_(hwc)
-        batch = {"index": torch.as_tensor(np.asarray(indices, dtype=np.int64)), "bad": bad}
+        batch = {"index": torch.as_tensor(np.asarray(indices, dtype=np.int64)), "sizes": torch.as_tensor(sizes),
+                 "bad": bad}
         return dict(batch, slot=slot, shape=shape) if slot is not None else dict(batch, pixels=out)
 
     # -- decode: gpu (the worker reads bytes; non-JPEG or non-RGB images are decoded here with PIL) ----------
     def _bytes(self, indices: Sequence[int]) -> dict[str, Any]:
         blobs, jpeg_pos, pil_rows, bad = [], [], [], []
+        sizes = np.full(len(indices), -1, dtype=np.int64)
         for pos, i in enumerate(indices):
             path = self.paths[i]
             try:
                 with open(path, "rb") as f:
                     data = f.read()
+                sizes[pos] = len(data)
                 with Image.open(io.BytesIO(data)) as head:  # the header only: format and colour mode
                     device_ok = head.format == "JPEG" and head.mode == "RGB"
                 if device_ok:
@@ -182,8 +191,8 @@ class BatchImages(Dataset):
         jpeg = _uint8_buffer((int(offsets[-1]),))
         if blobs:
             jpeg.numpy()[:] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-        sizes = {tuple(r.shape[:2]) for _, r in pil_rows}
-        h, w = next(iter(sizes)) if len(sizes) == 1 else self.spec.crop
+        shapes = {tuple(r.shape[:2]) for _, r in pil_rows}
+        h, w = next(iter(shapes)) if len(shapes) == 1 else self.spec.crop
         pixels = _uint8_buffer((len(pil_rows), int(h), int(w), 3))
         keep = []
         for k, (pos, hwc) in enumerate(pil_rows):
@@ -196,7 +205,7 @@ class BatchImages(Dataset):
         return {"index": torch.as_tensor(np.asarray(indices, dtype=np.int64)), "jpeg": jpeg,
                 "offsets": torch.as_tensor(offsets), "jpeg_pos": torch.as_tensor(np.asarray(jpeg_pos, np.int64)),
                 "pixels": pixels, "pil_pos": torch.as_tensor(np.asarray([p for p, _ in pil_rows], np.int64)),
-                "bad": sorted(bad)}
+                "sizes": torch.as_tensor(sizes), "bad": sorted(bad)}
 
 
 def _uint8_buffer(shape: tuple[int, ...]) -> torch.Tensor:
@@ -373,6 +382,8 @@ class ScoringInputs:
         self.decode, self.on_bad_image = decode, on_bad_image
         self.skipped = skipped if skipped is not None else []
         self.data = BatchImages(bench.parts, self.spec, decode=decode)
+        # File sizes as the loader reads them (-1: not read by this rank), for the data fingerprint.
+        self.sizes = np.full(len(self.data), -1, dtype=np.int64)
         self.ring: SlotRing | None = None
         if decode == "cpu" and device.type == "cpu" and num_workers > 0:
             ring = SlotRing(PREFETCH * num_workers + 2, batch_size * self.spec.crop[0] * self.spec.crop[1] * 3,
@@ -400,6 +411,7 @@ class ScoringInputs:
                ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
         """A loader batch -> (normalised x on the device, kept positions, the float buffer to reuse)."""
         index = batch["index"].numpy()
+        self.sizes[index] = batch["sizes"].numpy()
         if self.decode == "gpu":
             pixels, bad = device_decode(batch, self.spec, self.device, self.data.paths)
         else:

@@ -17,9 +17,11 @@ import torch
 
 from ..base.errors import ConfigError
 from ..base.files import read_yaml
+from ..base.provenance import collect
 from ..base.results import make_results
 from ..evaluation.loading import EvalModels, load_for_eval
 from ..evaluation.options import BenchmarkOptions, ModelOptions
+from ..models.layers import dwconv_info
 from .benchmarks import build_benchmarks
 from .callback import settings_for
 from .evaluate import evaluate
@@ -67,11 +69,17 @@ def score(opts: ModelOptions, d: BenchmarkOptions, *, protocol: str = "model", p
                               f"need a 1000-class model")
         gather = _all_gather if world > 1 else None
         scoring = {"decode": d.decode, "precision": precision, "on_bad_image": d.on_bad_image}
+        details: dict[str, Any] = {}
         results, errors = evaluate(loaded.models, loaded.config, benchmarks, batch_size=d.batch_size,
                                    num_workers=d.num_workers, device=dev, rank=rank, world_size=world,
-                                   gather=gather, progress=progress and rank == 0, **scoring)
-        data = make_results(**loaded.results_init(results),
-                            settings=dict(settings_for(benchmarks, **scoring), seed=loaded.seed), errors=errors)
+                                   gather=gather, progress=progress and rank == 0, details=details, **scoring)
+        settings = dict(settings_for(benchmarks, **scoring), seed=loaded.seed)
+        # The resolved options that decide the numbers (model, weights, benchmarks, protocol, precision).
+        config = {"model": opts, "data": d, "protocol": protocol, "precision": precision, "world_size": world}
+        prov = collect(device=dev, precision=precision, dwconv=dwconv_info(loaded.first), config=config,
+                       eval_transform=details.get("eval_transform"), data=details.get("fingerprints"))
+        data = make_results(**loaded.results_init(results), settings=settings, errors=errors, provenance=prov,
+                            per_image=details.get("per_image"))
         return Scored(data, errors, rank, loaded)
     finally:
         if world > 1 and torch.distributed.is_initialized():

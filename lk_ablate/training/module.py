@@ -17,10 +17,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..data.seeding import STREAM_STEP, derive_seed, global_seed, seeded_rng
 from ..base.errors import ConfigError, DataError
 from ..base.metric_keys import TRAIN_GLOBAL_BATCH_SIZE, TRAIN_LOSS, TRAIN_LR, TRAIN_PEAK_LR, TRAIN_TOP1, eval_key
+from ..base.provenance import collect
 from ..models.checkpoints import load_checkpoint
 from ..models.compile import check_compile_options, compile_model, is_compiled
 from ..models.contract import AblationModel
-from ..models.layers import set_module_impl
+from ..models.layers import dwconv_info, set_module_impl
 from ..models.registry import ModelConfig, create_model
 from .schedule import scaled_lr, warmup_cosine_factor
 
@@ -332,6 +333,18 @@ class ImageClassifier(L.LightningModule):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self.model(self._prepare(x)).softmax(-1)
 
+    def provenance(self) -> dict[str, Any]:
+        """What is training this model (lk_ablate.base.provenance): code, versions, device, precision, threads,
+        determinism, the depthwise-conv implementation, the hyperparameters' hash and the data's class count."""
+        trainer = self._trainer
+        dm = trainer.datamodule if trainer is not None else None
+        try:
+            classes = getattr(dm, "num_classes", None) if dm is not None else None
+        except Exception:  # a DataModule whose class count needs data it has not read
+            classes = None
+        data = {"train": {"num_classes": classes, "datamodule": type(dm).__name__}} if dm is not None else None
+        return collect(device=self.device, precision=str(trainer.precision) if trainer is not None else None,
+                       dwconv=dwconv_info(self.model), config=dict(self.hparams), data=data)
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Runs before Lightning restores the callbacks (checkpoint_connector: restore_model, then restore_callbacks).
         convert_monitored_scores(checkpoint)
@@ -340,7 +353,8 @@ class ImageClassifier(L.LightningModule):
         checkpoint["lk_ablate"] = {"model_name": self.hparams.model_name,
                                    "kernel_sizes": list(self.model.kernel_sizes),
                                    "model_config": self.model_config.to_dict(),
-                                   "has_ema": self.ema is not None, "seed": self.run_seed}
+                                   "has_ema": self.ema is not None, "seed": self.run_seed,
+                                   "provenance": self.provenance()}
 
 
 class PercentAccuracy(MulticlassAccuracy):

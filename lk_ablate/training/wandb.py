@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from ..base.errors import ConfigError, DataError
 from ..base.metric_keys import ROBUST_TABLE, analysis_summary_key, kernel_config
+from ..base.provenance import collect
 from ..base.results import flatten_metrics
 from ..base.safe_load import UnsafeCheckpointError, load_torch_file
 from ..models.registry import default_kernel_sizes, kernel_label, model_family
@@ -173,11 +174,14 @@ class WandbRun(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.config is None or self._logged or not trainer.is_global_zero:
             return
-        # The kernel sizes the model was built with (model.kernel_size may be null: the variant's default).
+        # What produced the run (code, versions, device, precision, threads, determinism; lk_ablate.base.provenance),
+        # beside the config it ran with, and the kernel sizes the model was built with (model.kernel_size may be
+        # null: the variant's default).
+        provenance = pl_module.provenance() if hasattr(pl_module, "provenance") else collect(device=pl_module.device)
         fields = kernel_fields(getattr(getattr(pl_module, "model", None), "kernel_sizes", None))
         for logger in wandb_loggers(trainer):
             # Nested sections ("model", "data", "trainer", ...) show in the W&B UI as model.kernel_size etc.
-            logger.experiment.config.update({**self.config, **fields}, allow_val_change=True)
+            logger.experiment.config.update({**self.config, **fields, "provenance": provenance}, allow_val_change=True)
         self._logged = True
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = ("bench_dwconv", "bench_loaders", "bench_models", "bench_robustness", "gpu_bench", "bench_startup",
-              "bench_erf")
+              "bench_erf", "bench_cpu_kernels", "gpu_determinism")
 GROUPS_NOTE = "Command groups:"
 
 

@@ -56,12 +56,16 @@ def test_seed_statistics_use_student_t(values):
     assert abs(s.ci95[0] - (mean - half)) < 1e-9 and abs(s.ci95[1] - (mean + half)) < 1e-9
 
 
-def test_single_run_carries_its_binomial_standard_error():
+def test_single_run_carries_its_wilson_interval():
+    from scipy.stats import binomtest
+
     m = benchmark_metrics("imagenet_a", {"top1": 10.2, "correct": 765, "n": 7500})["imagenet_a/top1"]
     assert (m.value, m.n) == (10.2, 7500) and abs(m.se - binom_se(10.2, 7500)) < 1e-12
     s = summarize([m])
-    assert (s.n, s.sd, s.ci95, s.se_binom) == (1, None, None, m.se)
-    assert abs(s.error_bar - 1.959963984540054 * m.se) < 1e-12
+    ref = binomtest(765, 7500).proportion_ci(0.95, method="wilson")
+    assert (s.n, s.sd, s.se_binom, s.kind) == (1, None, m.se, "wilson")
+    assert abs(s.ci95[0] - 100 * ref.low) < 1e-9 and abs(s.ci95[1] - 100 * ref.high) < 1e-9
+    assert s.error_bar == (s.mean - s.ci95[0], s.ci95[1] - s.mean)
 
 
 def test_corruption_means_combine_the_cells_binomial_variances():
@@ -108,6 +112,8 @@ def table7_runs(root: Path) -> None:
 
 
 def test_report_table7_end_to_end(tmp_path, capsys):
+    from scipy.stats import binomtest
+
     table7_runs(tmp_path / "runs")
     out = tmp_path / "report"
     assert main(["report", str(tmp_path / "runs"), "--output_dir", str(out), "--wandb.project", "null"]) == 0
@@ -137,8 +143,9 @@ def test_report_table7_end_to_end(tmp_path, capsys):
     assert (f"| convnext_tiny | 31 | 0, 1, 2 | 81.40 ± 0.10 [{81.4 - half:.2f}, {81.4 + half:.2f}] | 95.00 ± 0.00 "
             f"[95.00, 95.00] | 10.20 ± 0.10 [{10.2 - half:.2f}, {10.2 + half:.2f}] | 31.34 ± 0.10 "
             f"[{31.34 - half:.2f}, {31.34 + half:.2f}] | – |") in md
-    assert (f"| replknet_31b | 31-29-27-13 | ? | 83.50 ± {binom_se(83.5, 50000):.2f} (SE) | – | "
-            f"29.40 ± {binom_se(29.4, 7500):.2f} (SE) | – | 78.90 |") in md
+    val, a = (binomtest(k, n).proportion_ci(0.95, method="wilson") for k, n in ((41750, 50000), (2205, 7500)))
+    assert (f"| replknet_31b | 31-29-27-13 | ? | 83.50 [{100 * val.low:.2f}, {100 * val.high:.2f}] | – | "
+            f"29.40 [{100 * a.low:.2f}, {100 * a.high:.2f}] | – | 78.90 |") in md
     assert "epoch004-step0000050.robustness.json: superseded by the later" in md
     runs_section = md.split("## Runs")[1].split("## Notes")[0]
     assert runs_section.count("convnext_k31_s0/") == 1  # one file per run: the named one of two at the same step

@@ -174,6 +174,13 @@ def test_fit_logs_run_and_resume_reuses_the_run_id(tiny_data, tmp_path, monkeypa
     ckpt = torch.load(ck / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt[CHECKPOINT_KEY]["run_id"] == run.run_id and ckpt["global_step"] == 2
     assert (ck / "config.yaml").is_file()  # the CLI's config file lands in the logger's save_dir: the checkpoints
+    # What produced the run, in the checkpoint and in the W&B config (lk_ablate.base.provenance).
+    prov = ckpt["lk_ablate"]["provenance"]
+    assert prov["packages"]["torch"] == torch.__version__.split("+")[0] and prov["device"]["type"] == "cpu"
+    assert prov["precision"] == "32-true" and prov["threads"] == torch.get_num_threads()
+    assert prov["dwconv"]["impl"] == ["auto"] and prov["data"]["train"]["num_classes"] == 3
+    assert prov["lk_ablate"]["commit"] and len(prov["config_sha256"]) == 64
+    assert cfg["provenance"]["lk_ablate"] == prov["lk_ablate"] and cfg["provenance"]["packages"] == prov["packages"]
 
     # Resume: the stored id goes back to the logger (offline mode starts a new local folder under the same id).
     assert main(["fit", *base, "--ckpt_path", str(ck / "last.ckpt"), "--trainer.max_steps", "4"]) == 0
