@@ -24,6 +24,9 @@ def git(*args: str) -> str:
 
 
 def test_record_says_which_code_versions_machine_and_settings():
+    from lk_ablate.base.provenance import code_version
+
+    code_version.cache_clear()  # read once per process: the checkout may have changed since (a developer editing)
     prov = collect(device="cpu", precision="32-true", config={"b": 1, "a": [1, 2]},
                    dwconv={"impl": ["auto"]}, data={"x": {"num_images": 3, "sha256": "0" * 64, "num_classes": 2}})
     assert prov["schema"] == 1
