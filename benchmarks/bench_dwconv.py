@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -44,15 +43,9 @@ PASSES = ("fwd", "gin", "gw")
 def machine_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    name = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    from lk_ablate.base.provenance import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def product_fns(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor, method: str,

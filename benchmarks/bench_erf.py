@@ -16,7 +16,6 @@ RepLKNet's 50 images is 50 x the median (the images are independent; the model i
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import sys
 import time
@@ -54,15 +53,9 @@ def build(family: str, kernel: str, contender: str) -> nn.Module:
 
 
 def machine() -> str:
-    name = platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
+    from lk_ablate.base.provenance import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
 
 
 def one_image(model: nn.Module, size: int, clock: str, seed: int, device: str = "cpu") -> float:
